@@ -1,0 +1,131 @@
+//! The seam between the model and the hardware. The BERT forward pass (`model.rs`) is written once
+//! against this trait; each backend implements a dozen BERT-level operations. The cut is at the
+//! level of BERT, not of general tensor algebra, so that a backend is small enough to write twice
+//! and to test op by op against the scalar reference in `cpu::reference`.
+//!
+//! Every activation is a row-major matrix `[rows, cols]` whose rows are tokens (packed, no padding)
+//! or sequences (after pooling). Linear weights follow PyTorch's `nn.Linear` layout `[out, in]`:
+//! `y = x · Wᵀ + b`.
+
+pub mod cpu;
+
+use crate::batch::Batch;
+use crate::error::Result;
+
+/// The nonlinearity applied in a linear layer's output pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// The exact GELU, `x · Φ(x)` with the erf form (`hidden_act: "gelu"`).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+    /// Used by the BERT pooler and the XLM-R classification head.
+    Tanh,
+}
+
+/// How token rows become one row per sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first token of each sequence ([CLS] / <s>).
+    Cls,
+    /// The mean over every token of the sequence (packing means there is no padding to mask).
+    Mean,
+}
+
+/// A matrix copied back to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl HostMatrix {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// A hardware target for the BERT forward pass.
+pub trait Backend: Send + Sync {
+    /// An activation or table on the device: a row-major matrix.
+    type Tensor: Send + Sync;
+    /// A linear layer's weight `[out, in]` and bias `[out]`, in whatever layout the backend's
+    /// matrix multiply wants (the fast CPU kernels pack it once at load).
+    type Linear: Send + Sync;
+    /// A packed batch's index arrays, on the device.
+    type DeviceBatch: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    /// Uploads a host matrix `[rows, cols]` (embedding tables, LayerNorm vectors as `[1, n]`).
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+
+    /// Uploads a linear layer: `weight` is `[out_features, in_features]`, `bias` is `[out_features]`.
+    fn load_linear(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self::Linear>;
+
+    fn upload_batch(&self, batch: &Batch) -> Result<Self::DeviceBatch>;
+
+    fn download(&self, tensor: &Self::Tensor) -> Result<HostMatrix>;
+
+    /// `[tokens, hidden]`: `LayerNorm(word[token_id] + position[position_id] + token_type[type_id])`.
+    fn embed(
+        &self,
+        batch: &Self::DeviceBatch,
+        tables: &EmbeddingTables<Self::Tensor>,
+        norm: &LayerNormWeights<Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// `activation(x · Wᵀ + b) [+ residual]`; the residual, when given, has the output's shape and
+    /// is added after the activation.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        layer: &Self::Linear,
+        activation: Activation,
+        residual: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Multi-head self-attention within each sequence of the batch, never across sequences.
+    /// `qkv` is `[tokens, 3 · heads · head_dim]`, each row holding q, then k, then v, each split
+    /// into heads of `head_dim` columns. Returns the context `[tokens, heads · head_dim]` with the
+    /// heads side by side, scaled by `1/sqrt(head_dim)` before the softmax.
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        batch: &Self::DeviceBatch,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// Row-wise LayerNorm with the biased variance, as PyTorch computes it.
+    fn layer_norm(&self, x: &Self::Tensor, norm: &LayerNormWeights<Self::Tensor>) -> Result<Self::Tensor>;
+
+    /// `[sequences, cols]` from `[tokens, cols]`.
+    fn pool(&self, hidden: &Self::Tensor, batch: &Self::DeviceBatch, mode: Pooling) -> Result<Self::Tensor>;
+
+    /// Each row divided by its L2 norm (clamped below at 1e-12, as torch.nn.functional.normalize).
+    fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+}
+
+/// The three embedding tables, each `[entries, hidden]`.
+pub struct EmbeddingTables<T> {
+    pub word: T,
+    pub position: T,
+    pub token_type: T,
+}
+
+/// LayerNorm's scale and shift, each `[1, hidden]`, and its epsilon.
+pub struct LayerNormWeights<T> {
+    pub gamma: T,
+    pub beta: T,
+    pub eps: f32,
+}

@@ -1,0 +1,171 @@
+//! The embedding API: texts in, one vector per text out, with the model's own defaults for
+//! pooling, normalization and max length unless the caller overrides them.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::backend::{HostMatrix, Pooling};
+use crate::batch::Sequence;
+use crate::encoder::{Device, Encoder};
+use crate::error::{Error, Result};
+use crate::tokenize::TextTokenizer;
+
+/// The instruction bge v1.5 English models put before retrieval queries.
+pub const BGE_QUERY_INSTRUCTION_EN: &str = "Represent this sentence for searching relevant passages: ";
+/// The instruction bge Chinese models put before retrieval queries.
+pub const BGE_QUERY_INSTRUCTION_ZH: &str = "为这个句子生成表示以用于检索相关文章：";
+
+/// Tokens per forward pass unless the caller says otherwise.
+pub const DEFAULT_BATCH_TOKENS: usize = 16_384;
+
+/// Overrides of the model's own configuration; `None` keeps the model's default.
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    pub pooling: Option<Pooling>,
+    pub normalize: Option<bool>,
+    pub max_length: Option<usize>,
+    /// Put before each text by [`Embedder::encode_queries`] (not by [`Embedder::encode`]).
+    pub query_instruction: Option<String>,
+    pub device: Device,
+    /// The most tokens in one forward pass.
+    pub batch_tokens: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            pooling: None,
+            normalize: None,
+            max_length: None,
+            query_instruction: None,
+            device: Device::Cpu,
+            batch_tokens: DEFAULT_BATCH_TOKENS,
+        }
+    }
+}
+
+/// Embeddings, one row per text: `[texts, dim]`, row-major.
+pub type Embeddings = HostMatrix;
+
+pub struct Embedder {
+    encoder: Encoder,
+    tokenizer: TextTokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    max_length: usize,
+    query_instruction: Option<String>,
+    batch_tokens: usize,
+}
+
+impl Embedder {
+    pub fn load(dir: impl AsRef<Path>, options: EmbedderOptions) -> Result<Embedder> {
+        let dir = dir.as_ref();
+        let encoder = Encoder::load(dir, options.device)?;
+        let config = encoder.config();
+        let tokenizer = TextTokenizer::load(dir, config.vocab_size, config.type_vocab_size)?;
+        let max_length = resolve_max_length(&encoder, &tokenizer, options.max_length)?;
+        Ok(Embedder {
+            pooling: options.pooling.unwrap_or(config.defaults.pooling),
+            normalize: options.normalize.unwrap_or(config.defaults.normalize),
+            max_length,
+            query_instruction: options.query_instruction,
+            batch_tokens: options.batch_tokens,
+            encoder,
+            tokenizer,
+        })
+    }
+
+    /// Embeds each text as it is.
+    pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Embeddings> {
+        self.embed_sequences(&self.tokenize(texts, false)?)
+    }
+
+    /// Embeds retrieval queries: each text gets the query instruction in front, when one is set.
+    pub fn encode_queries<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Embeddings> {
+        self.embed_sequences(&self.tokenize(texts, true)?)
+    }
+
+    /// Tokenizes texts on all cores, with the query instruction in front when `queries` is set.
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S], queries: bool) -> Result<Vec<Sequence>> {
+        let prefix = match (queries, &self.query_instruction) {
+            (true, Some(instruction)) => instruction.as_str(),
+            _ => "",
+        };
+        texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let text = text.as_ref();
+                let result = if prefix.is_empty() {
+                    self.tokenizer.encode(text, self.max_length)
+                } else {
+                    self.tokenizer.encode(&format!("{prefix}{text}"), self.max_length)
+                };
+                result.map_err(|e| Error::input(format!("text {i}"), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Embeds tokenized sequences, one row each, in their order.
+    pub fn embed_sequences(&self, sequences: &[Sequence]) -> Result<Embeddings> {
+        let (pooling, normalize) = (self.pooling, self.normalize);
+        let mut out = self.encoder.run_batched(sequences, self.batch_tokens, |e, b| {
+            e.embed(b, pooling, normalize)
+        })?;
+        out.cols = self.dim();
+        Ok(out)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.encoder.config().hidden_size
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+}
+
+/// The caller's max length, or the model's default; either must fit the position table and
+/// leave room next to the special tokens.
+pub(crate) fn resolve_max_length(
+    encoder: &Encoder,
+    tokenizer: &TextTokenizer,
+    requested: Option<usize>,
+) -> Result<usize> {
+    let config = encoder.config();
+    let max_length = requested.unwrap_or(config.defaults.max_length);
+    let limit = config.max_supported_length();
+    if max_length > limit {
+        return Err(Error::Option {
+            option: "max_length".into(),
+            message: format!("{max_length} is more than this model's {limit} positions"),
+        });
+    }
+    if max_length < tokenizer.min_max_length() {
+        return Err(Error::Option {
+            option: "max_length".into(),
+            message: format!(
+                "{max_length} is too short: at least {} are needed",
+                tokenizer.min_max_length()
+            ),
+        });
+    }
+    Ok(max_length)
+}

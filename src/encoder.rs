@@ -1,0 +1,231 @@
+//! The low-level engine: a model on a device, fed packed batches of token ids. `Embedder` and
+//! `Reranker` sit on top of it; programs that tokenize for themselves use it directly.
+//!
+//! The model is generic over the backend; `Encoder` hides which one behind an object-safe trait
+//! so that the device is a run-time choice and callers need no generics and no `cfg`.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, HostMatrix, Pooling};
+use crate::batch::{Batch, Sequence};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::weights::{StoredDtype, Weights};
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Device> {
+        let bad = || Error::Option {
+            option: "device".into(),
+            message: format!("`{s}` is not a device (cpu, cuda, cuda:N)"),
+        };
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The devices this build of ember can run on.
+pub fn compiled_devices() -> &'static [&'static str] {
+    &["cpu"]
+}
+
+/// A model loaded on one device, as a trait object.
+trait Engine: Send + Sync {
+    fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix>;
+    fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix>;
+    fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>>;
+}
+
+struct Loaded<B: Backend> {
+    backend: B,
+    model: Model<B>,
+}
+
+impl<B: Backend> Engine for Loaded<B> {
+    fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix> {
+        let batch = self.backend.upload_batch(batch)?;
+        self.backend.download(&self.model.forward(&self.backend, &batch)?)
+    }
+
+    fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix> {
+        let batch = self.backend.upload_batch(batch)?;
+        self.backend
+            .download(&self.model.embed(&self.backend, &batch, pooling, normalize)?)
+    }
+
+    fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>> {
+        let batch = self.backend.upload_batch(batch)?;
+        match self.model.classify(&self.backend, &batch)? {
+            Some(logits) => self.backend.download(&logits).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A model folder loaded onto a device: config, weights and the forward pass, no tokenizer.
+pub struct Encoder {
+    config: ModelConfig,
+    stored_dtype: Option<StoredDtype>,
+    device: Device,
+    engine: Box<dyn Engine>,
+}
+
+impl Encoder {
+    /// Loads `config.json` and the safetensors weights of a model folder onto `device`.
+    pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Encoder> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::load(dir)?;
+        let weights = Weights::open(dir)?;
+        let stored_dtype = weights.stored_dtype();
+        let engine: Box<dyn Engine> = match device {
+            Device::Cpu => {
+                let backend = CpuBackend::new();
+                let model = Model::load(&backend, config.clone(), &weights)?;
+                Box::new(Loaded { backend, model })
+            }
+            Device::Cuda(_) => {
+                return Err(Error::Device {
+                    device: device.to_string(),
+                    message: "this build of ember has no CUDA backend (build with `--features cuda`)".into(),
+                })
+            }
+        };
+        Ok(Encoder {
+            config,
+            stored_dtype,
+            device,
+            engine,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype the weights are stored in on disk.
+    pub fn stored_dtype(&self) -> Option<StoredDtype> {
+        self.stored_dtype
+    }
+
+    /// Packs tokenized sequences with this model's position ids.
+    pub fn pack(&self, sequences: &[&Sequence]) -> Result<Batch> {
+        Batch::pack(sequences, self.config.position_offset() as u32)
+    }
+
+    /// The last hidden state `[tokens, hidden]` of a packed batch.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix> {
+        self.check(batch)?;
+        self.engine.hidden_states(batch)
+    }
+
+    /// Pooled (and optionally L2-normalized) embeddings `[sequences, hidden]`.
+    pub fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix> {
+        self.check(batch)?;
+        self.engine.embed(batch, pooling, normalize)
+    }
+
+    /// Classifier logits `[sequences, num_labels]`; an error for a model without a head.
+    pub fn classify(&self, batch: &Batch) -> Result<HostMatrix> {
+        self.check(batch)?;
+        self.engine.classify(batch)?.ok_or_else(|| Error::Option {
+            option: "model".into(),
+            message: format!(
+                "{} has no classification head (its config.json names no *ForSequenceClassification architecture)",
+                self.config.dir.display()
+            ),
+        })
+    }
+
+    /// Runs `sequences` in batches of at most `batch_tokens` tokens through `run` (one of the
+    /// methods above) and returns one row per sequence, in input order. Batches hold sequences
+    /// of similar length; a result never depends on which batch its sequence landed in.
+    pub fn run_batched(
+        &self,
+        sequences: &[Sequence],
+        batch_tokens: usize,
+        run: impl Fn(&Encoder, &Batch) -> Result<HostMatrix>,
+    ) -> Result<HostMatrix> {
+        let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
+        let mut out: Option<HostMatrix> = None;
+        for members in crate::batch::plan_batches(&lengths, batch_tokens.max(1), usize::MAX) {
+            let batch = self.pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())?;
+            let rows = run(self, &batch)?;
+            let out = out.get_or_insert_with(|| HostMatrix {
+                rows: sequences.len(),
+                cols: rows.cols,
+                data: vec![0.0; sequences.len() * rows.cols],
+            });
+            for (j, &i) in members.iter().enumerate() {
+                out.data[i * rows.cols..(i + 1) * rows.cols].copy_from_slice(rows.row(j));
+            }
+        }
+        Ok(out.unwrap_or(HostMatrix {
+            rows: 0,
+            cols: 0,
+            data: Vec::new(),
+        }))
+    }
+
+    /// Index checks that keep a batch from reading outside any embedding table.
+    fn check(&self, batch: &Batch) -> Result<()> {
+        let c = &self.config;
+        let n = batch.num_tokens();
+        let consistent = batch.type_ids.len() == n
+            && batch.position_ids.len() == n
+            && batch.cu_seqlens.first() == Some(&0)
+            && batch.cu_seqlens.last() == Some(&(n as u32))
+            && batch.cu_seqlens.windows(2).all(|w| w[0] < w[1])
+            && batch.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max() == Some(batch.max_len);
+        if !consistent {
+            return Err(Error::input(
+                "batch",
+                "index arrays disagree with cu_seqlens (sequences must be non-empty and in order)",
+            ));
+        }
+        let over = |ids: &[u32], limit: usize, what: &str| match ids.iter().find(|&&id| id as usize >= limit)
+        {
+            Some(id) => Err(Error::input(
+                "batch",
+                format!("{what} {id} is out of range (the model has {limit})"),
+            )),
+            None => Ok(()),
+        };
+        over(&batch.token_ids, c.vocab_size, "token id")?;
+        over(&batch.type_ids, c.type_vocab_size, "token type id")?;
+        over(&batch.position_ids, c.max_position_embeddings, "position id")?;
+        Ok(())
+    }
+}

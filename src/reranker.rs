@@ -1,0 +1,136 @@
+//! The cross-encoder API: (query, passage) pairs in, one relevance score per pair out. Scores are
+//! the classifier's raw logit, as sentence-transformers' CrossEncoder and FlagEmbedding return
+//! them; with `sigmoid` they are mapped to (0, 1) as FlagEmbedding's `normalize=True` does.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::backend::HostMatrix;
+use crate::batch::Sequence;
+use crate::config::Head;
+use crate::embedder::{resolve_max_length, DEFAULT_BATCH_TOKENS};
+use crate::encoder::{Device, Encoder};
+use crate::error::{Error, Result};
+use crate::tokenize::TextTokenizer;
+
+#[derive(Debug, Clone)]
+pub struct RerankerOptions {
+    /// `None` keeps the model's default (512, or what its files say, clipped to its positions).
+    pub max_length: Option<usize>,
+    pub device: Device,
+    pub batch_tokens: usize,
+}
+
+impl Default for RerankerOptions {
+    fn default() -> Self {
+        RerankerOptions {
+            max_length: None,
+            device: Device::Cpu,
+            batch_tokens: DEFAULT_BATCH_TOKENS,
+        }
+    }
+}
+
+pub struct Reranker {
+    encoder: Encoder,
+    tokenizer: TextTokenizer,
+    max_length: usize,
+    batch_tokens: usize,
+}
+
+impl Reranker {
+    pub fn load(dir: impl AsRef<Path>, options: RerankerOptions) -> Result<Reranker> {
+        let dir = dir.as_ref();
+        let encoder = Encoder::load(dir, options.device)?;
+        if encoder.config().head == Head::None {
+            return Err(Error::config(
+                dir.join("config.json"),
+                "architectures",
+                "a reranker needs a *ForSequenceClassification model",
+            ));
+        }
+        let config = encoder.config();
+        let tokenizer = TextTokenizer::load(dir, config.vocab_size, config.type_vocab_size)?;
+        let max_length = resolve_max_length(&encoder, &tokenizer, options.max_length)?;
+        Ok(Reranker {
+            encoder,
+            tokenizer,
+            max_length,
+            batch_tokens: options.batch_tokens,
+        })
+    }
+
+    /// Every label's logit for each pair: `[pairs, num_labels]`.
+    pub fn logits<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(&self, pairs: &[(Q, P)]) -> Result<HostMatrix> {
+        self.logits_of(&self.tokenize(pairs)?)
+    }
+
+    /// Tokenizes pairs on all cores, cutting passages first.
+    pub fn tokenize<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(
+        &self,
+        pairs: &[(Q, P)],
+    ) -> Result<Vec<Sequence>> {
+        pairs
+            .par_iter()
+            .enumerate()
+            .map(|(i, (query, passage))| {
+                self.tokenizer
+                    .encode_pair(query.as_ref(), passage.as_ref(), self.max_length)
+                    .map_err(|e| Error::input(format!("pair {i}"), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Logits of tokenized pairs, one row each, in their order.
+    pub fn logits_of(&self, sequences: &[Sequence]) -> Result<HostMatrix> {
+        let mut out = self
+            .encoder
+            .run_batched(sequences, self.batch_tokens, Encoder::classify)?;
+        out.cols = self.num_labels();
+        Ok(out)
+    }
+
+    /// One score per pair: the logit of a single-label model, through a sigmoid when asked.
+    pub fn compute_score<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(
+        &self,
+        pairs: &[(Q, P)],
+        sigmoid: bool,
+    ) -> Result<Vec<f32>> {
+        self.scores_of(&self.tokenize(pairs)?, sigmoid)
+    }
+
+    /// [`Reranker::compute_score`] for pairs tokenized by [`Reranker::tokenize`].
+    pub fn scores_of(&self, sequences: &[Sequence], sigmoid: bool) -> Result<Vec<f32>> {
+        if self.num_labels() != 1 {
+            return Err(Error::Option {
+                option: "model".into(),
+                message: format!(
+                    "scores need a single-label model; this one has {} labels (use `logits`)",
+                    self.num_labels()
+                ),
+            });
+        }
+        let logits = self.logits_of(sequences)?;
+        Ok(logits
+            .data
+            .into_iter()
+            .map(|x| if sigmoid { 1.0 / (1.0 + (-x).exp()) } else { x })
+            .collect())
+    }
+
+    pub fn num_labels(&self) -> usize {
+        match self.encoder.config().head {
+            Head::Classifier { num_labels } => num_labels,
+            Head::None => 0,
+        }
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+}
