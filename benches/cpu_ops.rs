@@ -1,0 +1,80 @@
+//! Criterion benches of the CPU backend's hot ops, on the global rayon pool (all cores):
+//! - `linear`: the FFN shapes of a 384-hidden model (MiniLM, bge-small) at 4,096 tokens,
+//!   up (N=1536, K=384) and down (N=384, K=1536), plus the fused QKV (N=1152, K=384); throughput
+//!   is in FLOPs (2·M·N·K per call), so criterion's "elem/s" reads as FLOP/s;
+//! - `activation`: both GELUs over an FFN output on one thread (copy included), to keep their
+//!   cost in view next to the matmul;
+//! - `attention`: 64 sequences of 128 tokens, 12 heads of dimension 32 (4·L²·d FLOPs per
+//!   sequence and head: QKᵀ and PV).
+//!
+//! Inputs are seeded random nonzero values. Sample counts are small to keep a run short.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ember::backend::cpu::testutil::SplitMix64;
+use ember::backend::cpu::{math, CpuBackend};
+use ember::backend::{Activation, Backend};
+
+fn linear(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    let mut rng = SplitMix64::new(1);
+    let mut group = c.benchmark_group("linear");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (m, n, k) in [(4096, 1536, 384), (4096, 384, 1536), (4096, 1152, 384)] {
+        let x = cpu.upload(&rng.values(m * k, 1.0), m, k).unwrap();
+        let layer = cpu
+            .load_linear(&rng.values(n * k, 0.05), &rng.values(n, 0.1), n, k)
+            .unwrap();
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(BenchmarkId::from_parameter(format!("m{m}_n{n}_k{k}")), |b| {
+            b.iter(|| cpu.linear(&x, &layer, Activation::Identity, None).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn activation(c: &mut Criterion) {
+    let mut rng = SplitMix64::new(2);
+    let values = rng.values(4096 * 1536, 3.0);
+    let mut group = c.benchmark_group("activation");
+    group.sample_size(10).measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(values.len() as u64));
+    for act in [Activation::Gelu, Activation::GeluTanh] {
+        group.bench_function(format!("{act:?}_4096x1536_one_thread"), |b| {
+            let mut buffer = values.clone();
+            b.iter(|| {
+                buffer.copy_from_slice(&values);
+                math::activate(act, &mut buffer);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    let mut rng = SplitMix64::new(3);
+    let (sequences, len, heads, head_dim) = (64, 128, 12, 32);
+    let batch = rng.batch(&vec![len; sequences], 100, 1);
+    let tokens = sequences * len;
+    let qkv = cpu
+        .upload(
+            &rng.values(tokens * 3 * heads * head_dim, 1.0),
+            tokens,
+            3 * heads * head_dim,
+        )
+        .unwrap();
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(
+        (4 * sequences * heads * len * len * head_dim) as u64,
+    ));
+    group.bench_function("64x128_tokens_12x32_heads", |b| {
+        b.iter(|| cpu.attention(&qkv, &batch, heads, head_dim).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, linear, activation, attention);
+criterion_main!(benches);

@@ -1,0 +1,160 @@
+//! Multi-head self-attention over a packed batch, within each sequence only:
+//! for every sequence `s` (tokens `cu_seqlens[s]..cu_seqlens[s+1]`) and head `h`,
+//! `context = softmax(Q Kᵀ / sqrt(head_dim)) V`, with Q, K, V the head's columns of the packed
+//! `qkv` rows (`[tokens, 3 * heads * head_dim]`: q, then k, then v, each split into heads).
+//!
+//! Work split: one rayon task per sequence, owning that sequence's rows of the output (so tasks
+//! never touch another sequence's tokens, by construction). When the batch has too few sequences
+//! to feed every thread, the heads of each long sequence run as parallel subtasks too, so that a
+//! batch of one long text still uses every core; otherwise heads run in a loop and write straight
+//! into the output.
+//!
+//! Per (sequence, head): K is packed as the `W` of a [`gemm`] (`scores = Q Kᵀ`) and V as the `W`
+//! of a second one (`context = P V`), both from their strided columns of `qkv` without a copy of
+//! Q. Queries go in blocks of [`QUERY_BLOCK`] rows so that the score block (`QUERY_BLOCK x len`)
+//! stays small however long the sequence. Softmax is in f32 with the row maximum subtracted; the
+//! division by the row sum is applied to the `head_dim` context values, not the `len` weights.
+
+use rayon::prelude::*;
+
+use super::math;
+use super::matmul::{gemm, PackedMatrix};
+
+/// Query rows per score block: 64 x 512 scores are 128 KiB, within L2.
+const QUERY_BLOCK: usize = 64;
+/// Sequences at least this long split their heads into parallel subtasks; below it the per-head
+/// work (about `len^2 * head_dim * 4` FLOPs) is too small to be worth a task.
+const PARALLEL_HEADS_MIN_LEN: usize = 64;
+
+/// Reusable buffers for one (sequence, head) at a time.
+#[derive(Default)]
+struct Scratch {
+    keys: PackedMatrix,
+    values: PackedMatrix,
+    scores: Vec<f32>,
+}
+
+/// Writes the context for every token into `out` (`[tokens, heads * head_dim]`).
+///
+/// Callers check: `qkv.len() == tokens * 3 * heads * head_dim`, `out.len() == tokens * heads *
+/// head_dim`, `cu_seqlens` starts at 0, never decreases and ends at `tokens`.
+pub fn attention(qkv: &[f32], cu_seqlens: &[u32], heads: usize, head_dim: usize, out: &mut [f32]) {
+    let hidden = heads * head_dim;
+    // Carve `out` into one disjoint slice per sequence.
+    let mut parts = Vec::with_capacity(cu_seqlens.len().saturating_sub(1));
+    let mut rest = out;
+    for window in cu_seqlens.windows(2) {
+        let (start, end) = (window[0] as usize, window[1] as usize);
+        let (mine, tail) = rest.split_at_mut((end - start) * hidden);
+        parts.push((start, end - start, mine));
+        rest = tail;
+    }
+    // With enough sequences to share out, heads in a loop are cheaper than head subtasks (no
+    // private blocks to allocate and copy); with few, only head subtasks keep every core busy.
+    let split_heads = parts.len() < 4 * rayon::current_num_threads();
+    parts.into_par_iter().for_each(|(start, len, out)| {
+        attend_sequence(qkv, start, len, heads, head_dim, split_heads, out);
+    });
+}
+
+fn attend_sequence(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    split_heads: bool,
+    out: &mut [f32],
+) {
+    let hidden = heads * head_dim;
+    let rows = &qkv[start * 3 * hidden..(start + len) * 3 * hidden];
+    if split_heads && len >= PARALLEL_HEADS_MIN_LEN && heads > 1 {
+        // The heads' columns interleave in `out`, so each subtask fills a private [len, head_dim]
+        // block, copied in afterwards (len * hidden copies against len^2 * hidden * 4 FLOPs).
+        let blocks: Vec<Vec<f32>> = (0..heads)
+            .into_par_iter()
+            .map_init(Scratch::default, |scratch, h| {
+                let mut block = vec![0.0; len * head_dim];
+                attend_head(rows, len, heads, head_dim, h, scratch, &mut block, head_dim);
+                block
+            })
+            .collect();
+        for (h, block) in blocks.iter().enumerate() {
+            for (out_row, block_row) in out.chunks_exact_mut(hidden).zip(block.chunks_exact(head_dim)) {
+                out_row[h * head_dim..(h + 1) * head_dim].copy_from_slice(block_row);
+            }
+        }
+    } else {
+        let mut scratch = Scratch::default();
+        for h in 0..heads {
+            attend_head(
+                rows,
+                len,
+                heads,
+                head_dim,
+                h,
+                &mut scratch,
+                &mut out[h * head_dim..],
+                hidden,
+            );
+        }
+    }
+}
+
+/// The context of head `h` for the `len` tokens whose qkv rows are `rows`, written to
+/// `out[i * ldo .. i * ldo + head_dim]` for token `i`.
+#[allow(clippy::too_many_arguments)] // strides and extents of one head's slice of the batch
+fn attend_head(
+    rows: &[f32],
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    h: usize,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let hidden = heads * head_dim;
+    let ld = 3 * hidden;
+    let (q_offset, k_offset, v_offset) = (h * head_dim, hidden + h * head_dim, 2 * hidden + h * head_dim);
+    // Keys: W[j][c] = K[j][c], so Q · Wᵀ gives the scores. Values: W[c][j] = V[j][c], so P · Wᵀ
+    // gives the context.
+    scratch.keys.repack_rows(&rows[k_offset..], len, head_dim, ld);
+    scratch
+        .values
+        .repack_columns(&rows[v_offset..], head_dim, len, ld);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for first in (0..len).step_by(QUERY_BLOCK) {
+        let block = QUERY_BLOCK.min(len - first);
+        scratch.scores.resize(block * len, 0.0);
+        let scores = &mut scratch.scores[..block * len];
+        gemm(
+            &rows[first * ld + q_offset..],
+            ld,
+            block,
+            &scratch.keys,
+            None,
+            scores,
+            len,
+        );
+        let mut inverse_sums = [0.0f32; QUERY_BLOCK];
+        for (row, inverse_sum) in scores.chunks_exact_mut(len).zip(&mut inverse_sums) {
+            *inverse_sum = 1.0 / softmax_numerators(row, scale);
+        }
+        let out_block = &mut out[first * ldo..];
+        gemm(scores, len, block, &scratch.values, None, out_block, ldo);
+        for (i, inverse_sum) in inverse_sums.iter().take(block).enumerate() {
+            out_block[i * ldo..i * ldo + head_dim]
+                .iter_mut()
+                .for_each(|v| *v *= inverse_sum);
+        }
+    }
+}
+
+/// Replaces raw scores `s` by `exp(scale * (s - max s))` and returns their sum. Subtracting the
+/// maximum keeps every exponent at most 0, so nothing overflows whatever the scores.
+fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
+    let max = math::max(row);
+    row.iter_mut().for_each(|s| *s = math::exp((*s - max) * scale));
+    math::sum(row)
+}

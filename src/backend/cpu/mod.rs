@@ -1,0 +1,352 @@
+//! The CPU backend: f32 throughout, parallel with rayon on the caller's current pool (it never
+//! builds a pool of its own, so `pool.install(|| model.forward(..))` decides the threads).
+//!
+//! This file checks shapes and ids (every mismatch is an `Error::Backend`, never a panic) and
+//! dispatches to the kernels:
+//! - [`matmul`]: the packed-weight matrix multiply (the seam for the SIMD kernels), split over
+//!   row blocks;
+//! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
+//! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
+//! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations.
+//!
+//! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
+//! [`testutil`] the seeded random inputs and the error measure the tests use.
+
+mod attention;
+pub mod math;
+pub mod matmul;
+pub mod reference;
+mod rowwise;
+#[cfg(test)]
+mod tests;
+pub mod testutil;
+
+use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use matmul::PackedMatrix;
+
+fn error(op: &'static str, message: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "cpu",
+        op,
+        message: message.into(),
+    }
+}
+
+/// A row-major f32 matrix in host memory: `data[r * cols + c]`, `data.len() == rows * cols`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    /// Checks that `data` holds `rows * cols` values.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(error(
+                "tensor",
+                format!("{} values for a [{rows}, {cols}] matrix", data.len()),
+            ));
+        }
+        Ok(Self { rows, cols, data })
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    fn check(&self, op: &'static str, what: &str, rows: usize, cols: usize) -> Result<()> {
+        if (self.rows, self.cols) != (rows, cols) || rows.checked_mul(cols) != Some(self.data.len()) {
+            return Err(error(
+                op,
+                format!(
+                    "{what} is [{}, {}] ({} values), expected [{rows}, {cols}]",
+                    self.rows,
+                    self.cols,
+                    self.data.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_consistent(&self, op: &'static str, what: &str) -> Result<()> {
+        self.check(op, what, self.rows, self.cols)
+    }
+}
+
+impl From<HostMatrix> for CpuTensor {
+    fn from(m: HostMatrix) -> Self {
+        Self {
+            rows: m.rows,
+            cols: m.cols,
+            data: m.data,
+        }
+    }
+}
+
+/// A linear layer: the weight packed for [`matmul::gemm`] and the bias, both f32.
+#[derive(Debug, Clone)]
+pub struct CpuLinear {
+    weight: PackedMatrix,
+    bias: Vec<f32>,
+}
+
+impl CpuLinear {
+    pub fn out_features(&self) -> usize {
+        self.weight.n()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.k()
+    }
+
+    pub fn weight(&self) -> &PackedMatrix {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+}
+
+/// The CPU implementation of [`Backend`]. Stateless: it is cheap to construct and to share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// A LayerNorm vector (`[1, n]`, or any shape holding `n` values) as a slice.
+fn norm_vector<'a>(op: &'static str, what: &str, v: &'a CpuTensor, n: usize) -> Result<&'a [f32]> {
+    v.check_consistent(op, what)?;
+    if v.data.len() != n {
+        return Err(error(
+            op,
+            format!("{what} has {} values, expected {n}", v.data.len()),
+        ));
+    }
+    Ok(&v.data)
+}
+
+fn check_batch(op: &'static str, batch: &Batch) -> Result<()> {
+    let tokens = batch.token_ids.len();
+    if batch.type_ids.len() != tokens || batch.position_ids.len() != tokens {
+        return Err(error(
+            op,
+            format!(
+                "batch has {tokens} token ids, {} type ids and {} position ids",
+                batch.type_ids.len(),
+                batch.position_ids.len()
+            ),
+        ));
+    }
+    let cu = &batch.cu_seqlens;
+    if cu.first() != Some(&0)
+        || cu.last().map(|&t| t as usize) != Some(tokens)
+        || cu.windows(2).any(|w| w[1] < w[0])
+    {
+        return Err(error(
+            op,
+            format!("cu_seqlens must rise from 0 to the token count {tokens}, got {cu:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_ids(op: &'static str, what: &str, ids: &[u32], entries: usize) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= entries) {
+        Some(t) => Err(error(
+            op,
+            format!(
+                "token {t}: {what} id {} is past the table's {entries} rows",
+                ids[t]
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Linear = CpuLinear;
+    type DeviceBatch = Batch;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        CpuTensor::new(rows, cols, data.to_vec()).map_err(|_| {
+            error(
+                "upload",
+                format!("{} values for a [{rows}, {cols}] matrix", data.len()),
+            )
+        })
+    }
+
+    fn load_linear(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<CpuLinear> {
+        if out_features.checked_mul(in_features) != Some(weight.len()) || bias.len() != out_features {
+            return Err(error(
+                "load_linear",
+                format!(
+                    "weight has {} values and bias {} for a [{out_features}, {in_features}] layer",
+                    weight.len(),
+                    bias.len()
+                ),
+            ));
+        }
+        Ok(CpuLinear {
+            weight: PackedMatrix::from_rows(weight, out_features, in_features, in_features),
+            bias: bias.to_vec(),
+        })
+    }
+
+    fn upload_batch(&self, batch: &Batch) -> Result<Batch> {
+        check_batch("upload_batch", batch)?;
+        Ok(batch.clone())
+    }
+
+    fn download(&self, tensor: &CpuTensor) -> Result<HostMatrix> {
+        tensor.check_consistent("download", "tensor")?;
+        Ok(HostMatrix {
+            rows: tensor.rows,
+            cols: tensor.cols,
+            data: tensor.data.clone(),
+        })
+    }
+
+    fn embed(
+        &self,
+        batch: &Batch,
+        tables: &EmbeddingTables<CpuTensor>,
+        norm: &LayerNormWeights<CpuTensor>,
+    ) -> Result<CpuTensor> {
+        const OP: &str = "embed";
+        check_batch(OP, batch)?;
+        let hidden = tables.word.cols;
+        if hidden == 0 {
+            return Err(error(OP, "embedding tables of zero columns"));
+        }
+        for (what, table) in [
+            ("word table", &tables.word),
+            ("position table", &tables.position),
+            ("token type table", &tables.token_type),
+        ] {
+            table.check(OP, what, table.rows, hidden)?;
+        }
+        check_ids(OP, "word", &batch.token_ids, tables.word.rows)?;
+        check_ids(OP, "position", &batch.position_ids, tables.position.rows)?;
+        check_ids(OP, "token type", &batch.type_ids, tables.token_type.rows)?;
+        let gamma = norm_vector(OP, "gamma", &norm.gamma, hidden)?;
+        let beta = norm_vector(OP, "beta", &norm.beta, hidden)?;
+        let tokens = batch.token_ids.len();
+        let mut out = vec![0.0; tokens * hidden];
+        let slices = rowwise::Tables {
+            word: &tables.word.data,
+            position: &tables.position.data,
+            token_type: &tables.token_type.data,
+        };
+        rowwise::embed(
+            &batch.token_ids,
+            &batch.position_ids,
+            &batch.type_ids,
+            &slices,
+            gamma,
+            beta,
+            norm.eps,
+            &mut out,
+        );
+        CpuTensor::new(tokens, hidden, out)
+    }
+
+    fn linear(
+        &self,
+        x: &CpuTensor,
+        layer: &CpuLinear,
+        activation: Activation,
+        residual: Option<&CpuTensor>,
+    ) -> Result<CpuTensor> {
+        const OP: &str = "linear";
+        let (m, n) = (x.rows, layer.out_features());
+        x.check(OP, "input", m, layer.in_features())?;
+        if let Some(r) = residual {
+            r.check(OP, "residual", m, n)?;
+        }
+        let mut out = vec![0.0; m * n];
+        matmul::gemm_parallel(
+            &x.data,
+            m,
+            &layer.weight,
+            &layer.bias,
+            &mut out,
+            |first_row, block| {
+                math::activate(activation, block);
+                if let Some(r) = residual {
+                    math::add_assign(block, &r.data[first_row * n..first_row * n + block.len()]);
+                }
+            },
+        );
+        CpuTensor::new(m, n, out)
+    }
+
+    fn attention(&self, qkv: &CpuTensor, batch: &Batch, heads: usize, head_dim: usize) -> Result<CpuTensor> {
+        const OP: &str = "attention";
+        check_batch(OP, batch)?;
+        let hidden = heads
+            .checked_mul(head_dim)
+            .filter(|&h| h > 0 && h.checked_mul(3).is_some());
+        let Some(hidden) = hidden else {
+            return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
+        };
+        qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
+        let mut out = vec![0.0; qkv.rows * hidden];
+        attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
+        CpuTensor::new(qkv.rows, hidden, out)
+    }
+
+    fn layer_norm(&self, x: &CpuTensor, norm: &LayerNormWeights<CpuTensor>) -> Result<CpuTensor> {
+        const OP: &str = "layer_norm";
+        x.check_consistent(OP, "input")?;
+        if x.cols == 0 {
+            return Err(error(OP, "rows of zero columns have no mean"));
+        }
+        let gamma = norm_vector(OP, "gamma", &norm.gamma, x.cols)?;
+        let beta = norm_vector(OP, "beta", &norm.beta, x.cols)?;
+        let mut out = vec![0.0; x.data.len()];
+        rowwise::layer_norm(&x.data, gamma, beta, norm.eps, &mut out);
+        CpuTensor::new(x.rows, x.cols, out)
+    }
+
+    fn pool(&self, hidden: &CpuTensor, batch: &Batch, mode: Pooling) -> Result<CpuTensor> {
+        const OP: &str = "pool";
+        check_batch(OP, batch)?;
+        hidden.check(OP, "hidden", batch.token_ids.len(), hidden.cols)?;
+        if let Some(s) = batch.cu_seqlens.windows(2).position(|w| w[0] == w[1]) {
+            return Err(error(OP, format!("sequence {s} is empty")));
+        }
+        let sequences = batch.cu_seqlens.len() - 1;
+        let mut out = vec![0.0; sequences * hidden.cols];
+        rowwise::pool(&hidden.data, hidden.cols, &batch.cu_seqlens, mode, &mut out);
+        CpuTensor::new(sequences, hidden.cols, out)
+    }
+
+    fn l2_normalize(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        x.check_consistent("l2_normalize", "input")?;
+        let mut out = vec![0.0; x.data.len()];
+        rowwise::l2_normalize(&x.data, x.cols, &mut out);
+        CpuTensor::new(x.rows, x.cols, out)
+    }
+}

@@ -1,0 +1,421 @@
+//! Every CPU op against its scalar f64 reference on fresh seeded random inputs with awkward
+//! shapes (hidden 383, sequences of 1, 17 and 512 tokens in one batch, head dims 32, 64 and 33,
+//! row counts that are multiples of no block size), plus isolation, batching-invariance and
+//! error tests.
+//!
+//! Tolerances are on [`Deviation::relative_to_max`] (max abs diff / max |expected|). f32 has a
+//! relative spacing of 1.2e-7; each tolerance below says how much rounding the op can add on top,
+//! and each is still orders of magnitude under what a wrong index, a missing term or a swapped
+//! operand would produce (errors of order 1).
+
+use super::reference;
+use super::testutil::{deviation, Deviation, SplitMix64};
+use super::*;
+
+fn tensor(m: &HostMatrix) -> CpuTensor {
+    CpuTensor::from(m.clone())
+}
+
+fn host(t: &CpuTensor) -> HostMatrix {
+    CpuBackend.download(t).unwrap()
+}
+
+fn assert_close(what: &str, actual: &HostMatrix, expected: &HostMatrix, tolerance: f64) {
+    let Deviation {
+        max_abs,
+        relative_to_max,
+    } = deviation(actual, expected);
+    assert!(
+        relative_to_max <= tolerance,
+        "{what}: max abs diff {max_abs:e}, relative to max {relative_to_max:e} > {tolerance:e}"
+    );
+}
+
+fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Relu,
+    Activation::Tanh,
+];
+
+/// Checks `linear` against the reference for one shape, with and without a residual.
+fn check_linear(rng: &mut SplitMix64, m: usize, n: usize, k: usize, activation: Activation) {
+    let x = rng.matrix(m, k, 1.0);
+    // Weights scaled by 1/sqrt(k) as in trained layers, so outputs are O(1) and the activations
+    // are exercised on both sides of 0, not only in their saturated tails.
+    let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
+    let b = rng.values(n, 0.5);
+    let residual = rng.matrix(m, n, 1.0);
+    let layer = CpuBackend.load_linear(&w.data, &b, n, k).unwrap();
+    assert_eq!((layer.out_features(), layer.in_features()), (n, k));
+    for r in [None, Some(&residual)] {
+        let got = CpuBackend
+            .linear(&tensor(&x), &layer, activation, r.map(tensor).as_ref())
+            .unwrap();
+        let want = reference::linear(&x, &w, &b, activation, r);
+        // f32 accumulation of k <= 1536 products per output: the rounding error grows like
+        // sqrt(k) * 1.2e-7 (about 5e-6 at k = 1536) against outputs of order 1; the activations
+        // add 2e-7. 2e-5 leaves room and still catches any indexing bug.
+        assert_close(
+            &format!("linear {m}x{n}x{k} {activation:?} residual={}", r.is_some()),
+            &host(&got),
+            &want,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn linear_matches_reference_for_every_activation() {
+    let mut rng = SplitMix64::new(1);
+    for activation in ACTIVATIONS {
+        check_linear(&mut rng, 67, 383, 383, activation);
+    }
+}
+
+#[test]
+fn linear_matches_reference_on_awkward_shapes_and_both_parallel_splits() {
+    let rng = SplitMix64::new(2);
+    // (m, n, k): single rows, one row more than a tile, BERT-like shapes, tiny n and k.
+    let shapes = [
+        (1, 1536, 384),
+        (3, 384, 1536),
+        (5, 9, 383),
+        (130, 1152, 384),
+        (577, 33, 47),
+        (300, 1, 7),
+        (2, 17, 1),
+    ];
+    // One thread takes the row-block split from 4 blocks (193 rows) on; three threads split
+    // columns below 12 blocks. Both pools see every shape, so both code paths are covered.
+    for threads in [1, 3] {
+        with_threads(threads, || {
+            for &(m, n, k) in &shapes {
+                check_linear(&mut rng.clone(), m, n, k, Activation::Gelu);
+            }
+        });
+    }
+}
+
+#[test]
+fn linear_of_an_empty_batch_is_empty() {
+    let layer = CpuBackend.load_linear(&[0.5; 12], &[1.0; 3], 3, 4).unwrap();
+    let x = CpuBackend.upload(&[], 0, 4).unwrap();
+    let y = CpuBackend.linear(&x, &layer, Activation::Relu, None).unwrap();
+    assert_eq!((y.rows, y.cols, y.data.len()), (0, 3, 0));
+}
+
+#[test]
+fn gemm_honours_strides_and_column_packing() {
+    let mut rng = SplitMix64::new(3);
+    let (m, n, k, lda, ldc, ldw) = (11, 13, 29, 40, 21, 31);
+    let a = rng.values(m * lda, 1.0);
+    let w_t = rng.values(k * ldw, 1.0); // [k, n] with row stride ldw: W = w_tᵀ
+    let packed = matmul::PackedMatrix::from_columns(&w_t, n, k, ldw);
+    let sentinel = 12345.0;
+    let mut c = vec![sentinel; m * ldc];
+    matmul::gemm(&a, lda, m, &packed, None, &mut c, ldc);
+    for i in 0..m {
+        for j in 0..ldc {
+            let got = c[i * ldc + j];
+            if j >= n {
+                assert_eq!(got, sentinel, "gemm wrote outside its columns at ({i}, {j})");
+                continue;
+            }
+            let want: f64 = (0..k)
+                .map(|p| a[i * lda + p] as f64 * w_t[p * ldw + j] as f64)
+                .sum();
+            // k = 29 products of magnitude < 1: a few ulp of a sum of order 5.
+            assert!(
+                (got as f64 - want).abs() < 1e-5,
+                "gemm ({i}, {j}): {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn embed_matches_reference() {
+    let mut rng = SplitMix64::new(4);
+    let (hidden, vocab, positions, types) = (383, 50, 512, 2);
+    let batch = rng.batch(&[1, 17, 512], vocab, types);
+    let word = rng.matrix(vocab, hidden, 1.0);
+    let position = rng.matrix(positions, hidden, 0.5);
+    let token_type = rng.matrix(types, hidden, 0.25);
+    let gamma = rng.values(hidden, 1.0);
+    let beta = rng.values(hidden, 0.5);
+    let norm = LayerNormWeights {
+        gamma: CpuBackend.upload(&gamma, 1, hidden).unwrap(),
+        beta: CpuBackend.upload(&beta, 1, hidden).unwrap(),
+        eps: 1e-12,
+    };
+    let tables = EmbeddingTables {
+        word: tensor(&word),
+        position: tensor(&position),
+        token_type: tensor(&token_type),
+    };
+    let device_batch = CpuBackend.upload_batch(&batch).unwrap();
+    let got = CpuBackend.embed(&device_batch, &tables, &norm).unwrap();
+    let want = reference::embed(
+        &batch.token_ids,
+        &batch.position_ids,
+        &batch.type_ids,
+        &word,
+        &position,
+        &token_type,
+        &gamma,
+        &beta,
+        1e-12,
+    );
+    // Three f32 additions, then a LayerNorm (see `layer_norm_matches_reference`): outputs of
+    // order 1-4 with a few ulp of error each.
+    assert_close("embed", &host(&got), &want, 5e-6);
+}
+
+#[test]
+fn layer_norm_matches_reference() {
+    let mut rng = SplitMix64::new(5);
+    for (rows, hidden, offset) in [(67, 383, 0.0), (3, 1024, 0.0), (130, 384, 100.0)] {
+        let mut x = rng.matrix(rows, hidden, 2.0);
+        // A large common offset checks that the variance is not computed as E[x²] - E[x]², which
+        // would cancel catastrophically here.
+        x.data.iter_mut().for_each(|v| *v += offset);
+        let gamma = rng.values(hidden, 1.0);
+        let beta = rng.values(hidden, 0.5);
+        let norm = LayerNormWeights {
+            gamma: CpuBackend.upload(&gamma, 1, hidden).unwrap(),
+            beta: CpuBackend.upload(&beta, 1, hidden).unwrap(),
+            eps: 1e-5,
+        };
+        let got = CpuBackend.layer_norm(&tensor(&x), &norm).unwrap();
+        let want = reference::layer_norm(&x, &gamma, &beta, 1e-5);
+        // Mean and variance are f32 sums of <= 1024 terms over 8 lanes (relative error ~1e-6),
+        // the normalized values are O(1-4). With the offset, the f32 mean near 100 is itself
+        // rounded by up to 4e-6 (half an ulp of 100) and every `x - mean` carries that shift,
+        // as it does in PyTorch's f32 LayerNorm: hence the looser bound there.
+        let tolerance = if offset == 0.0 { 5e-6 } else { 2e-5 };
+        assert_close(
+            &format!("layer_norm {rows}x{hidden}"),
+            &host(&got),
+            &want,
+            tolerance,
+        );
+    }
+}
+
+/// A qkv matrix and its batch: sequences of 1, 17, 512 and 70 tokens in one batch.
+fn attention_case(rng: &mut SplitMix64, heads: usize, head_dim: usize) -> (HostMatrix, Batch) {
+    let batch = rng.batch(&[1, 17, 512, 70], 10, 1);
+    // Magnitudes up to 2 make scores up to ~10 after scaling: peaked softmax rows, where a wrong
+    // scale or a wrong max subtraction shows, as well as nearly flat ones.
+    let qkv = rng.matrix(batch.num_tokens(), 3 * heads * head_dim, 2.0);
+    (qkv, batch)
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut rng = SplitMix64::new(6);
+    // head_dim 64 (bge-base), 32 (MiniLM / bge-small), and an odd 33 that fills no SIMD width.
+    for (heads, head_dim) in [(6, 64), (12, 32), (5, 33)] {
+        let (qkv, batch) = attention_case(&mut rng, heads, head_dim);
+        let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
+        // With one thread the 4 sequences run their heads in a loop; with three, long sequences
+        // split their heads into subtasks. Both paths must give the reference.
+        for threads in [1, 3] {
+            let got = with_threads(threads, || {
+                CpuBackend
+                    .attention(&tensor(&qkv), &batch, heads, head_dim)
+                    .unwrap()
+            });
+            // Scores are f32 dot products of head_dim <= 64 terms (error ~1e-6 on scaled scores
+            // up to ~10), exp adds 2e-7 relative, and the context sums up to 512 weighted
+            // values: a few 1e-6 against outputs of order 1.
+            let what = format!("attention {heads}x{head_dim}, {threads} threads");
+            assert_close(&what, &host(&got), &want, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn attention_does_not_leak_across_sequences() {
+    let mut rng = SplitMix64::new(7);
+    let (heads, head_dim) = (4, 32);
+    let (qkv, batch) = attention_case(&mut rng, heads, head_dim);
+    let before = CpuBackend
+        .attention(&tensor(&qkv), &batch, heads, head_dim)
+        .unwrap();
+    // Replace every token of every sequence but sequence 1.
+    let mut changed = qkv.clone();
+    let keep = batch.range(1);
+    for t in (0..batch.num_tokens()).filter(|t| !keep.contains(t)) {
+        for c in 0..changed.cols {
+            changed.data[t * changed.cols + c] = rng.nonzero(3.0);
+        }
+    }
+    let after = CpuBackend
+        .attention(&tensor(&changed), &batch, heads, head_dim)
+        .unwrap();
+    let hidden = heads * head_dim;
+    for t in 0..batch.num_tokens() {
+        let same = before.row(t) == after.row(t);
+        assert_eq!(
+            same,
+            keep.contains(&t),
+            "token {t} (sequence 1 is {keep:?}, hidden {hidden})"
+        );
+    }
+}
+
+#[test]
+fn attention_of_a_sequence_is_the_same_alone_and_in_a_batch() {
+    let mut rng = SplitMix64::new(8);
+    let (heads, head_dim) = (3, 64);
+    let (qkv, batch) = attention_case(&mut rng, heads, head_dim);
+    // One thread: the batch runs heads in a loop, while each sequence alone splits its heads
+    // into subtasks, so this also checks that the two paths agree bit for bit.
+    let together = with_threads(1, || {
+        CpuBackend
+            .attention(&tensor(&qkv), &batch, heads, head_dim)
+            .unwrap()
+    });
+    for s in 0..batch.num_sequences() {
+        let range = batch.range(s);
+        let cols = qkv.cols;
+        let alone_qkv = CpuTensor::new(
+            range.len(),
+            cols,
+            qkv.data[range.start * cols..range.end * cols].to_vec(),
+        )
+        .unwrap();
+        let alone_batch = rng.batch(&[range.len()], 10, 1);
+        let alone = CpuBackend
+            .attention(&alone_qkv, &alone_batch, heads, head_dim)
+            .unwrap();
+        let hidden = heads * head_dim;
+        // Bit-identical: batching must not change results (a published pain point of peers).
+        assert_eq!(
+            alone.data,
+            together.data[range.start * hidden..range.end * hidden],
+            "sequence {s}"
+        );
+    }
+}
+
+#[test]
+fn pool_matches_reference() {
+    let mut rng = SplitMix64::new(9);
+    let batch = rng.batch(&[1, 17, 512, 3], 10, 1);
+    let hidden = rng.matrix(batch.num_tokens(), 383, 1.0);
+    for mode in [Pooling::Cls, Pooling::Mean] {
+        let got = CpuBackend.pool(&tensor(&hidden), &batch, mode).unwrap();
+        let want = reference::pool(&hidden, &batch.cu_seqlens, mode);
+        // Both accumulate in f64 and round once: at most half an ulp apart.
+        assert_close(&format!("pool {mode:?}"), &host(&got), &want, 1.2e-7);
+    }
+}
+
+#[test]
+fn l2_normalize_matches_reference_and_keeps_zero_rows_zero() {
+    let mut rng = SplitMix64::new(10);
+    let mut x = rng.matrix(70, 383, 1.0);
+    // A tiny row checks the division itself, a zero row the clamp at 1e-12 (0 / 1e-12 = 0).
+    x.data[383..766].iter_mut().for_each(|v| *v *= 1e-20);
+    x.data[766..1149].fill(0.0);
+    let got = host(&CpuBackend.l2_normalize(&tensor(&x)).unwrap());
+    let want = reference::l2_normalize(&x);
+    // The norm is f64, the division one f32 rounding: an ulp of values below 1.
+    assert_close("l2_normalize", &got, &want, 1.2e-7);
+    assert!(got.row(2).iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn shape_mismatches_are_errors_not_panics() {
+    let cpu = CpuBackend::new();
+    let mut rng = SplitMix64::new(11);
+    let is_backend_error = |r: Result<CpuTensor>| matches!(r, Err(Error::Backend { backend: "cpu", .. }));
+    assert!(cpu.upload(&[1.0; 5], 2, 3).is_err());
+    assert!(cpu.load_linear(&[1.0; 6], &[0.0; 2], 2, 4).is_err());
+    assert!(cpu.load_linear(&[1.0; 8], &[0.0; 3], 2, 4).is_err());
+
+    let layer = cpu
+        .load_linear(&rng.values(8, 1.0), &rng.values(2, 1.0), 2, 4)
+        .unwrap();
+    let x5 = cpu.upload(&rng.values(15, 1.0), 3, 5).unwrap();
+    let x4 = cpu.upload(&rng.values(12, 1.0), 3, 4).unwrap();
+    assert!(is_backend_error(cpu.linear(
+        &x5,
+        &layer,
+        Activation::Identity,
+        None
+    )));
+    assert!(is_backend_error(cpu.linear(
+        &x4,
+        &layer,
+        Activation::Identity,
+        Some(&x4)
+    )));
+    let broken = CpuTensor {
+        rows: 3,
+        cols: 4,
+        data: vec![1.0; 11],
+    };
+    assert!(is_backend_error(cpu.linear(
+        &broken,
+        &layer,
+        Activation::Identity,
+        None
+    )));
+
+    let batch = rng.batch(&[2, 1], 10, 2);
+    let qkv = cpu.upload(&rng.values(3 * 12, 1.0), 3, 12).unwrap();
+    assert!(cpu.attention(&qkv, &batch, 2, 2).is_ok());
+    assert!(is_backend_error(cpu.attention(&qkv, &batch, 2, 3)));
+    assert!(is_backend_error(cpu.attention(&qkv, &batch, 0, 4)));
+    assert!(is_backend_error(cpu.attention(&qkv, &batch, usize::MAX, 2)));
+    assert!(is_backend_error(cpu.attention(&x4, &batch, 2, 2)));
+    let mut bad_batch = batch.clone();
+    bad_batch.cu_seqlens = vec![0, 3, 2];
+    assert!(cpu.upload_batch(&bad_batch).is_err());
+    assert!(is_backend_error(cpu.attention(&qkv, &bad_batch, 2, 2)));
+    bad_batch.cu_seqlens = vec![0, 2, 4];
+    assert!(is_backend_error(cpu.pool(&qkv, &bad_batch, Pooling::Mean)));
+    let mut empty_sequence = batch.clone();
+    empty_sequence.cu_seqlens = vec![0, 0, 3];
+    assert!(is_backend_error(cpu.pool(&qkv, &empty_sequence, Pooling::Cls)));
+
+    let norm = |n: usize| LayerNormWeights {
+        gamma: cpu.upload(&vec![1.0; n], 1, n).unwrap(),
+        beta: cpu.upload(&vec![0.0; n], 1, n).unwrap(),
+        eps: 1e-12,
+    };
+    assert!(is_backend_error(cpu.layer_norm(&x5, &norm(4))));
+    let table = |rows: usize, cols: usize| cpu.upload(&vec![0.5; rows * cols], rows, cols).unwrap();
+    let tables = EmbeddingTables {
+        word: table(10, 4),
+        position: table(2, 4),
+        token_type: table(2, 4),
+    };
+    assert!(cpu.embed(&batch, &tables, &norm(4)).is_ok());
+    assert!(is_backend_error(cpu.embed(&batch, &tables, &norm(5))));
+    let mut long_batch = rng.batch(&[3], 10, 2); // position 2 is past a 2-row position table
+    assert!(is_backend_error(cpu.embed(&long_batch, &tables, &norm(4))));
+    long_batch.token_ids[1] = 10;
+    let err = cpu.embed(&long_batch, &tables, &norm(4)).unwrap_err().to_string();
+    assert!(err.contains("word id 10"), "{err}");
+    let zero_width = cpu.upload(&[], 10, 0).unwrap();
+    let zero_tables = EmbeddingTables {
+        word: zero_width.clone(),
+        position: zero_width.clone(),
+        token_type: zero_width,
+    };
+    assert!(is_backend_error(cpu.embed(&batch, &zero_tables, &norm(0))));
+}
