@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ember::{Device, Embedder, EmbedderOptions, Error, Pooling, Reranker, RerankerOptions, Result, Sequence};
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "Fast, exact inference for BERT-family text encoders")]
+#[command(
+    name = "ember",
+    version,
+    about = "Fast, exact inference for BERT-family text encoders"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -180,7 +184,9 @@ fn parse_pair(line: &str, number: usize, input: &Path) -> Result<(String, String
 fn read_lines(path: &Path) -> Result<Vec<String>> {
     let mut bytes = Vec::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut bytes).map_err(|e| Error::io("<stdin>", e))?;
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("<stdin>", e))?;
     } else {
         bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     }
@@ -193,7 +199,10 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
         .map(|(i, line)| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             String::from_utf8(line.to_vec()).map_err(|e| {
-                Error::input(format!("{} line {}", path.display(), i + 1), format!("invalid UTF-8: {e}"))
+                Error::input(
+                    format!("{} line {}", path.display(), i + 1),
+                    format!("invalid UTF-8: {e}"),
+                )
             })
         })
         .collect()
@@ -227,7 +236,11 @@ impl AtomicOutput {
         name.push(".partial");
         let partial = target.with_file_name(name);
         let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
-        Ok(AtomicOutput { target: target.to_path_buf(), partial, file })
+        Ok(AtomicOutput {
+            target: target.to_path_buf(),
+            partial,
+            file,
+        })
     }
 
     fn finish(self, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {

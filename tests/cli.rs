@@ -1,0 +1,332 @@
+//! The `ember` binary end to end on the fixture models: outputs against the reference, and bad
+//! input answered with an error that names the line, leaving no output behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn run_named<'a>(expected: &'a Value, name: &str) -> &'a Value {
+    expected["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+}
+
+/// Writes the run's texts (those that fit on one line) to a file; returns their rows.
+fn write_texts(dir: &Path, run: &Value) -> (PathBuf, Vec<usize>) {
+    let texts = texts();
+    let rows: Vec<usize> = (0..indices(&run["texts"]).len())
+        .filter(|&k| !texts[indices(&run["texts"])[k]].contains(['\n', '\r']))
+        .collect();
+    let body: String = rows
+        .iter()
+        .map(|&k| format!("{}\n", texts[indices(&run["texts"])[k]]))
+        .collect();
+    let path = dir.join("texts.txt");
+    std::fs::write(&path, body).unwrap();
+    (path, rows)
+}
+
+fn check_encode(run_name: &str, extra: &[&str]) {
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let expected = read_json(&model.join("expected.json"));
+    let run = run_named(&expected, run_name);
+    let dir = scratch(run_name);
+    let (input, lines) = write_texts(&dir, run);
+    let output = dir.join("out.npy");
+    let mut args = vec![
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(extra);
+    let out = ember(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokens/s"),
+        "no summary line: {}",
+        stderr(&out)
+    );
+    let (n, dim, data) = ember::npy::read_f32(&mut std::fs::File::open(&output).unwrap(), "out").unwrap();
+    assert_eq!((n, dim), (lines.len(), 64));
+    let want = rows(&run["embeddings"]);
+    for (line, &k) in lines.iter().enumerate() {
+        assert_close(
+            &format!("{run_name} line {line}"),
+            &data[line * dim..(line + 1) * dim],
+            &want[k],
+        );
+    }
+}
+
+#[test]
+fn encode_uses_the_model_defaults() {
+    check_encode("defaults", &[]);
+}
+
+#[test]
+fn encode_overrides_pooling_and_max_length() {
+    check_encode("cls_64", &["--pooling", "cls", "--max-length", "64"]);
+}
+
+#[test]
+fn encode_without_normalization() {
+    check_encode(
+        "mean_raw",
+        &["--pooling", "mean", "--no-normalize", "--max-length", "64"],
+    );
+}
+
+#[test]
+fn encode_with_a_query_instruction() {
+    let instruction = ember::embedder::BGE_QUERY_INSTRUCTION_EN;
+    check_encode(
+        "queries_instruction",
+        &[
+            "--pooling",
+            "cls",
+            "--max-length",
+            "64",
+            "--query-instruction",
+            instruction,
+        ],
+    );
+}
+
+fn write_pairs(dir: &Path, chosen: &[(String, String)]) -> PathBuf {
+    let body: String = chosen
+        .iter()
+        .map(|(q, p)| format!("{}\n", serde_json::json!({"query": q, "passage": p})))
+        .collect();
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn rerank_scores_match_the_reference() {
+    for model in ["tiny-xlmr-rerank-f32", "tiny-bert-rerank-bf16"] {
+        let model = fixtures().join(model);
+        let expected = read_json(&model.join("expected.json"));
+        let all = pairs();
+        let chosen: Vec<_> = indices(&expected["pairs"])
+            .iter()
+            .map(|&i| all[i].clone())
+            .collect();
+        let dir = scratch("rerank");
+        let input = write_pairs(&dir, &chosen);
+        let want = rows(&expected["logits"]);
+        for sigmoid in [false, true] {
+            let output = dir.join("scores.jsonl");
+            let mut args = vec![
+                "rerank",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+            ];
+            args.extend(["--output", output.to_str().unwrap()]);
+            if sigmoid {
+                args.push("--sigmoid");
+            }
+            let out = ember(&args);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let text = std::fs::read_to_string(&output).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), chosen.len());
+            for (i, line) in lines.iter().enumerate() {
+                let score = serde_json::from_str::<Value>(line).unwrap()["score"]
+                    .as_f64()
+                    .unwrap();
+                let logit = want[i][0];
+                let expect = if sigmoid {
+                    1.0 / (1.0 + (-logit).exp())
+                } else {
+                    logit
+                };
+                assert!(
+                    (score - expect).abs() <= 1e-4,
+                    "{} pair {i}: {score} vs {expect}",
+                    model.display()
+                );
+            }
+        }
+    }
+}
+
+fn assert_failed_cleanly(out: &Output, needle: &str, output: &Path) {
+    assert!(!out.status.success());
+    let err = stderr(out);
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!output.exists(), "an output was left behind");
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    assert!(!Path::new(&partial).exists(), "a partial output was left behind");
+}
+
+#[test]
+fn bad_jsonl_line_is_named_and_leaves_no_output() {
+    let dir = scratch("bad-jsonl");
+    let input = dir.join("pairs.jsonl");
+    std::fs::write(
+        &input,
+        "{\"query\": \"a\", \"passage\": \"b\"}\n{\"query\": \"a\"}\n",
+    )
+    .unwrap();
+    let output = dir.join("scores.jsonl");
+    let model = fixtures().join("tiny-xlmr-rerank-f32");
+    let args = [
+        "rerank",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    assert_failed_cleanly(&out, "line 2", &output);
+    assert!(stderr(&out).contains("passage"));
+
+    std::fs::write(&input, "not json\n").unwrap();
+    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    assert_failed_cleanly(&out, "line 1", &output);
+}
+
+#[test]
+fn invalid_utf8_is_named_by_line() {
+    let dir = scratch("utf8");
+    let input = dir.join("texts.txt");
+    std::fs::write(&input, b"fine\nalso fine\nbroken \xff here\n").unwrap();
+    let output = dir.join("out.npy");
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let out = ember(&[
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_failed_cleanly(&out, "line 3", &output);
+}
+
+#[test]
+fn unavailable_device_and_bad_options_are_errors() {
+    let dir = scratch("device");
+    let input = dir.join("texts.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let output = dir.join("out.npy");
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let base = [
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let out = ember(&[&base[..], &["--device", "cuda"]].concat());
+    assert_failed_cleanly(&out, "cuda", &output);
+    let out = ember(&[&base[..], &["--device", "tpu"]].concat());
+    assert_failed_cleanly(&out, "not a device", &output);
+    let out = ember(&[&base[..], &["--max-length", "100000"]].concat());
+    assert_failed_cleanly(&out, "max_length", &output);
+    let missing = dir.join("no-such-model");
+    let out = ember(&[
+        "encode",
+        "--model",
+        missing.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_failed_cleanly(&out, "no-such-model", &output);
+}
+
+#[test]
+fn unwritable_output_fails_before_any_work() {
+    let dir = scratch("unwritable");
+    let input = dir.join("texts.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let output = dir.join("missing-dir").join("out.npy");
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let out = ember(&[
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_failed_cleanly(&out, "missing-dir", &output);
+}
+
+#[test]
+fn minilm_encode_from_stdin_matches_the_library() {
+    let dir = scratch("stdin");
+    let output = dir.join("out.npy");
+    let texts = ["A man is eating food.", "", "Ein Mann isst.", "数据库"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "encode",
+            "--model",
+            minilm_dir().to_str().unwrap(),
+            "--input",
+            "-",
+            "--output",
+            output.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{}\n", texts.join("\n")).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "--quiet printed: {}", stderr(&out));
+    let (n, dim, data) = ember::npy::read_f32(&mut std::fs::File::open(&output).unwrap(), "out").unwrap();
+    assert_eq!((n, dim), (4, 384));
+    let lib = ember::Embedder::load(minilm_dir(), Default::default())
+        .unwrap()
+        .encode(&texts)
+        .unwrap();
+    assert_eq!(data, lib.data);
+}
