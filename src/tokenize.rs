@@ -94,7 +94,8 @@ impl TextTokenizer {
         self.finish(query, passage, truncated)
     }
 
-    fn check_max_length(&self, max_length: usize) -> Result<()> {
+    /// An error unless `max_length` leaves room for content next to the special tokens.
+    pub fn check_max_length(&self, max_length: usize) -> Result<()> {
         if max_length < self.min_max_length() {
             return Err(Error::Option {
                 option: "max_length".into(),
