@@ -380,3 +380,101 @@ fn parse_header(path: &Path, file: &[u8]) -> Result<Vec<HeaderEntry>> {
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod header_properties {
+    //! Property tests (proptest, in the test command) for the header parser: whatever the bytes,
+    //! it returns an error or tensors whose data lies inside the file, never overlapping, each
+    //! exactly dtype x shape bytes long; it never panics.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid file of `sizes.len()` U8/F32/F16 tensors, to be mutated.
+    fn valid_file(shapes: &[(u8, Vec<usize>)]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0;
+        for (i, (dtype, shape)) in shapes.iter().enumerate() {
+            let (name, size) = [("U8", 1), ("F32", 4), ("F16", 2)][*dtype as usize % 3];
+            let bytes = shape.iter().product::<usize>() * size;
+            header.insert(
+                format!("t{i}"),
+                serde_json::json!({"dtype": name, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        let text = serde_json::to_string(&header).unwrap();
+        let mut file = (text.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(text.as_bytes());
+        file.extend((0..offset).map(|i| i as u8));
+        file
+    }
+
+    fn check_invariants(file: &[u8]) {
+        let Ok(entries) = parse_header(Path::new("fuzz.safetensors"), file) else {
+            return;
+        };
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for entry in &entries {
+            assert!(entry.bytes.start <= entry.bytes.end && entry.bytes.end <= file.len());
+            if let Some(size) = dtype_bytes(&entry.dtype_name) {
+                assert_eq!(entry.bytes.len(), size * entry.shape.iter().product::<usize>());
+            }
+            assert!(ranges
+                .iter()
+                .all(|r| entry.bytes.is_empty() || r.end <= entry.bytes.start || entry.bytes.end <= r.start));
+            if !entry.bytes.is_empty() {
+                ranges.push(entry.bytes.clone());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check_invariants(&bytes);
+        }
+
+        #[test]
+        fn mutated_valid_files_keep_the_invariants(
+            shapes in proptest::collection::vec((any::<u8>(), proptest::collection::vec(0usize..5, 0..3)), 1..5),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut file = valid_file(&shapes);
+            prop_assert!(parse_header(Path::new("valid"), &file).is_ok());
+            for (at, value) in flips {
+                let i = at.index(file.len());
+                file[i] = value;
+            }
+            if truncate {
+                file.truncate(cut.index(file.len() + 1));
+            }
+            check_invariants(&file);
+        }
+
+        /// Lies that stay valid JSON: offsets and shapes replaced by arbitrary numbers.
+        #[test]
+        fn lying_offsets_and_shapes_keep_the_invariants(
+            shapes in proptest::collection::vec((any::<u8>(), proptest::collection::vec(0usize..5, 0..3)), 1..5),
+            lies in proptest::collection::vec((any::<prop::sample::Index>(), 0u64..80, 0u64..80, proptest::collection::vec(0u64..6, 0..3)), 1..4),
+        ) {
+            let file = valid_file(&shapes);
+            let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+            let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&file[8..8 + n]).unwrap();
+            for (which, start, end, shape) in lies {
+                let name = format!("t{}", which.index(shapes.len()));
+                header[&name]["data_offsets"] = serde_json::json!([start, end]);
+                header[&name]["shape"] = serde_json::json!(shape);
+            }
+            let text = serde_json::to_string(&header).unwrap();
+            let mut lied = (text.len() as u64).to_le_bytes().to_vec();
+            lied.extend_from_slice(text.as_bytes());
+            lied.extend_from_slice(&file[8 + n..]);
+            check_invariants(&lied);
+        }
+    }
+}
