@@ -13,7 +13,8 @@
 //   addresses of one ldmatrix phase fall in distinct banks. The epilogue (bias, activation,
 //   residual, f32 -> f16) runs on the accumulators in registers; nothing round-trips through
 //   global memory.
-// gemm_f16_simple (any K; the fallback for K % 8 != 0): one thread per output, f32 accumulate.
+// gemm_f16_simple (any K; the fallback for K % 8 != 0): one thread per output, f32 accumulate;
+//   grid = (M, ceil(N / 256)), 256 threads along N.
 #include "common.cuh"
 
 #define BM 128
@@ -181,8 +182,8 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f16_simple(const __half* 
                                                                   const __half* __restrict__ residual,
                                                                   __half* __restrict__ out, int M, int N, int K,
                                                                   int act) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x; // range [0, N)
-    const int row = blockIdx.y;                            // range [0, M)
+    const int row = blockIdx.x;                            // range [0, M)
+    const int col = blockIdx.y * blockDim.x + threadIdx.x; // range [0, N)
     if (col >= N || row >= M) return;
     float sum = 0.0f;
     for (int k = 0; k < K; ++k) sum += __half2float(x[(size_t)row * K + k]) * __half2float(w[(size_t)col * K + k]);

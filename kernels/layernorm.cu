@@ -1,7 +1,7 @@
 // LayerNorm, the embedding layer and pooling: the row-wise kernels.
 //
 // layer_norm:   out[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta, biased variance
-//               (as PyTorch). x, out f16 [rows, cols]; gamma, beta f32 [cols].
+//               (as PyTorch). x, out, gamma, beta f16 ([rows, cols] and [cols]).
 // embed:        out[t, :] = LayerNorm(word[ids[t]] + position[pos[t]] + token_type[types[t]]);
 //               tables f16, ids u32, out f16.
 // pool:         out[s, :] = hidden[cu_seqlens[s], :] (CLS) or the mean of hidden[cu_seqlens[s] ..
@@ -18,8 +18,8 @@
 
 // Normalizes `cols` f32 values that a warp produces through `value(c)` (read twice, from cache).
 template <typename Value>
-__device__ __forceinline__ void warp_layer_norm(Value value, int cols, const float* __restrict__ gamma,
-                                                const float* __restrict__ beta, float eps,
+__device__ __forceinline__ void warp_layer_norm(Value value, int cols, const __half* __restrict__ gamma,
+                                                const __half* __restrict__ beta, float eps,
                                                 __half* __restrict__ out_row) {
     const int lane = threadIdx.x % EMBER_WARP;
     float sum = 0.0f;
@@ -32,11 +32,11 @@ __device__ __forceinline__ void warp_layer_norm(Value value, int cols, const flo
     }
     const float rstd = rsqrtf(warp_sum(sq) / (float)cols + eps);
     for (int c = lane; c < cols; c += EMBER_WARP)
-        out_row[c] = __float2half((value(c) - mean) * rstd * gamma[c] + beta[c]);
+        out_row[c] = __float2half((value(c) - mean) * rstd * __half2float(gamma[c]) + __half2float(beta[c]));
 }
 
-extern "C" __global__ void __launch_bounds__(128) layer_norm(const __half* __restrict__ x, const float* __restrict__ gamma,
-                                      const float* __restrict__ beta, __half* __restrict__ out, int rows,
+extern "C" __global__ void __launch_bounds__(128) layer_norm(const __half* __restrict__ x, const __half* __restrict__ gamma,
+                                      const __half* __restrict__ beta, __half* __restrict__ out, int rows,
                                       int cols, float eps) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / EMBER_WARP; // range [0, rows)
     if (row >= rows) return;
@@ -48,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(128) layer_norm(const __half* __res
 extern "C" __global__ void __launch_bounds__(128) embed(const unsigned* __restrict__ token_ids, const unsigned* __restrict__ position_ids,
                                  const unsigned* __restrict__ type_ids, const __half* __restrict__ word,
                                  const __half* __restrict__ position, const __half* __restrict__ token_type,
-                                 const float* __restrict__ gamma, const float* __restrict__ beta,
+                                 const __half* __restrict__ gamma, const __half* __restrict__ beta,
                                  __half* __restrict__ out, int tokens, int cols, float eps) {
     const int t = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / EMBER_WARP; // range [0, tokens)
     if (t >= tokens) return;
