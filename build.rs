@@ -18,7 +18,14 @@ const ARCH: &str = "compute_80";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "EMBER_NVRTC_LIB", "EMBER_CUDA_TOOLS", "EMBER_CUDA_INCLUDE", "EMBER_FORCE_NVRTC"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "EMBER_NVRTC_LIB",
+        "EMBER_CUDA_TOOLS",
+        "EMBER_CUDA_INCLUDE",
+        "EMBER_FORCE_NVRTC",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -70,7 +77,10 @@ impl Compiler {
                 Some(PathBuf::from("nvcc")),
             ];
             for nvcc in candidates.into_iter().flatten() {
-                let works = Command::new(&nvcc).arg("--version").output().is_ok_and(|o| o.status.success());
+                let works = Command::new(&nvcc)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
                 if works {
                     return Compiler::Nvcc(nvcc);
                 }
@@ -138,10 +148,18 @@ fn nvrtc_compile(lib_path: &Path, include: &Path, source: &Path, kernel_dir: &Pa
         let lib = libloading::Library::new(lib_path)
             .unwrap_or_else(|e| fail(&format!("cannot load NVRTC from {}: {e}", lib_path.display())));
         let create: libloading::Symbol<
-            unsafe extern "C" fn(*mut Program, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> NvrtcResult,
+            unsafe extern "C" fn(
+                *mut Program,
+                *const c_char,
+                *const c_char,
+                c_int,
+                *const *const c_char,
+                *const *const c_char,
+            ) -> NvrtcResult,
         > = lib.get(b"nvrtcCreateProgram").unwrap();
-        let compile: libloading::Symbol<unsafe extern "C" fn(Program, c_int, *const *const c_char) -> NvrtcResult> =
-            lib.get(b"nvrtcCompileProgram").unwrap();
+        let compile: libloading::Symbol<
+            unsafe extern "C" fn(Program, c_int, *const *const c_char) -> NvrtcResult,
+        > = lib.get(b"nvrtcCompileProgram").unwrap();
         let log_size: libloading::Symbol<unsafe extern "C" fn(Program, *mut usize) -> NvrtcResult> =
             lib.get(b"nvrtcGetProgramLogSize").unwrap();
         let get_log: libloading::Symbol<unsafe extern "C" fn(Program, *mut c_char) -> NvrtcResult> =
@@ -153,13 +171,24 @@ fn nvrtc_compile(lib_path: &Path, include: &Path, source: &Path, kernel_dir: &Pa
         let destroy: libloading::Symbol<unsafe extern "C" fn(*mut Program) -> NvrtcResult> =
             lib.get(b"nvrtcDestroyProgram").unwrap();
 
-        let text = std::fs::read_to_string(source).unwrap_or_else(|e| fail(&format!("{}: {e}", source.display())));
+        let text =
+            std::fs::read_to_string(source).unwrap_or_else(|e| fail(&format!("{}: {e}", source.display())));
         let text = CString::new(text).unwrap();
         let name = CString::new(source.file_name().unwrap().to_str().unwrap()).unwrap();
         let mut program: Program = std::ptr::null_mut();
-        let rc = create(&mut program, text.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null());
+        let rc = create(
+            &mut program,
+            text.as_ptr(),
+            name.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null(),
+        );
         if rc != 0 {
-            fail(&format!("nvrtcCreateProgram failed ({rc}) for {}", source.display()));
+            fail(&format!(
+                "nvrtcCreateProgram failed ({rc}) for {}",
+                source.display()
+            ));
         }
         let options: Vec<CString> = [
             format!("--gpu-architecture={ARCH}"),
@@ -181,7 +210,11 @@ fn nvrtc_compile(lib_path: &Path, include: &Path, source: &Path, kernel_dir: &Pa
             fail(&format!("NVRTC failed on {}:\n{log}", source.display()));
         }
         if !log.trim().is_empty() {
-            println!("cargo:warning=NVRTC on {}: {}", source.display(), log.trim().replace('\n', " | "));
+            println!(
+                "cargo:warning=NVRTC on {}: {}",
+                source.display(),
+                log.trim().replace('\n', " | ")
+            );
         }
         let mut size = 0usize;
         ptx_size(program, &mut size);
