@@ -117,7 +117,7 @@ pub(super) struct Device {
     /// that an asynchronous fault is reported against the kernel that caused it (tests).
     pub checked: std::sync::atomic::AtomicBool,
     // Kept last: dropped after everything that holds device memory.
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
 }
 
 impl Device {
@@ -161,7 +161,7 @@ impl Device {
             kernels,
             free: Arc::new(Mutex::new(HashMap::new())),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
-            _ctx: ctx,
+            ctx,
         })
     }
 
@@ -189,6 +189,9 @@ impl Device {
         };
         let ptr = raw_ptr(&self.stream, &slice);
         if self.checked() {
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| self.driver(op, "binding the context to this thread", e))?;
             // SAFETY: `ptr` is a live allocation of `class` bytes owned by `slice`.
             unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, class, self.stream.cu_stream()) }
                 .map_err(|e| self.driver(op, "poisoning an output", e))?;
