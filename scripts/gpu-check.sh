@@ -8,7 +8,9 @@
 #   fixtures/       the tiny reference models and texts
 #   minilm/         all-MiniLM-L6-v2 in f16 with its vocabulary cut to the test texts' tokens
 #                   (scripts/trim_model.py: identical tokens and embeddings on those texts)
-#   gpu-run.sh, gpu_bench.py, ptx-report.txt
+#   gpu-run.sh, gpu_bench.py, ptx-report.txt, kernels/ (the sources: with nvcc there, a fix can be
+#                   tried without Rust: nvcc --ptx -arch=compute_80 -o ptx/gemm.ptx kernels/gemm.cu,
+#                   then EMBER_PTX_DIR=ptx makes the binaries load it instead of the embedded PTX)
 # Then prints how to run it there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ python3 -c "import tokenizers" 2>/dev/null || [ -d "$pydeps/tokenizers" ] ||
     python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" "tokenizers==0.22.*"
 PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/trim_model.py "$model" "$bundle/minilm" fixtures/texts.json fixtures/pairs.json
 cp scripts/gpu-run.sh scripts/gpu_bench.py "$bundle/"
+cp -r kernels "$bundle/kernels"  # with EMBER_PTX_DIR, a kernel fix can be tried there with nvcc
 cp /tmp/ember-ptx-report.txt "$bundle/ptx-report.txt"
 git log -1 --format='%H %s' > "$bundle/COMMIT" 2>/dev/null || true
 

@@ -35,9 +35,21 @@ pub(super) struct Kernels {
 impl Kernels {
     fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Kernels> {
         let mut functions = HashMap::new();
-        for (family, source) in ptx::KERNELS {
+        // EMBER_PTX_DIR=DIR loads DIR/<family>.ptx instead of the embedded PTX where present: a
+        // kernel fix can then be tried on a GPU machine that has nvcc but no Rust
+        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`).
+        let override_dir = std::env::var_os("EMBER_PTX_DIR").map(std::path::PathBuf::from);
+        for (family, embedded) in ptx::KERNELS {
+            let path = override_dir.as_ref().map(|d| d.join(format!("{family}.ptx")));
+            let source = match path.filter(|p| p.exists()) {
+                Some(p) => std::fs::read_to_string(&p).map_err(|e| Error::Device {
+                    device: device.to_string(),
+                    message: format!("EMBER_PTX_DIR: {}: {e}", p.display()),
+                })?,
+                None => embedded.to_string(),
+            };
             let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(*source))
+                .load_module(cudarc::nvrtc::Ptx::from_src(source))
                 .map_err(|e| Error::Device {
                     device: device.to_string(),
                     message: format!("loading the PTX of kernels/{family}.cu failed: {e} (the driver may be older than the PTX ISA of NVRTC 12.9)"),
