@@ -2,6 +2,7 @@
 # Run HERE (a CPU machine with Rust): builds everything a GPU check needs and packs it into
 # gpu-bundle/ (git-ignored, under 40 MiB), for a GPU machine that has the driver, Python, PyTorch
 # and transformers but no Rust and no network:
+#   bin/*.xz        (stripped, xz-compressed; gpu-run.sh unpacks them)
 #   bin/ember       the release CLI with the CUDA backend (stripped)
 #   bin/gpu-tests   tests/gpu.rs: every kernel against the f64 reference, models against the CPU
 #   bin/gpu-bench   tests/gpu_bench.rs: the ember side of the PyTorch comparison
@@ -37,6 +38,7 @@ cp target/release/ember "$bundle/bin/ember"
 cp "$gpu_tests" "$bundle/bin/gpu-tests"
 cp "$gpu_bench" "$bundle/bin/gpu-bench"
 strip "$bundle"/bin/*
+xz -T2 -9 "$bundle"/bin/*  # ~4x smaller; gpu-run.sh unpacks them with Python's lzma
 cp -r fixtures "$bundle/fixtures"
 model="${EMBER_TEST_MODEL:-$PWD/.cache/models/all-MiniLM-L6-v2}"
 [ -f "$model/model.safetensors" ] || scripts/fetch-test-model.sh

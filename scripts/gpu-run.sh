@@ -11,11 +11,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 out="${1:-$here/results}"
 mkdir -p "$out"
 status=0
+# The binaries travel xz-compressed; unpack them (Python's lzma: no xz tool needed) into $out/bin.
+mkdir -p "$out/bin"
+for packed in "$here"/bin/*.xz; do
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+        "$packed" "$out/bin/$(basename "$packed" .xz)"
+done
+chmod +x "$out"/bin/*
+bin="$out/bin"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== 1. GPU tests"
 export EMBER_FIXTURES="$here/fixtures" EMBER_TEST_MODEL="$here/minilm"
-EMBER_CUDA_CHECKED=1 timeout 300 "$here/bin/gpu-tests" --test-threads=1 --nocapture > "$out/gpu-tests.log" 2>&1
+EMBER_REQUIRE_GPU=1 EMBER_CUDA_CHECKED=1 timeout 300 "$bin/gpu-tests" --test-threads=1 --nocapture > "$out/gpu-tests.log" 2>&1
 tests_rc=$?
 grep -E "^test |test result|worst cosine|cosine|panicked|error" "$out/gpu-tests.log" | tail -60
 [ $tests_rc -eq 0 ] || { echo "GPU tests FAILED (exit $tests_rc): see $out/gpu-tests.log"; status=1; }
@@ -23,8 +31,8 @@ grep -E "^test |test result|worst cosine|cosine|panicked|error" "$out/gpu-tests.
 echo "== 2. ember encode --device cuda"
 python3 -c "import json,sys; [print(t.replace('\n',' ')) for t in json.load(open(sys.argv[1]))]" \
     "$here/fixtures/texts.json" > "$out/texts.txt"
-if timeout 60 "$here/bin/ember" encode --model "$here/minilm" --input "$out/texts.txt" --output "$out/cli-cuda.npy" --device cuda \
-    && timeout 60 "$here/bin/ember" encode --model "$here/minilm" --input "$out/texts.txt" --output "$out/cli-cpu.npy" --quiet; then
+if timeout 60 "$bin/ember" encode --model "$here/minilm" --input "$out/texts.txt" --output "$out/cli-cuda.npy" --device cuda \
+    && timeout 60 "$bin/ember" encode --model "$here/minilm" --input "$out/texts.txt" --output "$out/cli-cpu.npy" --quiet; then
     python3 - "$out/cli-cuda.npy" "$out/cli-cpu.npy" <<'PY' || status=1
 import sys, numpy as np
 a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
@@ -38,7 +46,7 @@ else
 fi
 
 echo "== 3. ember vs PyTorch"
-timeout 360 python3 "$here/gpu_bench.py" --ember-bench "$here/bin/gpu-bench" --out "$out/bench" 2>&1 | tee "$out/bench.log"
+timeout 360 python3 "$here/gpu_bench.py" --ember-bench "$bin/gpu-bench" --out "$out/bench" 2>&1 | tee "$out/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "benchmark FAILED or below the cosine bar: see $out/bench.log"; status=1; }
 [ -f "$out/bench/benchmarks.md" ] && cp "$out/bench/benchmarks.md" "$out/benchmarks.md"
 rm -rf "$out"/bench/bge-*/ 2>/dev/null  # the saved random models (GBs); the table stays

@@ -25,6 +25,10 @@ fn gpu(test: &str) -> Option<CudaBackend> {
             backend.set_checked(true);
             Some(backend)
         }
+        // scripts/gpu-run.sh sets EMBER_REQUIRE_GPU: on the GPU machine a skip would hide a failure.
+        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
+            panic!("{test}: EMBER_REQUIRE_GPU is set but: {e}")
+        }
         Err(e) => {
             eprintln!("{test}: skipped, no usable GPU: {e}");
             None
@@ -91,6 +95,9 @@ fn assert_close(what: &str, got: &HostMatrix, want: &HostMatrix) {
 fn without_a_gpu_the_error_is_clear_not_a_panic() {
     match CudaBackend::new(0) {
         Ok(gpu) => eprintln!("a GPU is present: {}", gpu.device_name()),
+        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
+            panic!("EMBER_REQUIRE_GPU is set but: {e}")
+        }
         Err(e) => {
             assert!(matches!(e, Error::Device { .. }), "{e:?}");
             eprintln!("no GPU, as expected on this machine: {e}");
