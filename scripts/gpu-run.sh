@@ -6,19 +6,22 @@
 #   3. ember vs PyTorch fp16 sdpa on bge-small/base/large-shaped random models (gpu_bench.py).
 # Results go to RESULTS_DIR (default: results/ beside this script); the table printed last is
 # also in RESULTS_DIR/benchmarks.md, ready for BENCHMARKS.md. Exit status 0 only if all passed.
+# From a session with the device tool, after scripts/gpu-check.sh:
+#   run(command='bash gpu-bundle/gpu-run.sh "$OUT/gpu"', carry=['gpu-bundle'], timeout_s=540)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="${1:-$here/results}"
 mkdir -p "$out"
 status=0
-# The binaries travel xz-compressed; unpack them (Python's lzma: no xz tool needed) into $out/bin.
-mkdir -p "$out/bin"
+# The binaries travel xz-compressed; unpack them (Python's lzma: no xz tool needed) into a
+# scratch folder, so that RESULTS_DIR holds only logs and tables.
+bin=$(mktemp -d "${TMPDIR:-/tmp}/ember-gpu-bin.XXXXXX")
+trap 'rm -rf "$bin"' EXIT
 for packed in "$here"/bin/*.xz; do
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
-        "$packed" "$out/bin/$(basename "$packed" .xz)"
+        "$packed" "$bin/$(basename "$packed" .xz)"
 done
-chmod +x "$out"/bin/*
-bin="$out/bin"
+chmod +x "$bin"/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== 1. GPU tests"
@@ -49,7 +52,8 @@ echo "== 3. ember vs PyTorch"
 timeout 360 python3 "$here/gpu_bench.py" --ember-bench "$bin/gpu-bench" --out "$out/bench" 2>&1 | tee "$out/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "benchmark FAILED or below the cosine bar: see $out/bench.log"; status=1; }
 [ -f "$out/bench/benchmarks.md" ] && cp "$out/bench/benchmarks.md" "$out/benchmarks.md"
-rm -rf "$out"/bench/bge-*/ 2>/dev/null  # the saved random models (GBs); the table stays
+# The saved random models (GBs), embeddings and ids; the logs and the table stay.
+rm -rf "$out"/bench/bge-*/ "$out"/bench/*.npy "$out"/bench/ids.json "$out"/*.npy 2>/dev/null
 
 echo
 echo "== summary ($(cat "$out/gpu.txt"))"
