@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember::backend::cpu::testutil::SplitMix64;
-use ember::backend::cpu::{math, CpuBackend};
+use ember::backend::cpu::{math, matmul, CpuBackend};
 use ember::backend::{Activation, Backend};
 
 fn linear(c: &mut Criterion) {
@@ -30,6 +30,28 @@ fn linear(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(format!("m{m}_n{n}_k{k}")), |b| {
             b.iter(|| cpu.linear(&x, &layer, Activation::Identity, None).unwrap())
         });
+    }
+    group.finish();
+}
+
+/// The packed GEMM alone on the calling thread, for every kernel level the CPU has: the figure
+/// to hold against the single-core FMA peak of `cargo bench --bench fma_peak`.
+fn gemm_one_thread(c: &mut Criterion) {
+    let mut rng = SplitMix64::new(4);
+    let mut group = c.benchmark_group("gemm_one_thread");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (m, n, k) in [(4096, 1536, 384), (4096, 384, 1536), (4096, 1152, 384)] {
+        let a = rng.values(m * k, 1.0);
+        let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
+        let bias = rng.values(n, 0.1);
+        let mut out = vec![0.0; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        for isa in matmul::Isa::available() {
+            let id = BenchmarkId::new(isa.name(), format!("m{m}_n{n}_k{k}"));
+            group.bench_function(id, |b| {
+                b.iter(|| matmul::gemm_with(isa, &a, k, m, &w, Some(&bias), &mut out, n))
+            });
+        }
     }
     group.finish();
 }
@@ -76,5 +98,5 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, linear, activation, attention);
+criterion_group!(benches, gemm_one_thread, linear, activation, attention);
 criterion_main!(benches);

@@ -15,6 +15,7 @@
 mod attention;
 pub mod math;
 pub mod matmul;
+pub mod microkernel;
 pub mod reference;
 mod rowwise;
 #[cfg(test)]
@@ -293,10 +294,8 @@ impl Backend for CpuBackend {
             &layer.bias,
             &mut out,
             |first_row, block| {
-                math::activate(activation, block);
-                if let Some(r) = residual {
-                    math::add_assign(block, &r.data[first_row * n..first_row * n + block.len()]);
-                }
+                let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
+                math::epilogue(activation, block, r);
             },
         );
         CpuTensor::new(m, n, out)

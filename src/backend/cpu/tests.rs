@@ -419,3 +419,110 @@ fn shape_mismatches_are_errors_not_panics() {
     };
     assert!(is_backend_error(cpu.embed(&batch, &zero_tables, &norm(0))));
 }
+
+/// `C = A · Wᵀ + bias` in f64 from the unpacked operands, for the GEMM tests below.
+fn gemm_reference(a: &[f32], lda: usize, m: usize, w: &[f32], n: usize, k: usize, bias: &[f32]) -> Vec<f64> {
+    let mut c = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
+            c[i * n + j] = bias[j] as f64 + dot;
+        }
+    }
+    c
+}
+
+#[test]
+fn gemm_matches_reference_at_every_isa_level() {
+    let mut rng = SplitMix64::new(11);
+    // Tails in every direction: rows around the 12-row tile and the 96-row block, columns around
+    // the 32-wide panel, k around the 384-step K block (several blocks at 800).
+    let shapes = [
+        (1, 1, 1),
+        (13, 33, 5),
+        (11, 31, 385),
+        (97, 70, 383),
+        (200, 65, 800),
+        (12, 32, 0),
+    ];
+    for isa in matmul::Isa::available() {
+        for &(m, n, k) in &shapes {
+            let (lda, ldc) = (k + 3, n + 5);
+            let a = rng.values(m * lda, 1.0);
+            let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
+            let bias = rng.values(n, 0.5);
+            let packed = matmul::PackedMatrix::from_rows(&w, n, k, k);
+            let sentinel = 12345.0;
+            let mut c = vec![sentinel; m * ldc];
+            matmul::gemm_with(isa, &a, lda, m, &packed, Some(&bias), &mut c, ldc);
+            let want = gemm_reference(&a, lda, m, &w, n, k, &bias);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j];
+                    if j >= n {
+                        assert_eq!(
+                            got, sentinel,
+                            "{isa:?} {m}x{n}x{k}: wrote outside C at ({i}, {j})"
+                        );
+                        continue;
+                    }
+                    // Sums of k products of O(1/sqrt k) terms: O(1) results, f32 rounding of
+                    // about sqrt(k) ulp; 2e-5 is far below any indexing error.
+                    let diff = (got as f64 - want[i * n + j]).abs();
+                    assert!(
+                        diff < 2e-5,
+                        "{isa:?} {m}x{n}x{k} ({i}, {j}): {got} vs {}",
+                        want[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_rows_do_not_depend_on_their_neighbours_at_any_isa_level() {
+    // A row's result must be bit-identical whether it is computed alone, as the tail of a tile or
+    // inside a full one: the batching-invariance guarantee of the engine rests on this.
+    let mut rng = SplitMix64::new(12);
+    let (m, n, k) = (29, 70, 777);
+    let a = rng.values(m * k, 1.0);
+    let packed = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
+    let bias = rng.values(n, 0.5);
+    for isa in matmul::Isa::available() {
+        let mut all = vec![0.0; m * n];
+        matmul::gemm_with(isa, &a, k, m, &packed, Some(&bias), &mut all, n);
+        for i in [0, 11, 12, 25, 28] {
+            let mut alone = vec![0.0; n];
+            matmul::gemm_with(isa, &a[i * k..], k, 1, &packed, Some(&bias), &mut alone, n);
+            assert_eq!(
+                &all[i * n..(i + 1) * n],
+                &alone[..],
+                "{isa:?}: row {i} differs alone"
+            );
+        }
+    }
+}
+
+#[test]
+fn elementwise_code_is_bit_identical_at_every_isa_level() {
+    // The multiversioned functions are one body compiled per level, with no FMA contraction: the
+    // results must not change with the level, only the speed.
+    let mut rng = SplitMix64::new(13);
+    let values = rng.values(1000, 4.0);
+    let residual = rng.values(1000, 1.0);
+    let (gamma, beta) = (rng.values(1000, 1.0), rng.values(1000, 1.0));
+    let portable = matmul::Isa::Portable;
+    for isa in matmul::Isa::available() {
+        for activation in ACTIVATIONS {
+            let (mut x, mut y) = (values.clone(), values.clone());
+            math::epilogue_with(isa, activation, &mut x, Some(&residual));
+            math::epilogue_with(portable, activation, &mut y, Some(&residual));
+            assert_eq!(x, y, "{isa:?} {activation:?}");
+        }
+        let (mut x, mut y) = (vec![0.0; 1000], vec![0.0; 1000]);
+        rowwise::layer_norm_row_with(isa, &values, &gamma, &beta, 1e-12, &mut x);
+        rowwise::layer_norm_row_with(portable, &values, &gamma, &beta, 1e-12, &mut y);
+        assert_eq!(x, y, "{isa:?} layer norm");
+    }
+}
