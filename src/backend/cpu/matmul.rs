@@ -270,6 +270,79 @@ fn gemm_panels(
     });
 }
 
+/// Packed weights that a GEMM runs over panel by panel: f32 ([`PackedMatrix`], with the kernels
+/// of [`Isa::detected`]) or bf16 (`super::bf16::PackedBf16`). [`gemm_parallel`] splits work over
+/// either.
+pub trait PanelWeights: Sync {
+    /// Output columns.
+    fn n(&self) -> usize;
+    /// Reduction length.
+    fn k(&self) -> usize;
+    /// Panels of [`NR`] columns.
+    fn panels(&self) -> usize;
+    /// `C = A · Wᵀ (+ bias)` for the columns of `panels` only, on the calling thread; column 0 of
+    /// `c` is column `panels.start * NR` of the full product.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    );
+}
+
+impl PanelWeights for PackedMatrix {
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn panels(&self) -> usize {
+        PackedMatrix::panels(self)
+    }
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        gemm_panels(Isa::detected(), a, lda, m, self, panels, bias, c, ldc);
+    }
+}
+
+impl PanelWeights for super::bf16::PackedBf16 {
+    fn n(&self) -> usize {
+        super::bf16::PackedBf16::n(self)
+    }
+    fn k(&self) -> usize {
+        super::bf16::PackedBf16::k(self)
+    }
+    fn panels(&self) -> usize {
+        super::bf16::PackedBf16::panels(self)
+    }
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        super::bf16::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
+    }
+}
+
 /// `out[m, n] = x[m, k] · Wᵀ + bias`, then `epilogue(first_row, rows_of_out)` on each block of
 /// finished rows (activation and residual, while the block is still in cache). Runs on the
 /// caller's current rayon pool. `out` must hold exactly `m * w.n()` values and `x` `m * w.k()`.
@@ -279,12 +352,12 @@ fn gemm_panels(
 pub fn gemm_parallel(
     x: &[f32],
     m: usize,
-    w: &PackedMatrix,
+    w: &impl PanelWeights,
     bias: &[f32],
     out: &mut [f32],
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    let (n, k) = (w.n, w.k);
+    let (n, k) = (w.n(), w.k());
     assert_eq!(x.len(), m * k, "gemm_parallel: x length");
     assert_eq!(out.len(), m * n, "gemm_parallel: out length");
     assert_eq!(bias.len(), n, "gemm_parallel: bias length");
@@ -301,7 +374,7 @@ pub fn gemm_parallel(
             .for_each(|(block, out_block)| {
                 let first = block * ROW_BLOCK;
                 let rows = out_block.len() / n;
-                gemm(&x[first * k..], k, rows, w, Some(bias), out_block, n);
+                w.gemm_panels(&x[first * k..], k, rows, 0..w.panels(), Some(bias), out_block, n);
                 epilogue(first, out_block);
             });
         return;
@@ -325,17 +398,7 @@ pub fn gemm_parallel(
             let columns = (panels.end * NR).min(n) - panels.start * NR;
             let mut tile = vec![0.0; rows * columns];
             let (a, lda) = (&x[first * k..], k);
-            gemm_panels(
-                Isa::detected(),
-                a,
-                lda,
-                rows,
-                w,
-                panels.clone(),
-                Some(bias),
-                &mut tile,
-                columns,
-            );
+            w.gemm_panels(a, lda, rows, panels.clone(), Some(bias), &mut tile, columns);
             tile
         })
         .collect();

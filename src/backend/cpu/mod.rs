@@ -7,12 +7,16 @@
 //!   row blocks;
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
-//! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations.
+//! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
+//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), AVX512-BF16 only.
+//!
+//! [`microkernel::Isa::detected`] picks AVX-512, AVX2 or portable code once per process.
 //!
 //! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
 //! [`testutil`] the seeded random inputs and the error measure the tests use.
 
 mod attention;
+pub mod bf16;
 pub mod math;
 pub mod matmul;
 pub mod microkernel;
@@ -89,24 +93,53 @@ impl From<HostMatrix> for CpuTensor {
     }
 }
 
-/// A linear layer: the weight packed for [`matmul::gemm`] and the bias, both f32.
+/// The storage and arithmetic of the CPU backend's linear layers. Everything else (embeddings,
+/// attention, LayerNorm, activations) is f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuDtype {
+    /// f32 weights, f32 arithmetic.
+    #[default]
+    F32,
+    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation
+    /// (AVX512-BF16 only).
+    Bf16,
+}
+
+/// A packed linear weight, f32 or bf16.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    F32(PackedMatrix),
+    Bf16(bf16::PackedBf16),
+}
+
+/// A linear layer: the weight packed for [`matmul::gemm`] (or the bf16 GEMM) and the f32 bias.
 #[derive(Debug, Clone)]
 pub struct CpuLinear {
-    weight: PackedMatrix,
+    weight: LinearWeight,
     bias: Vec<f32>,
 }
 
 impl CpuLinear {
     pub fn out_features(&self) -> usize {
-        self.weight.n()
+        match &self.weight {
+            LinearWeight::F32(w) => w.n(),
+            LinearWeight::Bf16(w) => w.n(),
+        }
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.k()
+        match &self.weight {
+            LinearWeight::F32(w) => w.k(),
+            LinearWeight::Bf16(w) => w.k(),
+        }
     }
 
-    pub fn weight(&self) -> &PackedMatrix {
-        &self.weight
+    /// The f32 packed weight (`None` for a bf16 layer).
+    pub fn weight(&self) -> Option<&PackedMatrix> {
+        match &self.weight {
+            LinearWeight::F32(w) => Some(w),
+            LinearWeight::Bf16(_) => None,
+        }
     }
 
     pub fn bias(&self) -> &[f32] {
@@ -114,13 +147,30 @@ impl CpuLinear {
     }
 }
 
-/// The CPU implementation of [`Backend`]. Stateless: it is cheap to construct and to share.
+/// The CPU implementation of [`Backend`]. Holds only the dtype of its linear layers: cheap to
+/// construct and to share.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    dtype: CpuDtype,
+}
 
 impl CpuBackend {
+    /// The f32 backend.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// A backend whose linear layers use `dtype`; bf16 is refused with a clear error on a CPU
+    /// without AVX512-BF16.
+    pub fn with_dtype(dtype: CpuDtype) -> Result<Self> {
+        if dtype == CpuDtype::Bf16 {
+            bf16::check_supported().map_err(|message| error("bf16", message))?;
+        }
+        Ok(Self { dtype })
+    }
+
+    pub fn dtype(&self) -> CpuDtype {
+        self.dtype
     }
 }
 
@@ -209,8 +259,19 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
+        let weight = match self.dtype {
+            CpuDtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
+                weight,
+                out_features,
+                in_features,
+                in_features,
+            )),
+            CpuDtype::Bf16 => {
+                LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features))
+            }
+        };
         Ok(CpuLinear {
-            weight: PackedMatrix::from_rows(weight, out_features, in_features, in_features),
+            weight,
             bias: bias.to_vec(),
         })
     }
@@ -287,17 +348,14 @@ impl Backend for CpuBackend {
             r.check(OP, "residual", m, n)?;
         }
         let mut out = vec![0.0; m * n];
-        matmul::gemm_parallel(
-            &x.data,
-            m,
-            &layer.weight,
-            &layer.bias,
-            &mut out,
-            |first_row, block| {
-                let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
-                math::epilogue(activation, block, r);
-            },
-        );
+        let epilogue = |first_row: usize, block: &mut [f32]| {
+            let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
+            math::epilogue(activation, block, r);
+        };
+        match &layer.weight {
+            LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+            LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+        }
         CpuTensor::new(m, n, out)
     }
 
