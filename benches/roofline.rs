@@ -36,6 +36,24 @@ mod kernels {
         _mm512_reduce_add_ps(total)
     }
 
+    /// The same with `vdpbf16ps` (AVX512-BF16): 16 lanes x 2 products per instruction.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn avx512bf16(iterations: u64) -> f32 {
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_ps();
+        for r in acc {
+            total = _mm512_add_ps(total, r);
+        }
+        _mm512_reduce_add_ps(total)
+    }
+
     /// The same with 8-lane AVX2 FMAs.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2(iterations: u64) -> f32 {
@@ -75,6 +93,28 @@ fn measure(name: &str, lanes: u64, threads: usize, run: fn(u64) -> f32) -> f64 {
     }
     println!("fma_peak {name:<8} {threads} thread(s): {best:7.1} GFLOP/s (best of 5)");
     best
+}
+
+/// Best-of-`runs` GFLOP/s of the one-thread bf16 GEMM, against the bf16 peak.
+fn gemm_bf16(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+    use ember::backend::cpu::bf16;
+    use ember::backend::cpu::testutil::SplitMix64;
+    let mut rng = SplitMix64::new(5);
+    let a = rng.values(m * k, 1.0);
+    let w = bf16::PackedBf16::from_rows(&rng.values(n * k, 0.05), n, k);
+    let bias = rng.values(n, 0.1);
+    let mut out = vec![0.0; m * n];
+    let mut best = 0.0f64;
+    for _ in 0..runs {
+        let start = Instant::now();
+        bf16::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
+        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(&out);
+    println!(
+        "gemm 1 thread bf16     m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of the 1-thread bf16 peak",
+        100.0 * best / peak
+    );
 }
 
 /// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.
@@ -132,13 +172,21 @@ fn main() {
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(7);
-        for (m, n, k) in [
+        let shapes = [
             (4096, 1536, 384),
             (4096, 384, 1536),
             (4096, 1152, 384),
             (4096, 384, 384),
-        ] {
+        ];
+        for (m, n, k) in shapes {
             gemm(one_thread_peak, m, n, k, runs);
+        }
+        if is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the CPU has AVX512-BF16 (checked just above).
+            let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
+            for (m, n, k) in shapes {
+                gemm_bf16(peak, m, n, k, runs);
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -123,17 +123,39 @@ fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<
     if pairs == 0 {
         return;
     }
+    let mut row_pairs = [0u32; KC / 2];
     for (t, micro_panel) in pack.chunks_exact_mut(pairs * MR).enumerate() {
         for i in 0..MR.min(m - t * MR) {
             let row = &a[(t * MR + i) * lda + k0..][..kc];
-            let mut chunks = row.chunks_exact(2);
-            for (q, pair) in chunks.by_ref().enumerate() {
-                micro_panel[q * MR + i] = u32::from(to_bits(pair[0])) | u32::from(to_bits(pair[1])) << 16;
-            }
-            if let [last] = chunks.remainder() {
-                micro_panel[(pairs - 1) * MR + i] = u32::from(to_bits(*last));
+            bf16_pairs(row, &mut row_pairs[..pairs]);
+            for (q, &pair) in row_pairs[..pairs].iter().enumerate() {
+                micro_panel[q * MR + i] = pair;
             }
         }
+    }
+}
+
+super::math::multiversion! {
+    /// `out[q]` = bf16(`row[2q]`) in the low half, bf16(`row[2q + 1]`) (or 0 past the end) in the
+    /// high half; rounding to nearest even, as [`to_bits`] for finite values.
+    fn bf16_pairs / bf16_pairs_with(row: &[f32], out: &mut [u32]) => bf16_pairs_inline
+}
+
+/// Branch-free so that it vectorizes: adding `0x7fff` plus the lowest kept bit rounds the upper
+/// 16 bits to nearest, ties to even (inputs are finite activations; NaN is not special-cased).
+#[inline(always)]
+fn bf16_pairs_inline(row: &[f32], out: &mut [u32]) {
+    #[inline(always)]
+    fn rounded(x: f32) -> u32 {
+        let bits = x.to_bits();
+        bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000
+    }
+    let mut chunks = row.chunks_exact(2);
+    for (o, pair) in out.iter_mut().zip(chunks.by_ref()) {
+        *o = (rounded(pair[0]) >> 16) | rounded(pair[1]);
+    }
+    if let [last] = chunks.remainder() {
+        out[row.len() / 2] = rounded(*last) >> 16;
     }
 }
 

@@ -157,7 +157,18 @@ fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<
         return;
     }
     for (t, micro_panel) in pack.chunks_exact_mut(kc * MR).enumerate() {
-        for i in 0..MR.min(m - t * MR) {
+        let rows = MR.min(m - t * MR);
+        if rows == MR {
+            // Twelve row streams read in step, each destination written once, contiguously.
+            let src: [&[f32]; MR] = std::array::from_fn(|i| &a[(t * MR + i) * lda + k0..][..kc]);
+            for (p, dst) in micro_panel.chunks_exact_mut(MR).enumerate() {
+                for (d, row) in dst.iter_mut().zip(&src) {
+                    *d = row[p];
+                }
+            }
+            continue;
+        }
+        for i in 0..rows {
             let row = &a[(t * MR + i) * lda + k0..][..kc];
             for (p, &value) in row.iter().enumerate() {
                 micro_panel[p * MR + i] = value;
@@ -238,30 +249,35 @@ fn gemm_panels(
                     let column = panel_index * NR;
                     let width = NR.min(n - column);
                     let b = &w.panel(panel_index)[k0 * NR..][..kc * NR];
+                    // The first K block starts from the bias (zero-padded past `n`), later ones
+                    // from the partial sums in C.
+                    let init = (kb == 0).then(|| {
+                        let mut init = [0.0f32; NR];
+                        if let Some(bias) = bias {
+                            init[..width].copy_from_slice(&bias[column..column + width]);
+                        }
+                        init
+                    });
                     for t in 0..rows_in_block.div_ceil(MR) {
                         let micro_panel = &pack[t * kc * MR..][..kc * MR];
                         let row = m0 + t * MR;
                         let rows = MR.min(m - row);
                         let c_tile = &mut c[row * ldc + column - first_column..];
+                        if rows == MR && width == NR && ldc >= NR {
+                            microkernel::run(isa, kc, micro_panel, b, c_tile, ldc, init.as_ref());
+                            continue;
+                        }
+                        // An edge tile: through an aligned buffer, so that the kernel never
+                        // touches C outside the product (the padding computes and is dropped).
                         let mut tile = Tile([0.0; MR * NR]);
-                        for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
-                            let init = if kb == 0 {
-                                bias.map(|bias| &bias[column..column + width])
-                            } else {
-                                Some(&c_tile[i * ldc..i * ldc + width])
-                            };
-                            if let Some(init) = init {
-                                tile_row[..width].copy_from_slice(init);
+                        if init.is_none() {
+                            for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+                                tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
                             }
                         }
-                        microkernel::run(isa, kc, micro_panel, b, &mut tile);
+                        microkernel::run(isa, kc, micro_panel, b, &mut tile.0, NR, init.as_ref());
                         for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-                            if width == NR {
-                                // A constant length compiles to vector stores, not a memcpy call.
-                                c_tile[i * ldc..i * ldc + NR].copy_from_slice(tile_row);
-                            } else {
-                                c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
-                            }
+                            c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
                         }
                     }
                 }

@@ -102,42 +102,53 @@ impl Isa {
     }
 }
 
-/// `tile += a · b` over `k` steps (see the module header for the layouts).
+/// `C = init + a · b` over `k` steps on the `MR x NR` tile whose row `i` is
+/// `c[i * ldc..i * ldc + NR]` (see the module header for the layouts of `a` and `b`). `init` is
+/// the same row for every row of the tile (the bias, or zeros); `None` accumulates onto `C`.
+/// Full tiles run in place in the output with its own stride; edge tiles go through a [`Tile`].
 ///
 /// # Panics
-/// If `isa` is not available on this CPU, or `a` / `b` are shorter than `k * MR` / `k * NR`.
+/// If `isa` is not available on this CPU, or a slice is too short for its extent.
 #[inline]
-pub fn run(isa: Isa, k: usize, a: &[f32], b: &[f32], tile: &mut Tile) {
+pub fn run(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>) {
     assert!(
         a.len() >= k * MR && b.len() >= k * NR,
         "microkernel: panel too short"
+    );
+    assert!(
+        ldc >= NR && c.len() >= (MR - 1) * ldc + NR,
+        "microkernel: tile too short"
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             assert!(isa.is_available(), "AVX-512F kernel on a CPU without it");
             // SAFETY: the CPU has AVX-512F (checked above); the kernel reads `k * MR` values of
-            // `a` and `k * NR` of `b` (lengths checked above) and the `MR * NR` of the tile.
-            unsafe { x86::avx512(k, a.as_ptr(), b.as_ptr(), tile.0.as_mut_ptr()) }
+            // `a`, `k * NR` of `b`, the `NR` of `init`, and rows `i * ldc..i * ldc + NR` (i < MR)
+            // of `c` (lengths checked above).
+            unsafe { x86::avx512(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, init) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             assert!(isa.is_available(), "AVX2 kernel on a CPU without AVX2 + FMA");
             // SAFETY: as above, for AVX2 + FMA.
-            unsafe { x86::avx2(k, a.as_ptr(), b.as_ptr(), tile.0.as_mut_ptr()) }
+            unsafe { x86::avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, init) }
         }
-        _ => portable(k, a, b, tile),
+        _ => portable(k, a, b, c, ldc, init),
     }
 }
 
 /// The portable kernel: 4 x 8 sub-tiles (8 accumulator vectors of 4 lanes fit SSE2's 16
 /// registers), each a plain loop that LLVM vectorizes.
-fn portable(k: usize, a: &[f32], b: &[f32], tile: &mut Tile) {
+fn portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>) {
     for rq in 0..MR / 4 {
         for cq in 0..NR / 8 {
             let mut acc = [[0.0f32; 8]; 4];
             for (i, row) in acc.iter_mut().enumerate() {
-                row.copy_from_slice(&tile.0[(rq * 4 + i) * NR + cq * 8..][..8]);
+                row.copy_from_slice(match init {
+                    Some(init) => &init[cq * 8..][..8],
+                    None => &c[(rq * 4 + i) * ldc + cq * 8..][..8],
+                });
             }
             for (a_p, b_p) in a[..k * MR].chunks_exact(MR).zip(b[..k * NR].chunks_exact(NR)) {
                 let b8: &[f32; 8] = b_p[cq * 8..cq * 8 + 8].try_into().expect("8 lanes");
@@ -149,7 +160,7 @@ fn portable(k: usize, a: &[f32], b: &[f32], tile: &mut Tile) {
                 }
             }
             for (i, row) in acc.iter().enumerate() {
-                tile.0[(rq * 4 + i) * NR + cq * 8..][..8].copy_from_slice(row);
+                c[(rq * 4 + i) * ldc + cq * 8..][..8].copy_from_slice(row);
             }
         }
     }
@@ -163,14 +174,22 @@ mod x86 {
     /// 12 x 32 with 24 zmm accumulators.
     ///
     /// # Safety
-    /// AVX-512F present; `a` readable for `k * MR` floats, `b` for `k * NR`, `tile` read/write
-    /// for `MR * NR`.
+    /// AVX-512F present; `a` readable for `k * MR` floats, `b` for `k * NR`, `c` read/write for
+    /// `NR` floats at each `i * ldc`, i < MR.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512(k: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    pub unsafe fn avx512(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for (i, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm512_loadu_ps(tile.add(i * NR));
-            row[1] = _mm512_loadu_ps(tile.add(i * NR + 16));
+            let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
+            row[0] = _mm512_loadu_ps(src);
+            row[1] = _mm512_loadu_ps(src.add(16));
         }
         for p in 0..k {
             let b0 = _mm512_loadu_ps(b.add(p * NR));
@@ -183,8 +202,8 @@ mod x86 {
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(i * NR), row[0]);
-            _mm512_storeu_ps(tile.add(i * NR + 16), row[1]);
+            _mm512_storeu_ps(c.add(i * ldc), row[0]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
         }
     }
 
@@ -193,14 +212,23 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA present; pointers as for [`avx512`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(k: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    pub unsafe fn avx2(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
         for row_half in 0..2 {
             for column_half in 0..2 {
                 avx2_6x16(
                     k,
                     a.add(row_half * 6),
                     b.add(column_half * 16),
-                    tile.add(row_half * 6 * NR + column_half * 16),
+                    c.add(row_half * 6 * ldc + column_half * 16),
+                    ldc,
+                    init.map(|init| init.as_ptr().add(column_half * 16)),
                 );
             }
         }
@@ -210,11 +238,19 @@ mod x86 {
     /// micro-panels.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn avx2_6x16(k: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    unsafe fn avx2_6x16(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<*const f32>,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         for (i, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm256_loadu_ps(tile.add(i * NR));
-            row[1] = _mm256_loadu_ps(tile.add(i * NR + 8));
+            let src = init.unwrap_or(c.add(i * ldc) as *const f32);
+            row[0] = _mm256_loadu_ps(src);
+            row[1] = _mm256_loadu_ps(src.add(8));
         }
         for p in 0..k {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
@@ -227,8 +263,8 @@ mod x86 {
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.add(i * NR), row[0]);
-            _mm256_storeu_ps(tile.add(i * NR + 8), row[1]);
+            _mm256_storeu_ps(c.add(i * ldc), row[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod attention;
 pub mod bf16;
+mod buffers;
 pub mod math;
 pub mod matmul;
 pub mod microkernel;
@@ -80,6 +81,13 @@ impl CpuTensor {
 
     fn check_consistent(&self, op: &'static str, what: &str) -> Result<()> {
         self.check(op, what, self.rows, self.cols)
+    }
+}
+
+impl Drop for CpuTensor {
+    /// The storage goes back to the backend's buffer pool (see `buffers`).
+    fn drop(&mut self) {
+        buffers::recycle(std::mem::take(&mut self.data));
     }
 }
 
@@ -315,7 +323,7 @@ impl Backend for CpuBackend {
         let gamma = norm_vector(OP, "gamma", &norm.gamma, hidden)?;
         let beta = norm_vector(OP, "beta", &norm.beta, hidden)?;
         let tokens = batch.token_ids.len();
-        let mut out = vec![0.0; tokens * hidden];
+        let mut out = buffers::zeroed(tokens * hidden);
         let slices = rowwise::Tables {
             word: &tables.word.data,
             position: &tables.position.data,
@@ -347,7 +355,7 @@ impl Backend for CpuBackend {
         if let Some(r) = residual {
             r.check(OP, "residual", m, n)?;
         }
-        let mut out = vec![0.0; m * n];
+        let mut out = buffers::zeroed(m * n);
         let epilogue = |first_row: usize, block: &mut [f32]| {
             let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
             math::epilogue(activation, block, r);
@@ -369,7 +377,7 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
         };
         qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
-        let mut out = vec![0.0; qkv.rows * hidden];
+        let mut out = buffers::zeroed(qkv.rows * hidden);
         attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
         CpuTensor::new(qkv.rows, hidden, out)
     }
@@ -382,7 +390,7 @@ impl Backend for CpuBackend {
         }
         let gamma = norm_vector(OP, "gamma", &norm.gamma, x.cols)?;
         let beta = norm_vector(OP, "beta", &norm.beta, x.cols)?;
-        let mut out = vec![0.0; x.data.len()];
+        let mut out = buffers::zeroed(x.data.len());
         rowwise::layer_norm(&x.data, gamma, beta, norm.eps, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }
@@ -395,14 +403,14 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("sequence {s} is empty")));
         }
         let sequences = batch.cu_seqlens.len() - 1;
-        let mut out = vec![0.0; sequences * hidden.cols];
+        let mut out = buffers::zeroed(sequences * hidden.cols);
         rowwise::pool(&hidden.data, hidden.cols, &batch.cu_seqlens, mode, &mut out);
         CpuTensor::new(sequences, hidden.cols, out)
     }
 
     fn l2_normalize(&self, x: &CpuTensor) -> Result<CpuTensor> {
         x.check_consistent("l2_normalize", "input")?;
-        let mut out = vec![0.0; x.data.len()];
+        let mut out = buffers::zeroed(x.data.len());
         rowwise::l2_normalize(&x.data, x.cols, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }
