@@ -137,15 +137,21 @@ fn layer(c: &mut Criterion) {
             eps: 1e-12,
         };
         let (norm1, norm2) = (norm(), norm());
-        let x = cpu.upload(&rng.values(tokens * hidden, 1.0), tokens, hidden).unwrap();
+        let x = cpu
+            .upload(&rng.values(tokens * hidden, 1.0), tokens, hidden)
+            .unwrap();
         group.bench_function(format!("minilm_{dtype:?}_64x56_tokens"), |b| {
             b.iter(|| {
                 let q = cpu.linear(&x, &qkv, Activation::Identity, None).unwrap();
                 let context = cpu.attention(&q, &batch, heads, hidden / heads).unwrap();
-                let attended = cpu.linear(&context, &out, Activation::Identity, Some(&x)).unwrap();
+                let attended = cpu
+                    .linear(&context, &out, Activation::Identity, Some(&x))
+                    .unwrap();
                 let attended = cpu.layer_norm(&attended, &norm1).unwrap();
                 let h = cpu.linear(&attended, &up, Activation::Gelu, None).unwrap();
-                let h = cpu.linear(&h, &down, Activation::Identity, Some(&attended)).unwrap();
+                let h = cpu
+                    .linear(&h, &down, Activation::Identity, Some(&attended))
+                    .unwrap();
                 cpu.layer_norm(&h, &norm2).unwrap()
             })
         });
