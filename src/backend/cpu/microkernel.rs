@@ -34,7 +34,7 @@ pub struct Tile(pub [f32; MR * NR]);
 /// The instruction-set level of the f32 kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512F (with AVX2 + FMA for the elementwise code).
+    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA.
     Avx512,
     /// AVX2 + FMA.
     Avx2,
@@ -56,7 +56,12 @@ impl Isa {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
+                // BW/DQ/VL too: the multiversioned elementwise code is compiled with them (every
+                // AVX-512 CPU since Skylake-X has them; Xeon Phi does not, and gets AVX2).
                 is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
             }
