@@ -124,8 +124,23 @@ fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<
         return;
     }
     let mut row_pairs = [0u32; KC / 2];
+    let mut tile_pairs = [[0u32; KC / 2]; MR];
     for (t, micro_panel) in pack.chunks_exact_mut(pairs * MR).enumerate() {
-        for i in 0..MR.min(m - t * MR) {
+        let rows = MR.min(m - t * MR);
+        if rows == MR {
+            // Convert the twelve rows, then write the micro-panel contiguously (strided stores
+            // into it cost more than the conversion).
+            for (i, out) in tile_pairs.iter_mut().enumerate() {
+                bf16_pairs(&a[(t * MR + i) * lda + k0..][..kc], &mut out[..pairs]);
+            }
+            for (q, dst) in micro_panel.chunks_exact_mut(MR).enumerate() {
+                for (d, row) in dst.iter_mut().zip(&tile_pairs) {
+                    *d = row[q];
+                }
+            }
+            continue;
+        }
+        for i in 0..rows {
             let row = &a[(t * MR + i) * lda + k0..][..kc];
             bf16_pairs(row, &mut row_pairs[..pairs]);
             for (q, &pair) in row_pairs[..pairs].iter().enumerate() {

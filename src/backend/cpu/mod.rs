@@ -1,5 +1,6 @@
-//! The CPU backend: f32 throughout, parallel with rayon on the caller's current pool (it never
-//! builds a pool of its own, so `pool.install(|| model.forward(..))` decides the threads).
+//! The CPU backend: f32 activations, f32 or bf16 linear weights ([`CpuDtype`]), parallel with
+//! rayon on the caller's current pool (it never builds a pool of its own, so
+//! `pool.install(|| model.forward(..))` decides the threads and nothing is oversubscribed).
 //!
 //! This file checks shapes and ids (every mismatch is an `Error::Backend`, never a panic) and
 //! dispatches to the kernels:
