@@ -16,7 +16,7 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 }
 
 fn supported() -> bool {
-    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    ember::backend::cpu::bf16::is_supported()
 }
 
 #[test]
