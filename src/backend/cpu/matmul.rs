@@ -11,10 +11,11 @@
 //!   `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`) and stays in L2 while every
 //!   panel of W passes over it.
 //!
-//! Loop order: M block, K block (pack A), panel of W, micro-tile of A; the tile goes through a
-//! 64-byte aligned buffer that starts as the bias (first K block) or the partial sums already in
-//! `C` (later K blocks), so rows and columns past the edge of `C` need no special kernel: they
-//! are computed on zero padding and never stored. Every element of `C` sees the same sequence of
+//! Loop order: M block, K block (pack A), panel of W, micro-tile of A. A tile starts from the
+//! bias (first K block) or the partial sums already in `C` (later K blocks). Full tiles are
+//! computed in place in `C`; edge tiles go through a 64-byte aligned buffer, so rows and columns
+//! past the edge of `C` need no special kernel: they are computed on zero padding and never
+//! stored. Every element of `C` sees the same sequence of
 //! operations whatever `m` and the row's place in its tile (batching invariance).
 //!
 //! Parallel split ([`gemm_parallel`]): blocks of [`MC`] rows, one rayon task each; when there are

@@ -1,10 +1,11 @@
 //! The register micro-kernels of the f32 GEMM, one per instruction set, and the run-time choice
 //! between them.
 //!
-//! Every kernel computes the same thing: for one `MR x NR` tile of `C` held in a 64-byte aligned
-//! buffer, `tile[i * NR + j] += sum_{p < k} a[p * MR + i] * b[p * NR + j]` (i in [0, MR), j in
-//! [0, NR)), where `a` is a packed micro-panel of A (MR rows interleaved, see `matmul::pack_a`)
-//! and `b` a k-major panel of W. Each product is accumulated in the same order (p ascending) for
+//! Every kernel computes the same thing: for one `MR x NR` tile of `C` (row `i` at `c[i * ldc..]`,
+//! in the output itself or in an aligned edge buffer), `C[i][j] = init[j] + sum_{p < k} a[p * MR
+//! + i] * b[p * NR + j]` (i in [0, MR), j in [0, NR)), `init` being the bias row or C's partial
+//! sums, where `a` is a packed micro-panel of A (MR rows interleaved, see `matmul::pack_a`) and
+//! `b` a k-major panel of W. Each product is accumulated in the same order (p ascending) for
 //! every element of the tile, so a row's result never depends on which other rows share its
 //! tile: the batching-invariance test relies on this.
 //!
