@@ -1,13 +1,13 @@
 //! The register micro-kernels of the f32 GEMM, one per instruction set, and the run-time choice
 //! between them.
 //!
-//! Every kernel computes the same thing: for one `MR x NR` tile of `C` (row `i` at `c[i * ldc..]`,
-//! in the output itself or in an aligned edge buffer), `C[i][j] = init[j] + sum_{p < k} a[p * MR
-//! + i] * b[p * NR + j]` (i in [0, MR), j in [0, NR)), `init` being the bias row or C's partial
-//! sums, where `a` is a packed micro-panel of A (MR rows interleaved, see `matmul::pack_a`) and
-//! `b` a k-major panel of W. Each product is accumulated in the same order (p ascending) for
-//! every element of the tile, so a row's result never depends on which other rows share its
-//! tile: the batching-invariance test relies on this.
+//! Every kernel computes the same thing on one `MR x NR` tile of `C` (row `i` at `c[i * ldc..]`,
+//! in the output itself or in an aligned edge buffer): for i in [0, MR) and j in [0, NR),
+//! `C[i][j] = init[j] + sum_{p < k} a[p * MR + i] * b[p * NR + j]`, where `init` is the bias row
+//! or C's partial sums, `a` a packed micro-panel of A (MR rows interleaved, see
+//! `matmul::pack_a`) and `b` a k-major panel of W. Each product is accumulated in the same order
+//! (p ascending) for every element of the tile, so a row's result never depends on which other
+//! rows share its tile: the batching-invariance test relies on this.
 //!
 //! - AVX-512F: the whole 12 x 32 tile in 24 zmm accumulators; per `p`, two loads of W, twelve
 //!   broadcasts of A (folded into the FMA as `{1to16}` memory operands) and 24 FMAs.
