@@ -7,13 +7,17 @@
 //! - `attention`: 64 sequences of 128 tokens, 12 heads of dimension 32 (4·L²·d FLOPs per
 //!   sequence and head: QKᵀ and PV).
 //!
+//! - `layer`: one whole MiniLM layer through the backend, f32 and bf16;
+//! - `gemm_one_thread`: the packed GEMM on the calling thread for every kernel level (see also
+//!   `cargo bench --bench roofline`, which puts it against the measured FMA peak).
+//!
 //! Inputs are seeded random nonzero values. Sample counts are small to keep a run short.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember::backend::cpu::testutil::SplitMix64;
-use ember::backend::cpu::{math, CpuBackend};
+use ember::backend::cpu::{math, matmul, CpuBackend};
 use ember::backend::{Activation, Backend};
 
 fn linear(c: &mut Criterion) {
@@ -30,6 +34,28 @@ fn linear(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(format!("m{m}_n{n}_k{k}")), |b| {
             b.iter(|| cpu.linear(&x, &layer, Activation::Identity, None).unwrap())
         });
+    }
+    group.finish();
+}
+
+/// The packed GEMM alone on the calling thread, for every kernel level the CPU has: the figure
+/// to hold against the single-core FMA peak of `cargo bench --bench fma_peak`.
+fn gemm_one_thread(c: &mut Criterion) {
+    let mut rng = SplitMix64::new(4);
+    let mut group = c.benchmark_group("gemm_one_thread");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (m, n, k) in [(4096, 1536, 384), (4096, 384, 1536), (4096, 1152, 384)] {
+        let a = rng.values(m * k, 1.0);
+        let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
+        let bias = rng.values(n, 0.1);
+        let mut out = vec![0.0; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        for isa in matmul::Isa::available() {
+            let id = BenchmarkId::new(isa.name(), format!("m{m}_n{n}_k{k}"));
+            group.bench_function(id, |b| {
+                b.iter(|| matmul::gemm_with(isa, &a, k, m, &w, Some(&bias), &mut out, n))
+            });
+        }
     }
     group.finish();
 }
@@ -76,5 +102,62 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, linear, activation, attention);
+/// One MiniLM encoder layer (hidden 384, 12 heads of 32, FFN 1536, exact GELU) as model.rs runs
+/// it, over 64 sequences of 56 tokens (the corpus median), f32 and, where the CPU has it, bf16.
+/// Throughput in FLOPs of the layer's matrix products (linear 2·t·(4h² + 2h·f), attention 4·L²·h
+/// per sequence), so "elem/s" reads as FLOP/s.
+fn layer(c: &mut Criterion) {
+    use ember::backend::cpu::CpuDtype;
+    use ember::backend::LayerNormWeights;
+    let mut rng = SplitMix64::new(6);
+    let (sequences, len, hidden, heads, ffn) = (64, 56, 384, 12, 1536);
+    let tokens = sequences * len;
+    let batch = rng.batch(&vec![len; sequences], 100, 1);
+    let mut group = c.benchmark_group("layer");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    let flops = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * sequences * len * len * hidden;
+    group.throughput(Throughput::Elements(flops as u64));
+    for dtype in [CpuDtype::F32, CpuDtype::Bf16] {
+        let Ok(cpu) = CpuBackend::with_dtype(dtype) else {
+            continue;
+        };
+        let mut linear = |n: usize, k: usize| {
+            let w = rng.values(n * k, 1.0 / (k as f32).sqrt());
+            cpu.load_linear(&w, &rng.values(n, 0.1), n, k).unwrap()
+        };
+        let (qkv, out, up, down) = (
+            linear(3 * hidden, hidden),
+            linear(hidden, hidden),
+            linear(ffn, hidden),
+            linear(hidden, ffn),
+        );
+        let norm = || LayerNormWeights {
+            gamma: cpu.upload(&vec![1.0; hidden], 1, hidden).unwrap(),
+            beta: cpu.upload(&vec![0.0; hidden], 1, hidden).unwrap(),
+            eps: 1e-12,
+        };
+        let (norm1, norm2) = (norm(), norm());
+        let x = cpu
+            .upload(&rng.values(tokens * hidden, 1.0), tokens, hidden)
+            .unwrap();
+        group.bench_function(format!("minilm_{dtype:?}_64x56_tokens"), |b| {
+            b.iter(|| {
+                let q = cpu.linear(&x, &qkv, Activation::Identity, None).unwrap();
+                let context = cpu.attention(&q, &batch, heads, hidden / heads).unwrap();
+                let attended = cpu
+                    .linear(&context, &out, Activation::Identity, Some(&x))
+                    .unwrap();
+                let attended = cpu.layer_norm(&attended, &norm1).unwrap();
+                let h = cpu.linear(&attended, &up, Activation::Gelu, None).unwrap();
+                let h = cpu
+                    .linear(&h, &down, Activation::Identity, Some(&attended))
+                    .unwrap();
+                cpu.layer_norm(&h, &norm2).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemm_one_thread, linear, layer, activation, attention);
 criterion_main!(benches);

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::backend::{HostMatrix, Pooling};
 use crate::batch::Sequence;
-use crate::encoder::{Device, Encoder};
+use crate::encoder::{Device, Dtype, Encoder};
 use crate::error::{Error, Result};
 use crate::tokenize::TextTokenizer;
 
@@ -60,8 +60,17 @@ pub struct Embedder {
 
 impl Embedder {
     pub fn load(dir: impl AsRef<Path>, options: EmbedderOptions) -> Result<Embedder> {
+        Self::load_with_dtype(dir, options, Dtype::F32)
+    }
+
+    /// [`Embedder::load`] with the linear layers in `dtype` (see [`Encoder::load_with_dtype`]).
+    pub fn load_with_dtype(
+        dir: impl AsRef<Path>,
+        options: EmbedderOptions,
+        dtype: Dtype,
+    ) -> Result<Embedder> {
         let dir = dir.as_ref();
-        let encoder = Encoder::load(dir, options.device)?;
+        let encoder = Encoder::load_with_dtype(dir, options.device, dtype)?;
         let config = encoder.config();
         let tokenizer = TextTokenizer::load(dir, config.vocab_size, config.type_vocab_size)?;
         let max_length = resolve_max_length(&encoder, &tokenizer, options.max_length)?;

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, CpuDtype};
 use crate::backend::{Backend, HostMatrix, Pooling};
 use crate::batch::{Batch, Sequence};
 use crate::config::ModelConfig;
@@ -50,6 +50,42 @@ impl std::fmt::Display for Device {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
+    }
+}
+
+/// The storage and arithmetic of the linear layers (embeddings, attention, LayerNorm and
+/// activations are f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// f32 weights and arithmetic: matches the float64 reference to about 1e-6.
+    #[default]
+    F32,
+    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
+    /// only, on CPUs with AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
+    Bf16,
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Dtype> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            _ => Err(Error::Option {
+                option: "dtype".into(),
+                message: format!("`{s}` is not a dtype (f32, bf16)"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        })
     }
 }
 
@@ -104,15 +140,30 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads `config.json` and the safetensors weights of a model folder onto `device`.
+    /// Loads `config.json` and the safetensors weights of a model folder onto `device`, in f32.
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Encoder> {
+        Self::load_with_dtype(dir, device, Dtype::F32)
+    }
+
+    /// [`Encoder::load`] with the linear layers in `dtype`. `Dtype::Bf16` is a CPU option: on
+    /// another device, or on a CPU without AVX512-BF16, it is an error (never a silent f32).
+    pub fn load_with_dtype(dir: impl AsRef<Path>, device: Device, dtype: Dtype) -> Result<Encoder> {
         let dir = dir.as_ref();
+        if dtype != Dtype::F32 && device != Device::Cpu {
+            return Err(Error::Option {
+                option: "dtype".into(),
+                message: format!("{dtype} is a CPU option; {device} runs its own precision"),
+            });
+        }
         let config = ModelConfig::load(dir)?;
         let weights = Weights::open(dir)?;
         let stored_dtype = weights.stored_dtype();
         let engine: Box<dyn Engine> = match device {
             Device::Cpu => {
-                let backend = CpuBackend::new();
+                let backend = CpuBackend::with_dtype(match dtype {
+                    Dtype::F32 => CpuDtype::F32,
+                    Dtype::Bf16 => CpuDtype::Bf16,
+                })?;
                 let model = Model::load(&backend, config.clone(), &weights)?;
                 Box::new(Loaded { backend, model })
             }

@@ -25,7 +25,7 @@ pub mod weights;
 pub use backend::{HostMatrix, Pooling};
 pub use batch::{Batch, Sequence};
 pub use embedder::{Embedder, EmbedderOptions, Embeddings};
-pub use encoder::{Device, Encoder};
+pub use encoder::{Device, Dtype, Encoder};
 pub use error::{Error, Result};
 pub use reranker::{Reranker, RerankerOptions};
 

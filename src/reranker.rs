@@ -10,7 +10,7 @@ use crate::backend::HostMatrix;
 use crate::batch::Sequence;
 use crate::config::Head;
 use crate::embedder::{resolve_max_length, DEFAULT_BATCH_TOKENS};
-use crate::encoder::{Device, Encoder};
+use crate::encoder::{Device, Dtype, Encoder};
 use crate::error::{Error, Result};
 use crate::tokenize::TextTokenizer;
 
@@ -41,8 +41,17 @@ pub struct Reranker {
 
 impl Reranker {
     pub fn load(dir: impl AsRef<Path>, options: RerankerOptions) -> Result<Reranker> {
+        Self::load_with_dtype(dir, options, Dtype::F32)
+    }
+
+    /// [`Reranker::load`] with the linear layers in `dtype` (see [`Encoder::load_with_dtype`]).
+    pub fn load_with_dtype(
+        dir: impl AsRef<Path>,
+        options: RerankerOptions,
+        dtype: Dtype,
+    ) -> Result<Reranker> {
         let dir = dir.as_ref();
-        let encoder = Encoder::load(dir, options.device)?;
+        let encoder = Encoder::load_with_dtype(dir, options.device, dtype)?;
         if encoder.config().head == Head::None {
             return Err(Error::config(
                 dir.join("config.json"),

@@ -151,10 +151,18 @@ fn attend_head(
     }
 }
 
-/// Replaces raw scores `s` by `exp(scale * (s - max s))` and returns their sum. Subtracting the
-/// maximum keeps every exponent at most 0, so nothing overflows whatever the scores.
-fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
+math::multiversion! {
+    /// Replaces raw scores `s` by `exp(scale * (s - max s))` and returns their sum. Subtracting
+    /// the maximum keeps every exponent at most 0, so nothing overflows whatever the scores.
+    fn softmax_numerators / softmax_numerators_with(row: &mut [f32], scale: f32) -> f32
+        => softmax_numerators_inline
+}
+
+#[inline(always)]
+fn softmax_numerators_inline(row: &mut [f32], scale: f32) -> f32 {
     let max = math::max(row);
-    row.iter_mut().for_each(|s| *s = math::exp((*s - max) * scale));
+    for s in row.iter_mut() {
+        *s = math::exp((*s - max) * scale);
+    }
     math::sum(row)
 }

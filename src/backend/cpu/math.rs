@@ -142,27 +142,121 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
 }
 
-/// Applies `activation` to every value of `values` in place. The match is outside the loops so
-/// that each loop is a plain map LLVM can vectorize.
-pub fn activate(activation: Activation, values: &mut [f32]) {
+/// Defines `$name(args)`, which runs the `#[inline(always)]` function `$inner` compiled for the
+/// instruction set of [`Isa::detected`], and `$name_with(isa, args)` for a given level (tests).
+///
+/// The body is the same portable Rust for every level: inlined into a function with
+/// `#[target_feature]`, LLVM vectorizes its loops 16 lanes wide for AVX-512 or 8 for AVX2 instead
+/// of the 4 of the default x86-64 target. Rust never contracts `a * b + c` into an FMA, so every
+/// level computes bit-identical results; only the speed differs.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident / $name_with:ident ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $inner:path) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            $name_with($crate::backend::cpu::microkernel::Isa::detected(), $($arg),*)
+        }
+
+        /// The same with the code of `isa`.
+        ///
+        /// # Panics
+        /// If `isa` is not available on this CPU.
+        #[allow(dead_code)] // tests call it for every level; the library only through the above
+        $vis fn $name_with(isa: $crate::backend::cpu::microkernel::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use $crate::backend::cpu::microkernel::Isa;
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                match isa {
+                    Isa::Avx512 => {
+                        assert!(isa.is_available(), "AVX-512 code on a CPU without it");
+                        // SAFETY: the CPU has the features (checked just above).
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    Isa::Avx2 => {
+                        assert!(isa.is_available(), "AVX2 code on a CPU without it");
+                        // SAFETY: as above.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                    Isa::Portable => {}
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
+            $inner($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+multiversion! {
+    /// Applies `activation` to every value of `values` in place, then adds `residual` (same
+    /// length) when given: the output pass of a linear layer, one sweep over the block.
+    pub fn epilogue / epilogue_with(activation: Activation, values: &mut [f32], residual: Option<&[f32]>)
+        => epilogue_inline
+}
+
+#[inline(always)]
+fn epilogue_inline(activation: Activation, values: &mut [f32], residual: Option<&[f32]>) {
+    activate_inline(activation, values);
+    if let Some(residual) = residual {
+        add_assign(values, residual);
+    }
+}
+
+multiversion! {
+    /// Applies `activation` to every value of `values` in place.
+    pub fn activate / activate_with(activation: Activation, values: &mut [f32]) => activate_inline
+}
+
+/// The match is outside the loops so that each loop is a plain map LLVM can vectorize. Plain
+/// `for` loops, not `for_each` with a closure: `for_each` is a separate function that need not be
+/// inlined, and out of line it would be compiled without the caller's target features.
+#[inline(always)]
+fn activate_inline(activation: Activation, values: &mut [f32]) {
     match activation {
         Activation::Identity => {}
-        Activation::Gelu => values.iter_mut().for_each(|v| *v = gelu(*v)),
-        Activation::GeluTanh => values.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Tanh => values.iter_mut().for_each(|v| *v = tanh(*v)),
+        Activation::Gelu => {
+            for v in values.iter_mut() {
+                *v = gelu(*v);
+            }
+        }
+        Activation::GeluTanh => {
+            for v in values.iter_mut() {
+                *v = gelu_tanh(*v);
+            }
+        }
+        Activation::Relu => {
+            for v in values.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
+        Activation::Tanh => {
+            for v in values.iter_mut() {
+                *v = tanh(*v);
+            }
+        }
     }
 }
 
 /// Adds `b` into `a` elementwise (the residual of a linear layer).
+#[inline(always)]
 pub fn add_assign(a: &mut [f32], b: &[f32]) {
-    a.iter_mut().zip(b).for_each(|(x, y)| *x += *y);
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += *y;
+    }
 }
 
 /// Sum with eight independent accumulators: LLVM does not reorder float additions on its own, so
 /// a single accumulator would be one serial dependency chain; eight lanes vectorize and also
 /// make the rounding error grow with `len / 8` instead of `len`.
-#[inline]
+#[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = values.chunks_exact(8);
@@ -184,7 +278,7 @@ pub fn sum(values: &[f32]) -> f32 {
 
 /// The largest value (`-inf` for an empty slice), over eight lanes like [`sum`] so that it
 /// vectorizes.
-#[inline]
+#[inline(always)]
 pub fn max(values: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = values.chunks_exact(8);
@@ -198,7 +292,7 @@ pub fn max(values: &[f32]) -> f32 {
 }
 
 /// `sum((v - center)^2)`, same accumulator scheme as [`sum`].
-#[inline]
+#[inline(always)]
 pub fn sum_squared_deviation(values: &[f32], center: f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = values.chunks_exact(8);

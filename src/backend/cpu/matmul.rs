@@ -1,39 +1,52 @@
 //! The f32 matrix multiply behind every linear layer and both products of attention:
 //! `C[m, n] = A[m, k] · Wᵀ (+ bias)`, with `W` given as `[n, k]` (PyTorch's `nn.Linear` layout).
 //!
-//! This is the seam for the SIMD kernels (AVX-512 / AVX2 / AMX) that will replace the portable
-//! microkernel: [`PackedMatrix`] (the weight layout) and [`gemm`] (single-threaded, any strides)
-//! are the whole interface, and [`gemm_parallel`] only splits work and calls [`gemm`].
+//! BLIS-style blocking around the register micro-kernels of [`super::microkernel`]:
+//! - `W` is packed once (at load, for weights) into panels of [`NR`] = 32 output columns, each
+//!   panel k-major (`panel[p * NR + j] = W[panel_start + j][p]`, zero-padded past `n`), the
+//!   storage aligned to 64 bytes so that every 16-lane load of the kernel is one cache line;
+//! - K is cut into blocks of [`KC`] = 384: a W micro-panel of one block (`KC x NR`, 48 KiB) and
+//!   the A micro-panel (`MR x KC`, 18 KiB) are what one kernel call streams, from L1 and L2;
+//! - M is cut into blocks of [`MC`] rows whose A block (`MC x KC`, 144 KiB) is packed into
+//!   `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`) and stays in L2 while every
+//!   panel of W passes over it.
 //!
-//! Algorithm: `W` is packed once into panels of [`NR`] output columns, each panel stored k-major
-//! (`panel[p * NR + j] = W[panel_start + j][p]`, zero-padded past `n`). The microkernel keeps an
-//! `MR x NR` tile of `C` in registers and, for each `p`, broadcasts `A[i][p]` and multiplies it
-//! by the `NR` contiguous panel values: an outer product, no horizontal sums, and a loop LLVM
-//! vectorizes into SIMD multiply-adds over the `NR` lanes. Panels are the outer loop so that one
-//! panel (`k * NR` floats, at most 48 KiB for k = 1536) stays in L1/L2 while every row tile of
-//! the A block streams past it.
+//! Loop order: M block, K block (pack A), panel of W, micro-tile of A. A tile starts from the
+//! bias (first K block) or the partial sums already in `C` (later K blocks). Full tiles are
+//! computed in place in `C`; edge tiles go through a 64-byte aligned buffer, so rows and columns
+//! past the edge of `C` need no special kernel: they are computed on zero padding and never
+//! stored. Every element of `C` sees the same sequence of
+//! operations whatever `m` and the row's place in its tile (batching invariance).
 //!
-//! Parallel split ([`gemm_parallel`]): blocks of [`ROW_BLOCK`] rows, one rayon task each; when
-//! there are too few rows to feed every thread (short batches, single queries), the panels are
-//! split as well and each task writes a private tile that is copied into place afterwards.
+//! Parallel split ([`gemm_parallel`]): blocks of [`MC`] rows, one rayon task each; when there are
+//! too few rows to feed every thread (short batches, single queries), the panels are split as
+//! well and each task writes a private tile that is copied into place afterwards.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-/// Rows of `C` per register tile.
-pub const MR: usize = 4;
-/// Columns of `C` per register tile, and the panel width of [`PackedMatrix`]. 4 x 8 needs 8
-/// accumulator registers plus 2 for the panel row and 1 broadcast: it fits the 16 registers of
-/// SSE2 (the portable baseline) without spilling, and stays good with AVX2 or AVX-512.
-pub const NR: usize = 8;
-/// Rows of `A` per parallel task. 64 rows of k = 1536 are 384 KiB: the block stays in L2 while
-/// every panel passes over it.
-pub const ROW_BLOCK: usize = 64;
+pub use super::microkernel::Isa;
+use super::microkernel::{self, Tile, MR, NR};
+
+/// Reduction steps per K block.
+pub const KC: usize = 384;
+/// Rows of A per M block, and per parallel task. A multiple of [`MR`].
+pub const MC: usize = 96;
+/// Rows of `A` per parallel task (the M block).
+pub const ROW_BLOCK: usize = MC;
+
+/// Floats per 64-byte line: the alignment of packed storage.
+const LINE: usize = 16;
 
 /// `W [n, k]` repacked into k-major panels of [`NR`] columns (see the module header).
 #[derive(Debug, Clone, Default)]
 pub struct PackedMatrix {
     n: usize,
     k: usize,
+    /// Packed values start at `data[offset]`, the first 64-byte boundary of the allocation (a
+    /// clone may land elsewhere: then only the speed of its loads suffers, not the results).
+    offset: usize,
     data: Vec<f32>,
 }
 
@@ -66,7 +79,8 @@ impl PackedMatrix {
             return;
         }
         assert!(src.len() >= (n - 1) * ld + k, "from_rows: source too short");
-        for (panel_index, panel) in self.data.chunks_exact_mut(k * NR).enumerate() {
+        let offset = self.offset;
+        for (panel_index, panel) in self.data[offset..].chunks_exact_mut(k * NR).enumerate() {
             for j in 0..NR.min(n - panel_index * NR) {
                 let row = &src[(panel_index * NR + j) * ld..][..k];
                 for (p, &value) in row.iter().enumerate() {
@@ -83,12 +97,13 @@ impl PackedMatrix {
             return;
         }
         assert!(src.len() >= (k - 1) * ld + n, "from_columns: source too short");
-        for (panel_index, panel) in self.data.chunks_exact_mut(k * NR).enumerate() {
+        let offset = self.offset;
+        for (panel_index, panel) in self.data[offset..].chunks_exact_mut(k * NR).enumerate() {
             let first = panel_index * NR;
             let width = NR.min(n - first);
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 if width == NR {
-                    // Constant length: register moves instead of a memcpy call per 32 bytes.
+                    // Constant length: register moves instead of a memcpy call.
                     dst.copy_from_slice(&src[p * ld + first..][..NR]);
                 } else {
                     dst[..width].copy_from_slice(&src[p * ld + first..][..width]);
@@ -100,10 +115,13 @@ impl PackedMatrix {
     fn reset(&mut self, n: usize, k: usize) {
         self.n = n;
         self.k = k;
-        self.data.clear();
+        let len = n.div_ceil(NR) * NR * k;
         // Zero padding past `n` makes the last panel's extra columns compute zeros that are
-        // never stored.
-        self.data.resize(n.div_ceil(NR) * NR * k, 0.0);
+        // never stored. `LINE` spare floats leave room to start on a 64-byte boundary.
+        self.data.clear();
+        self.data.resize(len + LINE, 0.0);
+        let misalignment = (self.data.as_ptr() as usize / 4) % LINE;
+        self.offset = (LINE - misalignment) % LINE;
     }
 
     /// Output columns (`n`, the rows of W).
@@ -121,13 +139,48 @@ impl PackedMatrix {
     }
 
     fn panel(&self, index: usize) -> &[f32] {
-        &self.data[index * self.k * NR..][..self.k * NR]
+        &self.data[self.offset + index * self.k * NR..][..self.k * NR]
+    }
+}
+
+thread_local! {
+    /// Each thread's packed A block (at most `MC x KC` floats), reused across calls.
+    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A into `MR`-row micro-panels:
+/// `pack[(t * kc + p) * MR + i] = a[(t * MR + i) * lda + k0 + p]`, zero for rows past `m`.
+fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
+    let tiles = m.div_ceil(MR);
+    pack.clear();
+    pack.resize(tiles * kc * MR, 0.0);
+    if kc == 0 {
+        return;
+    }
+    for (t, micro_panel) in pack.chunks_exact_mut(kc * MR).enumerate() {
+        let rows = MR.min(m - t * MR);
+        if rows == MR {
+            // Twelve row streams read in step, each destination written once, contiguously.
+            let src: [&[f32]; MR] = std::array::from_fn(|i| &a[(t * MR + i) * lda + k0..][..kc]);
+            for (p, dst) in micro_panel.chunks_exact_mut(MR).enumerate() {
+                for (d, row) in dst.iter_mut().zip(&src) {
+                    *d = row[p];
+                }
+            }
+            continue;
+        }
+        for i in 0..rows {
+            let row = &a[(t * MR + i) * lda + k0..][..kc];
+            for (p, &value) in row.iter().enumerate() {
+                micro_panel[p * MR + i] = value;
+            }
+        }
     }
 }
 
 /// `C = A · Wᵀ (+ bias)` on one thread, for every row `i < m` and column `j < w.n()`:
 /// `c[i * ldc + j] = bias[j] + sum_p a[i * lda + p] * W[j][p]`. `bias`, when given, has
-/// `w.n()` entries.
+/// `w.n()` entries. Uses the kernels of [`Isa::detected`].
 ///
 /// # Panics
 /// If a slice is too short for its stride and extent (callers check shapes first).
@@ -140,13 +193,32 @@ pub fn gemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_panels(a, lda, m, w, 0..w.panels(), bias, c, ldc);
+    gemm_with(Isa::detected(), a, lda, m, w, bias, c, ldc);
 }
 
-/// [`gemm`] restricted to the panels `panels`; column 0 of `c` is column `panels.start * NR` of
-/// the full product. `bias` is indexed by full-product column.
+/// [`gemm`] with the kernels of `isa` (tests run every level the CPU has).
+///
+/// # Panics
+/// As [`gemm`], and if `isa` is not available on this CPU.
 #[allow(clippy::too_many_arguments)] // a BLAS-style signature: strides and extents are the point
+pub fn gemm_with(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_panels(isa, a, lda, m, w, 0..w.panels(), bias, c, ldc);
+}
+
+/// [`gemm_with`] restricted to the panels `panels`; column 0 of `c` is column `panels.start * NR`
+/// of the full product. `bias` is indexed by full-product column.
+#[allow(clippy::too_many_arguments)]
 fn gemm_panels(
+    isa: Isa,
     a: &[f32],
     lda: usize,
     m: usize,
@@ -167,56 +239,125 @@ fn gemm_panels(
     if let Some(bias) = bias {
         assert!(bias.len() >= n, "gemm: bias too short");
     }
-    for panel_index in panels {
-        let column = panel_index * NR;
-        let width = NR.min(n - column);
-        let mut init = [0.0f32; NR];
-        if let Some(bias) = bias {
-            init[..width].copy_from_slice(&bias[column..column + width]);
-        }
-        let panel = w.panel(panel_index);
-        for row in (0..m).step_by(MR) {
-            let rows = MR.min(m - row);
-            let tile = microkernel(&a[row * lda..], lda, rows, panel, k, &init);
-            for (i, tile_row) in tile.iter().take(rows).enumerate() {
-                let start = (row + i) * ldc + column - first_column;
-                if width == NR {
-                    // A constant length compiles to register stores; a variable one to a
-                    // memcpy call, which costs as much as the tile when k is a head dim of 32.
-                    c[start..start + NR].copy_from_slice(tile_row);
-                } else {
-                    c[start..start + width].copy_from_slice(&tile_row[..width]);
+    A_PACK.with_borrow_mut(|pack| {
+        for m0 in (0..m).step_by(MC) {
+            let rows_in_block = MC.min(m - m0);
+            // At least one K block, so that k = 0 still writes the bias.
+            for kb in 0..k.div_ceil(KC).max(1) {
+                let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
+                pack_a(&a[m0 * lda..], lda, rows_in_block, k0, kc, pack);
+                for panel_index in panels.clone() {
+                    let column = panel_index * NR;
+                    let width = NR.min(n - column);
+                    let b = &w.panel(panel_index)[k0 * NR..][..kc * NR];
+                    // The first K block starts from the bias (zero-padded past `n`), later ones
+                    // from the partial sums in C.
+                    let init = (kb == 0).then(|| {
+                        let mut init = [0.0f32; NR];
+                        if let Some(bias) = bias {
+                            init[..width].copy_from_slice(&bias[column..column + width]);
+                        }
+                        init
+                    });
+                    for t in 0..rows_in_block.div_ceil(MR) {
+                        let micro_panel = &pack[t * kc * MR..][..kc * MR];
+                        let row = m0 + t * MR;
+                        let rows = MR.min(m - row);
+                        let c_tile = &mut c[row * ldc + column - first_column..];
+                        if rows == MR && width == NR && ldc >= NR {
+                            microkernel::run(isa, kc, micro_panel, b, c_tile, ldc, init.as_ref());
+                            continue;
+                        }
+                        // An edge tile: through an aligned buffer, so that the kernel never
+                        // touches C outside the product (the padding computes and is dropped).
+                        let mut tile = Tile([0.0; MR * NR]);
+                        if init.is_none() {
+                            for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+                                tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
+                            }
+                        }
+                        microkernel::run(isa, kc, micro_panel, b, &mut tile.0, NR, init.as_ref());
+                        for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+                            c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+                        }
+                    }
                 }
             }
         }
+    });
+}
+
+/// Packed weights that a GEMM runs over panel by panel: f32 ([`PackedMatrix`], with the kernels
+/// of [`Isa::detected`]) or bf16 (`super::bf16::PackedBf16`). [`gemm_parallel`] splits work over
+/// either.
+pub trait PanelWeights: Sync {
+    /// Output columns.
+    fn n(&self) -> usize;
+    /// Reduction length.
+    fn k(&self) -> usize;
+    /// Panels of [`NR`] columns.
+    fn panels(&self) -> usize;
+    /// `C = A · Wᵀ (+ bias)` for the columns of `panels` only, on the calling thread; column 0 of
+    /// `c` is column `panels.start * NR` of the full product.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    );
+}
+
+impl PanelWeights for PackedMatrix {
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn panels(&self) -> usize {
+        PackedMatrix::panels(self)
+    }
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        gemm_panels(Isa::detected(), a, lda, m, self, panels, bias, c, ldc);
     }
 }
 
-/// One `MR x NR` tile: `init[j] + sum_p a[i * lda + p] * panel[p * NR + j]` for `i < rows`.
-/// Rows past `rows` repeat the last valid row (computed and discarded) so that the loop body is
-/// always the full, unrolled tile.
-#[inline(always)]
-fn microkernel(
-    a: &[f32],
-    lda: usize,
-    rows: usize,
-    panel: &[f32],
-    k: usize,
-    init: &[f32; NR],
-) -> [[f32; NR]; MR] {
-    let a_rows: [&[f32]; MR] = std::array::from_fn(|i| &a[i.min(rows - 1) * lda..][..k]);
-    let mut acc = [*init; MR];
-    // `chunks_exact` and `zip` let LLVM drop every bounds check in the hot loop.
-    for (p, b) in panel[..k * NR].chunks_exact(NR).enumerate() {
-        let b: &[f32; NR] = b.try_into().expect("chunks_exact(NR)");
-        for i in 0..MR {
-            let a_ip = a_rows[i][p];
-            for j in 0..NR {
-                acc[i][j] += a_ip * b[j];
-            }
-        }
+impl PanelWeights for super::bf16::PackedBf16 {
+    fn n(&self) -> usize {
+        super::bf16::PackedBf16::n(self)
     }
-    acc
+    fn k(&self) -> usize {
+        super::bf16::PackedBf16::k(self)
+    }
+    fn panels(&self) -> usize {
+        super::bf16::PackedBf16::panels(self)
+    }
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        super::bf16::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
+    }
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ + bias`, then `epilogue(first_row, rows_of_out)` on each block of
@@ -228,12 +369,12 @@ fn microkernel(
 pub fn gemm_parallel(
     x: &[f32],
     m: usize,
-    w: &PackedMatrix,
+    w: &impl PanelWeights,
     bias: &[f32],
     out: &mut [f32],
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    let (n, k) = (w.n, w.k);
+    let (n, k) = (w.n(), w.k());
     assert_eq!(x.len(), m * k, "gemm_parallel: x length");
     assert_eq!(out.len(), m * n, "gemm_parallel: out length");
     assert_eq!(bias.len(), n, "gemm_parallel: bias length");
@@ -250,7 +391,7 @@ pub fn gemm_parallel(
             .for_each(|(block, out_block)| {
                 let first = block * ROW_BLOCK;
                 let rows = out_block.len() / n;
-                gemm(&x[first * k..], k, rows, w, Some(bias), out_block, n);
+                w.gemm_panels(&x[first * k..], k, rows, 0..w.panels(), Some(bias), out_block, n);
                 epilogue(first, out_block);
             });
         return;
@@ -274,7 +415,7 @@ pub fn gemm_parallel(
             let columns = (panels.end * NR).min(n) - panels.start * NR;
             let mut tile = vec![0.0; rows * columns];
             let (a, lda) = (&x[first * k..], k);
-            gemm_panels(a, lda, rows, w, panels.clone(), Some(bias), &mut tile, columns);
+            w.gemm_panels(a, lda, rows, panels.clone(), Some(bias), &mut tile, columns);
             tile
         })
         .collect();

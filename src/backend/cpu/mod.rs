@@ -1,5 +1,6 @@
-//! The CPU backend: f32 throughout, parallel with rayon on the caller's current pool (it never
-//! builds a pool of its own, so `pool.install(|| model.forward(..))` decides the threads).
+//! The CPU backend: f32 activations, f32 or bf16 linear weights ([`CpuDtype`]), parallel with
+//! rayon on the caller's current pool (it never builds a pool of its own, so
+//! `pool.install(|| model.forward(..))` decides the threads and nothing is oversubscribed).
 //!
 //! This file checks shapes and ids (every mismatch is an `Error::Backend`, never a panic) and
 //! dispatches to the kernels:
@@ -7,14 +8,20 @@
 //!   row blocks;
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
-//! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations.
+//! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
+//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), AVX512-BF16 only.
+//!
+//! [`microkernel::Isa::detected`] picks AVX-512, AVX2 or portable code once per process.
 //!
 //! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
 //! [`testutil`] the seeded random inputs and the error measure the tests use.
 
 mod attention;
+pub mod bf16;
+mod buffers;
 pub mod math;
 pub mod matmul;
+pub mod microkernel;
 pub mod reference;
 mod rowwise;
 #[cfg(test)]
@@ -78,6 +85,13 @@ impl CpuTensor {
     }
 }
 
+impl Drop for CpuTensor {
+    /// The storage goes back to the backend's buffer pool (see `buffers`).
+    fn drop(&mut self) {
+        buffers::recycle(std::mem::take(&mut self.data));
+    }
+}
+
 impl From<HostMatrix> for CpuTensor {
     fn from(m: HostMatrix) -> Self {
         Self {
@@ -88,24 +102,53 @@ impl From<HostMatrix> for CpuTensor {
     }
 }
 
-/// A linear layer: the weight packed for [`matmul::gemm`] and the bias, both f32.
+/// The storage and arithmetic of the CPU backend's linear layers. Everything else (embeddings,
+/// attention, LayerNorm, activations) is f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuDtype {
+    /// f32 weights, f32 arithmetic.
+    #[default]
+    F32,
+    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation
+    /// (AVX512-BF16 only).
+    Bf16,
+}
+
+/// A packed linear weight, f32 or bf16.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    F32(PackedMatrix),
+    Bf16(bf16::PackedBf16),
+}
+
+/// A linear layer: the weight packed for [`matmul::gemm`] (or the bf16 GEMM) and the f32 bias.
 #[derive(Debug, Clone)]
 pub struct CpuLinear {
-    weight: PackedMatrix,
+    weight: LinearWeight,
     bias: Vec<f32>,
 }
 
 impl CpuLinear {
     pub fn out_features(&self) -> usize {
-        self.weight.n()
+        match &self.weight {
+            LinearWeight::F32(w) => w.n(),
+            LinearWeight::Bf16(w) => w.n(),
+        }
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.k()
+        match &self.weight {
+            LinearWeight::F32(w) => w.k(),
+            LinearWeight::Bf16(w) => w.k(),
+        }
     }
 
-    pub fn weight(&self) -> &PackedMatrix {
-        &self.weight
+    /// The f32 packed weight (`None` for a bf16 layer).
+    pub fn weight(&self) -> Option<&PackedMatrix> {
+        match &self.weight {
+            LinearWeight::F32(w) => Some(w),
+            LinearWeight::Bf16(_) => None,
+        }
     }
 
     pub fn bias(&self) -> &[f32] {
@@ -113,13 +156,30 @@ impl CpuLinear {
     }
 }
 
-/// The CPU implementation of [`Backend`]. Stateless: it is cheap to construct and to share.
+/// The CPU implementation of [`Backend`]. Holds only the dtype of its linear layers: cheap to
+/// construct and to share.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    dtype: CpuDtype,
+}
 
 impl CpuBackend {
+    /// The f32 backend.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// A backend whose linear layers use `dtype`; bf16 is refused with a clear error on a CPU
+    /// without AVX512-BF16.
+    pub fn with_dtype(dtype: CpuDtype) -> Result<Self> {
+        if dtype == CpuDtype::Bf16 {
+            bf16::check_supported().map_err(|message| error("bf16", message))?;
+        }
+        Ok(Self { dtype })
+    }
+
+    pub fn dtype(&self) -> CpuDtype {
+        self.dtype
     }
 }
 
@@ -208,8 +268,19 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
+        let weight = match self.dtype {
+            CpuDtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
+                weight,
+                out_features,
+                in_features,
+                in_features,
+            )),
+            CpuDtype::Bf16 => {
+                LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features))
+            }
+        };
         Ok(CpuLinear {
-            weight: PackedMatrix::from_rows(weight, out_features, in_features, in_features),
+            weight,
             bias: bias.to_vec(),
         })
     }
@@ -253,7 +324,7 @@ impl Backend for CpuBackend {
         let gamma = norm_vector(OP, "gamma", &norm.gamma, hidden)?;
         let beta = norm_vector(OP, "beta", &norm.beta, hidden)?;
         let tokens = batch.token_ids.len();
-        let mut out = vec![0.0; tokens * hidden];
+        let mut out = buffers::zeroed(tokens * hidden);
         let slices = rowwise::Tables {
             word: &tables.word.data,
             position: &tables.position.data,
@@ -285,20 +356,15 @@ impl Backend for CpuBackend {
         if let Some(r) = residual {
             r.check(OP, "residual", m, n)?;
         }
-        let mut out = vec![0.0; m * n];
-        matmul::gemm_parallel(
-            &x.data,
-            m,
-            &layer.weight,
-            &layer.bias,
-            &mut out,
-            |first_row, block| {
-                math::activate(activation, block);
-                if let Some(r) = residual {
-                    math::add_assign(block, &r.data[first_row * n..first_row * n + block.len()]);
-                }
-            },
-        );
+        let mut out = buffers::zeroed(m * n);
+        let epilogue = |first_row: usize, block: &mut [f32]| {
+            let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
+            math::epilogue(activation, block, r);
+        };
+        match &layer.weight {
+            LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+            LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+        }
         CpuTensor::new(m, n, out)
     }
 
@@ -312,7 +378,7 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
         };
         qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
-        let mut out = vec![0.0; qkv.rows * hidden];
+        let mut out = buffers::zeroed(qkv.rows * hidden);
         attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
         CpuTensor::new(qkv.rows, hidden, out)
     }
@@ -325,7 +391,7 @@ impl Backend for CpuBackend {
         }
         let gamma = norm_vector(OP, "gamma", &norm.gamma, x.cols)?;
         let beta = norm_vector(OP, "beta", &norm.beta, x.cols)?;
-        let mut out = vec![0.0; x.data.len()];
+        let mut out = buffers::zeroed(x.data.len());
         rowwise::layer_norm(&x.data, gamma, beta, norm.eps, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }
@@ -338,14 +404,14 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("sequence {s} is empty")));
         }
         let sequences = batch.cu_seqlens.len() - 1;
-        let mut out = vec![0.0; sequences * hidden.cols];
+        let mut out = buffers::zeroed(sequences * hidden.cols);
         rowwise::pool(&hidden.data, hidden.cols, &batch.cu_seqlens, mode, &mut out);
         CpuTensor::new(sequences, hidden.cols, out)
     }
 
     fn l2_normalize(&self, x: &CpuTensor) -> Result<CpuTensor> {
         x.check_consistent("l2_normalize", "input")?;
-        let mut out = vec![0.0; x.data.len()];
+        let mut out = buffers::zeroed(x.data.len());
         rowwise::l2_normalize(&x.data, x.cols, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }

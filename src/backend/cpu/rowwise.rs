@@ -13,10 +13,16 @@ use crate::backend::Pooling;
 /// the scheduling cost, and 64k-token batches still give hundreds of tasks.
 const ROWS_PER_TASK: usize = 64;
 
-/// LayerNorm of one row into `out`: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
-/// biased variance (divided by `n`, as PyTorch), computed in two passes (mean first, then the
-/// squared deviations) so that a large mean does not cancel the variance away.
-pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+math::multiversion! {
+    /// LayerNorm of one row into `out`: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
+    /// biased variance (divided by `n`, as PyTorch), computed in two passes (mean first, then the
+    /// squared deviations) so that a large mean does not cancel the variance away.
+    pub fn layer_norm_row / layer_norm_row_with(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
+        => layer_norm_row_inline
+}
+
+#[inline(always)]
+fn layer_norm_row_inline(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
     let mean = math::sum(x) / n;
     let variance = math::sum_squared_deviation(x, mean) / n;

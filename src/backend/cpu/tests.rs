@@ -17,7 +17,7 @@ fn tensor(m: &HostMatrix) -> CpuTensor {
 }
 
 fn host(t: &CpuTensor) -> HostMatrix {
-    CpuBackend.download(t).unwrap()
+    CpuBackend::new().download(t).unwrap()
 }
 
 fn assert_close(what: &str, actual: &HostMatrix, expected: &HostMatrix, tolerance: f64) {
@@ -55,10 +55,10 @@ fn check_linear(rng: &mut SplitMix64, m: usize, n: usize, k: usize, activation: 
     let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
     let b = rng.values(n, 0.5);
     let residual = rng.matrix(m, n, 1.0);
-    let layer = CpuBackend.load_linear(&w.data, &b, n, k).unwrap();
+    let layer = CpuBackend::new().load_linear(&w.data, &b, n, k).unwrap();
     assert_eq!((layer.out_features(), layer.in_features()), (n, k));
     for r in [None, Some(&residual)] {
-        let got = CpuBackend
+        let got = CpuBackend::new()
             .linear(&tensor(&x), &layer, activation, r.map(tensor).as_ref())
             .unwrap();
         let want = reference::linear(&x, &w, &b, activation, r);
@@ -108,9 +108,13 @@ fn linear_matches_reference_on_awkward_shapes_and_both_parallel_splits() {
 
 #[test]
 fn linear_of_an_empty_batch_is_empty() {
-    let layer = CpuBackend.load_linear(&[0.5; 12], &[1.0; 3], 3, 4).unwrap();
-    let x = CpuBackend.upload(&[], 0, 4).unwrap();
-    let y = CpuBackend.linear(&x, &layer, Activation::Relu, None).unwrap();
+    let layer = CpuBackend::new()
+        .load_linear(&[0.5; 12], &[1.0; 3], 3, 4)
+        .unwrap();
+    let x = CpuBackend::new().upload(&[], 0, 4).unwrap();
+    let y = CpuBackend::new()
+        .linear(&x, &layer, Activation::Relu, None)
+        .unwrap();
     assert_eq!((y.rows, y.cols, y.data.len()), (0, 3, 0));
 }
 
@@ -154,8 +158,8 @@ fn embed_matches_reference() {
     let gamma = rng.values(hidden, 1.0);
     let beta = rng.values(hidden, 0.5);
     let norm = LayerNormWeights {
-        gamma: CpuBackend.upload(&gamma, 1, hidden).unwrap(),
-        beta: CpuBackend.upload(&beta, 1, hidden).unwrap(),
+        gamma: CpuBackend::new().upload(&gamma, 1, hidden).unwrap(),
+        beta: CpuBackend::new().upload(&beta, 1, hidden).unwrap(),
         eps: 1e-12,
     };
     let tables = EmbeddingTables {
@@ -163,8 +167,8 @@ fn embed_matches_reference() {
         position: tensor(&position),
         token_type: tensor(&token_type),
     };
-    let device_batch = CpuBackend.upload_batch(&batch).unwrap();
-    let got = CpuBackend.embed(&device_batch, &tables, &norm).unwrap();
+    let device_batch = CpuBackend::new().upload_batch(&batch).unwrap();
+    let got = CpuBackend::new().embed(&device_batch, &tables, &norm).unwrap();
     let want = reference::embed(
         &batch.token_ids,
         &batch.position_ids,
@@ -192,11 +196,11 @@ fn layer_norm_matches_reference() {
         let gamma = rng.values(hidden, 1.0);
         let beta = rng.values(hidden, 0.5);
         let norm = LayerNormWeights {
-            gamma: CpuBackend.upload(&gamma, 1, hidden).unwrap(),
-            beta: CpuBackend.upload(&beta, 1, hidden).unwrap(),
+            gamma: CpuBackend::new().upload(&gamma, 1, hidden).unwrap(),
+            beta: CpuBackend::new().upload(&beta, 1, hidden).unwrap(),
             eps: 1e-5,
         };
-        let got = CpuBackend.layer_norm(&tensor(&x), &norm).unwrap();
+        let got = CpuBackend::new().layer_norm(&tensor(&x), &norm).unwrap();
         let want = reference::layer_norm(&x, &gamma, &beta, 1e-5);
         // Mean and variance are f32 sums of <= 1024 terms over 8 lanes (relative error ~1e-6),
         // the normalized values are O(1-4). With the offset, the f32 mean near 100 is itself
@@ -232,7 +236,7 @@ fn attention_matches_reference() {
         // split their heads into subtasks. Both paths must give the reference.
         for threads in [1, 3] {
             let got = with_threads(threads, || {
-                CpuBackend
+                CpuBackend::new()
                     .attention(&tensor(&qkv), &batch, heads, head_dim)
                     .unwrap()
             });
@@ -250,7 +254,7 @@ fn attention_does_not_leak_across_sequences() {
     let mut rng = SplitMix64::new(7);
     let (heads, head_dim) = (4, 32);
     let (qkv, batch) = attention_case(&mut rng, heads, head_dim);
-    let before = CpuBackend
+    let before = CpuBackend::new()
         .attention(&tensor(&qkv), &batch, heads, head_dim)
         .unwrap();
     // Replace every token of every sequence but sequence 1.
@@ -261,7 +265,7 @@ fn attention_does_not_leak_across_sequences() {
             changed.data[t * changed.cols + c] = rng.nonzero(3.0);
         }
     }
-    let after = CpuBackend
+    let after = CpuBackend::new()
         .attention(&tensor(&changed), &batch, heads, head_dim)
         .unwrap();
     let hidden = heads * head_dim;
@@ -283,7 +287,7 @@ fn attention_of_a_sequence_is_the_same_alone_and_in_a_batch() {
     // One thread: the batch runs heads in a loop, while each sequence alone splits its heads
     // into subtasks, so this also checks that the two paths agree bit for bit.
     let together = with_threads(1, || {
-        CpuBackend
+        CpuBackend::new()
             .attention(&tensor(&qkv), &batch, heads, head_dim)
             .unwrap()
     });
@@ -297,7 +301,7 @@ fn attention_of_a_sequence_is_the_same_alone_and_in_a_batch() {
         )
         .unwrap();
         let alone_batch = rng.batch(&[range.len()], 10, 1);
-        let alone = CpuBackend
+        let alone = CpuBackend::new()
             .attention(&alone_qkv, &alone_batch, heads, head_dim)
             .unwrap();
         let hidden = heads * head_dim;
@@ -316,7 +320,7 @@ fn pool_matches_reference() {
     let batch = rng.batch(&[1, 17, 512, 3], 10, 1);
     let hidden = rng.matrix(batch.num_tokens(), 383, 1.0);
     for mode in [Pooling::Cls, Pooling::Mean] {
-        let got = CpuBackend.pool(&tensor(&hidden), &batch, mode).unwrap();
+        let got = CpuBackend::new().pool(&tensor(&hidden), &batch, mode).unwrap();
         let want = reference::pool(&hidden, &batch.cu_seqlens, mode);
         // Both accumulate in f64 and round once: at most half an ulp apart.
         assert_close(&format!("pool {mode:?}"), &host(&got), &want, 1.2e-7);
@@ -330,7 +334,7 @@ fn l2_normalize_matches_reference_and_keeps_zero_rows_zero() {
     // A tiny row checks the division itself, a zero row the clamp at 1e-12 (0 / 1e-12 = 0).
     x.data[383..766].iter_mut().for_each(|v| *v *= 1e-20);
     x.data[766..1149].fill(0.0);
-    let got = host(&CpuBackend.l2_normalize(&tensor(&x)).unwrap());
+    let got = host(&CpuBackend::new().l2_normalize(&tensor(&x)).unwrap());
     let want = reference::l2_normalize(&x);
     // The norm is f64, the division one f32 rounding: an ulp of values below 1.
     assert_close("l2_normalize", &got, &want, 1.2e-7);
@@ -418,4 +422,187 @@ fn shape_mismatches_are_errors_not_panics() {
         token_type: zero_width,
     };
     assert!(is_backend_error(cpu.embed(&batch, &zero_tables, &norm(0))));
+}
+
+/// `C = A · Wᵀ + bias` in f64 from the unpacked operands, for the GEMM tests below.
+fn gemm_reference(a: &[f32], lda: usize, m: usize, w: &[f32], n: usize, k: usize, bias: &[f32]) -> Vec<f64> {
+    let mut c = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
+            c[i * n + j] = bias[j] as f64 + dot;
+        }
+    }
+    c
+}
+
+#[test]
+fn gemm_matches_reference_at_every_isa_level() {
+    let mut rng = SplitMix64::new(11);
+    // Tails in every direction: rows around the 12-row tile and the 96-row block, columns around
+    // the 32-wide panel, k around the 384-step K block (several blocks at 800).
+    let shapes = [
+        (1, 1, 1),
+        (13, 33, 5),
+        (11, 31, 385),
+        (97, 70, 383),
+        (200, 65, 800),
+        (12, 32, 0),
+    ];
+    for isa in matmul::Isa::available() {
+        for &(m, n, k) in &shapes {
+            let (lda, ldc) = (k + 3, n + 5);
+            let a = rng.values(m * lda, 1.0);
+            let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
+            let bias = rng.values(n, 0.5);
+            let packed = matmul::PackedMatrix::from_rows(&w, n, k, k);
+            let sentinel = 12345.0;
+            let mut c = vec![sentinel; m * ldc];
+            matmul::gemm_with(isa, &a, lda, m, &packed, Some(&bias), &mut c, ldc);
+            let want = gemm_reference(&a, lda, m, &w, n, k, &bias);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j];
+                    if j >= n {
+                        assert_eq!(
+                            got, sentinel,
+                            "{isa:?} {m}x{n}x{k}: wrote outside C at ({i}, {j})"
+                        );
+                        continue;
+                    }
+                    // Sums of k products of O(1/sqrt k) terms: O(1) results, f32 rounding of
+                    // about sqrt(k) ulp; 2e-5 is far below any indexing error.
+                    let diff = (got as f64 - want[i * n + j]).abs();
+                    assert!(
+                        diff < 2e-5,
+                        "{isa:?} {m}x{n}x{k} ({i}, {j}): {got} vs {}",
+                        want[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_rows_do_not_depend_on_their_neighbours_at_any_isa_level() {
+    // A row's result must be bit-identical whether it is computed alone, as the tail of a tile or
+    // inside a full one: the batching-invariance guarantee of the engine rests on this.
+    let mut rng = SplitMix64::new(12);
+    let (m, n, k) = (29, 70, 777);
+    let a = rng.values(m * k, 1.0);
+    let packed = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
+    let bias = rng.values(n, 0.5);
+    for isa in matmul::Isa::available() {
+        let mut all = vec![0.0; m * n];
+        matmul::gemm_with(isa, &a, k, m, &packed, Some(&bias), &mut all, n);
+        for i in [0, 11, 12, 25, 28] {
+            let mut alone = vec![0.0; n];
+            matmul::gemm_with(isa, &a[i * k..], k, 1, &packed, Some(&bias), &mut alone, n);
+            assert_eq!(
+                &all[i * n..(i + 1) * n],
+                &alone[..],
+                "{isa:?}: row {i} differs alone"
+            );
+        }
+    }
+}
+
+#[test]
+fn elementwise_code_is_bit_identical_at_every_isa_level() {
+    // The multiversioned functions are one body compiled per level, with no FMA contraction: the
+    // results must not change with the level, only the speed.
+    let mut rng = SplitMix64::new(13);
+    let values = rng.values(1000, 4.0);
+    let residual = rng.values(1000, 1.0);
+    let (gamma, beta) = (rng.values(1000, 1.0), rng.values(1000, 1.0));
+    let portable = matmul::Isa::Portable;
+    for isa in matmul::Isa::available() {
+        for activation in ACTIVATIONS {
+            let (mut x, mut y) = (values.clone(), values.clone());
+            math::epilogue_with(isa, activation, &mut x, Some(&residual));
+            math::epilogue_with(portable, activation, &mut y, Some(&residual));
+            assert_eq!(x, y, "{isa:?} {activation:?}");
+        }
+        let (mut x, mut y) = (vec![0.0; 1000], vec![0.0; 1000]);
+        rowwise::layer_norm_row_with(isa, &values, &gamma, &beta, 1e-12, &mut x);
+        rowwise::layer_norm_row_with(portable, &values, &gamma, &beta, 1e-12, &mut y);
+        assert_eq!(x, y, "{isa:?} layer norm");
+    }
+}
+
+#[test]
+fn bf16_gemm_matches_reference_on_bf16_rounded_inputs() {
+    if !bf16::is_supported() {
+        // Refusal is the contract there: the backend must say so, not fall back.
+        assert!(CpuBackend::with_dtype(CpuDtype::Bf16).is_err());
+        return;
+    }
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
+    let mut rng = SplitMix64::new(14);
+    // Odd k (a half-filled last pair), k over one 384 block, row and column tails.
+    for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (29, 70, 777), (97, 32, 384), (12, 5, 0)] {
+        let (lda, ldc) = (k + 3, n + 5);
+        let a = rng.values(m * lda, 1.0);
+        let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
+        let bias = rng.values(n, 0.5);
+        let packed = bf16::PackedBf16::from_rows(&w, n, k);
+        let sentinel = 12345.0;
+        let mut c = vec![sentinel; m * ldc];
+        bf16::gemm_panels(&a, lda, m, &packed, 0..packed.panels(), Some(&bias), &mut c, ldc);
+        // The products of bf16 values are exact in f32: only the f32 accumulation rounds, so
+        // the f64 result on the rounded inputs is matched as closely as the f32 GEMM's.
+        let want = gemm_reference(&round(&a), lda, m, &round(&w), n, k, &bias);
+        for i in 0..m {
+            assert!(
+                c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == sentinel),
+                "wrote outside C"
+            );
+            for j in 0..n {
+                let (got, want) = (c[i * ldc + j] as f64, want[i * n + j]);
+                assert!(
+                    (got - want).abs() < 2e-5,
+                    "bf16 {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+        // Batching invariance holds for bf16 as for f32: a row alone gives the same bits.
+        if m > 0 && n > 0 {
+            let i = m - 1;
+            let mut alone = vec![0.0; n];
+            bf16::gemm_panels(
+                &a[i * lda..],
+                lda,
+                1,
+                &packed,
+                0..packed.panels(),
+                Some(&bias),
+                &mut alone,
+                n,
+            );
+            assert_eq!(&c[i * ldc..i * ldc + n], &alone[..], "bf16 row {i} alone");
+        }
+    }
+}
+
+#[test]
+fn bf16_linear_layers_stay_close_to_f32() {
+    let Ok(backend) = CpuBackend::with_dtype(CpuDtype::Bf16) else {
+        return; // refusal is checked by the test above
+    };
+    let mut rng = SplitMix64::new(15);
+    let (m, n, k) = (67, 383, 383);
+    let x = rng.matrix(m, k, 1.0);
+    let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
+    let b = rng.values(n, 0.5);
+    let layer = backend.load_linear(&w.data, &b, n, k).unwrap();
+    assert!(layer.weight().is_none(), "bf16 layer holds f32 weights");
+    let got = backend
+        .linear(&tensor(&x), &layer, Activation::Gelu, None)
+        .unwrap();
+    let want = reference::linear(&x, &w, &b, Activation::Gelu, None);
+    // Two bf16 roundings (8 significant bits: relative 2^-9 each) per product, averaging out
+    // over k = 383 terms of random sign: about 2^-9 / sqrt(k) * sqrt(k) ~ 4e-3 of the output
+    // scale at worst; 1e-2 still catches any indexing error (those are of order 1).
+    assert_close("bf16 linear", &host(&got), &want, 1e-2);
 }

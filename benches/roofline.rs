@@ -1,0 +1,194 @@
+//! The GEMM against the machine's roofline, in one run: first the f32 FMA peak (a loop of independent
+//! multiply-adds (12 accumulators, enough to cover the FMA latency of 4 cycles times 2 pipes)
+//! with no memory traffic, for AVX-512 (16 lanes) and AVX2 (8 lanes), on 1 thread and on every
+//! core (one OS thread per core, all started together).
+//!
+//! Then the packed GEMM on one thread at BERT shapes, for every kernel level the CPU has, as
+//! GFLOP/s and as a percentage of the single-thread peak.
+//!
+//! `cargo bench --bench roofline` prints GFLOP/s (2 FLOPs per lane per FMA). Every figure is the
+//! best of several short runs: on a shared machine the best run is the one least disturbed by
+//! other processes, which is what a kernel's speed means (criterion's mean mixes in the noise).
+//! Zen 4 runs a 512-bit FMA as two 256-bit halves, so both ISAs give the same peak there; a Xeon
+//! with two 512-bit FMA units gives twice the AVX2 figure with AVX-512.
+
+use std::time::Instant;
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use std::arch::x86_64::*;
+
+    /// `iterations` rounds of 12 independent 16-lane FMAs; returns a value so nothing is elided.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(iterations: u64) -> f32 {
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_ps();
+        for r in acc {
+            total = _mm512_add_ps(total, r);
+        }
+        _mm512_reduce_add_ps(total)
+    }
+
+    /// The same with `vdpbf16ps` (AVX512-BF16): 16 lanes x 2 products per instruction.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn avx512bf16(iterations: u64) -> f32 {
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_ps();
+        for r in acc {
+            total = _mm512_add_ps(total, r);
+        }
+        _mm512_reduce_add_ps(total)
+    }
+
+    /// The same with 8-lane AVX2 FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(iterations: u64) -> f32 {
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut out = [0.0f32; 8];
+        let mut total = _mm256_setzero_ps();
+        for r in acc {
+            total = _mm256_add_ps(total, r);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), total);
+        out.iter().sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure(name: &str, lanes: u64, threads: usize, run: fn(u64) -> f32) -> f64 {
+    let iterations = 200_000_000 / lanes;
+    run(iterations / 10); // warm-up (clock ramp)
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| std::thread::spawn(move || run(iterations)))
+            .collect();
+        let sink: f32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let seconds = start.elapsed().as_secs_f64();
+        std::hint::black_box(sink);
+        let flops = (threads as u64 * iterations * 12 * lanes * 2) as f64;
+        best = best.max(flops / seconds / 1e9);
+    }
+    println!("fma_peak {name:<8} {threads} thread(s): {best:7.1} GFLOP/s (best of 5)");
+    best
+}
+
+/// Best-of-`runs` GFLOP/s of the one-thread bf16 GEMM, against the bf16 peak.
+fn gemm_bf16(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+    use ember::backend::cpu::bf16;
+    use ember::backend::cpu::testutil::SplitMix64;
+    let mut rng = SplitMix64::new(5);
+    let a = rng.values(m * k, 1.0);
+    let w = bf16::PackedBf16::from_rows(&rng.values(n * k, 0.05), n, k);
+    let bias = rng.values(n, 0.1);
+    let mut out = vec![0.0; m * n];
+    let mut best = 0.0f64;
+    for _ in 0..runs {
+        let start = Instant::now();
+        bf16::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
+        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(&out);
+    println!(
+        "gemm 1 thread bf16     m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of the 1-thread bf16 peak",
+        100.0 * best / peak
+    );
+}
+
+/// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.
+fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+    use ember::backend::cpu::matmul;
+    use ember::backend::cpu::testutil::SplitMix64;
+    let mut rng = SplitMix64::new(4);
+    let a = rng.values(m * k, 1.0);
+    let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
+    let bias = rng.values(n, 0.1);
+    let mut out = vec![0.0; m * n];
+    for isa in matmul::Isa::available() {
+        let mut best = 0.0f64;
+        for _ in 0..runs {
+            let start = Instant::now();
+            matmul::gemm_with(isa, &a, k, m, &w, Some(&bias), &mut out, n);
+            let seconds = start.elapsed().as_secs_f64();
+            best = best.max(2.0 * (m * n * k) as f64 / seconds / 1e9);
+        }
+        std::hint::black_box(&out);
+        println!(
+            "gemm 1 thread {:<8} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of the 1-thread peak",
+            isa.name(),
+            100.0 * best / peak
+        );
+    }
+}
+
+fn main() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut thread_counts = vec![1];
+        if cores > 1 {
+            thread_counts.push(cores);
+        }
+        let mut one_thread_peak = 0.0f64;
+        for &threads in &thread_counts {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                let peak = measure("avx512", 16, threads, |n| unsafe { kernels::avx512(n) });
+                if threads == 1 {
+                    one_thread_peak = one_thread_peak.max(peak);
+                }
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                let peak = measure("avx2", 8, threads, |n| unsafe { kernels::avx2(n) });
+                if threads == 1 {
+                    one_thread_peak = one_thread_peak.max(peak);
+                }
+            }
+        }
+        let runs = std::env::var("EMBER_BENCH_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(7);
+        let shapes = [
+            (4096, 1536, 384),
+            (4096, 384, 1536),
+            (4096, 1152, 384),
+            (4096, 384, 384),
+        ];
+        for (m, n, k) in shapes {
+            gemm(one_thread_peak, m, n, k, runs);
+        }
+        if is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the CPU has AVX512-BF16 (checked just above).
+            let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
+            for (m, n, k) in shapes {
+                gemm_bf16(peak, m, n, k, runs);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("fma_peak: only x86-64 kernels are written");
+}

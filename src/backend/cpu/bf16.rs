@@ -1,0 +1,277 @@
+//! The bf16 linear layers: weights stored as bfloat16, activations rounded to bf16 as they are
+//! packed, products accumulated in f32 by AVX512-BF16's `vdpbf16ps` (each instruction does 16
+//! lanes x 2 products: twice the multiply-adds of an f32 FMA, on half the weight bytes).
+//!
+//! Only AVX512-BF16 is implemented. AMX (the tile unit of Sapphire Rapids and later) would be
+//! the next level, but no machine this was developed on has it, and untested kernels are not
+//! shipped: a CPU without AVX512-BF16 gets a clear error from [`check_supported`].
+//!
+//! Layouts (pairs of consecutive k, as `vdpbf16ps` multiplies pairs):
+//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
+//!   for `q < ceil(k / 2)`, zero past `n` and past `k`; 64-byte aligned.
+//! - A: per K block and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
+//!   `bf16(A[i][2q])` in its low half and `bf16(A[i][2q + 1])` in its high half (zero past `m`
+//!   and past `k`), broadcast to all 16 lanes by the kernel.
+//!
+//! The blocking and the tile handling are those of the f32 GEMM (see `matmul`): K blocks of
+//! [`KC`], M blocks of [`MC`], tails through an aligned tile buffer so that every row sees the
+//! same arithmetic whatever its neighbours.
+
+use std::cell::RefCell;
+
+use half::bf16;
+
+use super::matmul::{KC, MC};
+use super::microkernel::{Tile, MR, NR};
+
+/// Whether this CPU runs the bf16 kernels.
+pub fn is_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `Ok` when [`is_supported`], else the error message to show.
+pub fn check_supported() -> std::result::Result<(), String> {
+    if is_supported() {
+        Ok(())
+    } else {
+        Err(
+            "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 or \
+             later); this CPU does not have it. Use f32."
+                .into(),
+        )
+    }
+}
+
+/// Rounds to the nearest bf16, ties to even (as PyTorch's `.to(torch.bfloat16)`).
+#[inline(always)]
+fn to_bits(value: f32) -> u16 {
+    bf16::from_f32(value).to_bits()
+}
+
+/// `W [n, k]` as bf16, packed in k-pair panels of [`NR`] columns (see the module header).
+#[derive(Debug, Clone, Default)]
+pub struct PackedBf16 {
+    n: usize,
+    k: usize,
+    offset: usize,
+    data: Vec<u16>,
+}
+
+impl PackedBf16 {
+    /// Packs `W[r][p] = src[r * k + p]` (row-major `[n, k]`), rounding each value to bf16.
+    ///
+    /// # Panics
+    /// If `src` holds fewer than `n * k` values.
+    pub fn from_rows(src: &[f32], n: usize, k: usize) -> Self {
+        assert!(src.len() >= n * k, "PackedBf16: source too short");
+        let pairs = k.div_ceil(2);
+        let len = n.div_ceil(NR) * NR * pairs * 2;
+        // 32 spare values: room to start the panels on a 64-byte boundary.
+        let mut data = vec![0u16; len + 32];
+        let offset = (32 - (data.as_ptr() as usize / 2) % 32) % 32;
+        if pairs > 0 {
+            for (panel_index, panel) in data[offset..offset + len]
+                .chunks_exact_mut(pairs * NR * 2)
+                .enumerate()
+            {
+                for j in 0..NR.min(n - panel_index * NR) {
+                    let row = &src[(panel_index * NR + j) * k..][..k];
+                    for (p, &value) in row.iter().enumerate() {
+                        panel[((p / 2) * NR + j) * 2 + p % 2] = to_bits(value);
+                    }
+                }
+            }
+        }
+        Self { n, k, offset, data }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// The values of pairs `q0..q0 + count` of panel `index`.
+    fn panel_pairs(&self, index: usize, q0: usize, count: usize) -> &[u16] {
+        let pairs = self.k.div_ceil(2);
+        &self.data[self.offset + index * pairs * NR * 2 + q0 * NR * 2..][..count * NR * 2]
+    }
+}
+
+thread_local! {
+    static A_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A (k0 even) as bf16 pairs.
+fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<u32>) {
+    let pairs = kc.div_ceil(2);
+    pack.clear();
+    pack.resize(m.div_ceil(MR) * pairs * MR, 0);
+    if pairs == 0 {
+        return;
+    }
+    let mut row_pairs = [0u32; KC / 2];
+    let mut tile_pairs = [[0u32; KC / 2]; MR];
+    for (t, micro_panel) in pack.chunks_exact_mut(pairs * MR).enumerate() {
+        let rows = MR.min(m - t * MR);
+        if rows == MR {
+            // Convert the twelve rows, then write the micro-panel contiguously (strided stores
+            // into it cost more than the conversion).
+            for (i, out) in tile_pairs.iter_mut().enumerate() {
+                bf16_pairs(&a[(t * MR + i) * lda + k0..][..kc], &mut out[..pairs]);
+            }
+            for (q, dst) in micro_panel.chunks_exact_mut(MR).enumerate() {
+                for (d, row) in dst.iter_mut().zip(&tile_pairs) {
+                    *d = row[q];
+                }
+            }
+            continue;
+        }
+        for i in 0..rows {
+            let row = &a[(t * MR + i) * lda + k0..][..kc];
+            bf16_pairs(row, &mut row_pairs[..pairs]);
+            for (q, &pair) in row_pairs[..pairs].iter().enumerate() {
+                micro_panel[q * MR + i] = pair;
+            }
+        }
+    }
+}
+
+super::math::multiversion! {
+    /// `out[q]` = bf16(`row[2q]`) in the low half, bf16(`row[2q + 1]`) (or 0 past the end) in the
+    /// high half; rounding to nearest even, as [`to_bits`] for finite values.
+    fn bf16_pairs / bf16_pairs_with(row: &[f32], out: &mut [u32]) => bf16_pairs_inline
+}
+
+/// Branch-free so that it vectorizes: adding `0x7fff` plus the lowest kept bit rounds the upper
+/// 16 bits to nearest, ties to even (inputs are finite activations; NaN is not special-cased).
+#[inline(always)]
+fn bf16_pairs_inline(row: &[f32], out: &mut [u32]) {
+    #[inline(always)]
+    fn rounded(x: f32) -> u32 {
+        let bits = x.to_bits();
+        bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000
+    }
+    let mut chunks = row.chunks_exact(2);
+    for (o, pair) in out.iter_mut().zip(chunks.by_ref()) {
+        *o = (rounded(pair[0]) >> 16) | rounded(pair[1]);
+    }
+    if let [last] = chunks.remainder() {
+        out[row.len() / 2] = rounded(*last) >> 16;
+    }
+}
+
+/// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread; column 0 of `c`
+/// is column `panels.start * NR` of the full product (as `matmul::gemm_panels`).
+///
+/// # Panics
+/// If the CPU lacks AVX512-BF16, or a slice is too short for its stride and extent.
+#[allow(clippy::too_many_arguments)] // a BLAS-style signature: strides and extents are the point
+pub fn gemm_panels(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedBf16,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(is_supported(), "bf16 GEMM on a CPU without AVX512-BF16");
+    let (n, k) = (w.n, w.k);
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "gemm_bf16: A too short");
+    let first_column = panels.start * NR;
+    let columns = (panels.end * NR).min(n) - first_column;
+    assert!(c.len() >= (m - 1) * ldc + columns, "gemm_bf16: C too short");
+    if let Some(bias) = bias {
+        assert!(bias.len() >= n, "gemm_bf16: bias too short");
+    }
+    A_PACK.with_borrow_mut(|pack| {
+        for m0 in (0..m).step_by(MC) {
+            let rows_in_block = MC.min(m - m0);
+            for kb in 0..k.div_ceil(KC).max(1) {
+                let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
+                let pairs = kc.div_ceil(2);
+                pack_a(&a[m0 * lda..], lda, rows_in_block, k0, kc, pack);
+                for panel_index in panels.clone() {
+                    let column = panel_index * NR;
+                    let width = NR.min(n - column);
+                    let b = w.panel_pairs(panel_index, k0 / 2, pairs);
+                    for t in 0..rows_in_block.div_ceil(MR) {
+                        let micro_panel = &pack[t * pairs * MR..][..pairs * MR];
+                        let row = m0 + t * MR;
+                        let rows = MR.min(m - row);
+                        let c_tile = &mut c[row * ldc + column - first_column..];
+                        let mut tile = Tile([0.0; MR * NR]);
+                        for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+                            let init = if kb == 0 {
+                                bias.map(|bias| &bias[column..column + width])
+                            } else {
+                                Some(&c_tile[i * ldc..i * ldc + width])
+                            };
+                            if let Some(init) = init {
+                                tile_row[..width].copy_from_slice(init);
+                            }
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX512-BF16 is present (asserted on entry); `micro_panel` holds
+                        // `pairs * MR` values and `b` `pairs * NR * 2`, as the kernel reads.
+                        unsafe {
+                            avx512bf16(pairs, micro_panel.as_ptr(), b.as_ptr(), tile.0.as_mut_ptr())
+                        };
+                        for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+                            c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The 12 x 32 tile with 24 zmm accumulators: per pair of k, two 64-byte loads of W (16 columns
+/// x 2 bf16 each), twelve 32-bit broadcasts of A and 24 `vdpbf16ps`.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 present; `a` readable for `pairs * MR` u32, `b` for
+/// `pairs * NR * 2` u16, `tile` read/write for `MR * NR` f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn avx512bf16(pairs: usize, a: *const u32, b: *const u16, tile: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for (i, row) in acc.iter_mut().enumerate() {
+        row[0] = _mm512_loadu_ps(tile.add(i * NR));
+        row[1] = _mm512_loadu_ps(tile.add(i * NR + 16));
+    }
+    for q in 0..pairs {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2 + 32) as *const _));
+        let a_q = a.add(q * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_q.add(i) as i32));
+            row[0] = _mm512_dpbf16_ps(row[0], a_iq, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], a_iq, b1);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        _mm512_storeu_ps(tile.add(i * NR), row[0]);
+        _mm512_storeu_ps(tile.add(i * NR + 16), row[1]);
+    }
+}

@@ -1,0 +1,276 @@
+//! The register micro-kernels of the f32 GEMM, one per instruction set, and the run-time choice
+//! between them.
+//!
+//! Every kernel computes the same thing on one `MR x NR` tile of `C` (row `i` at `c[i * ldc..]`,
+//! in the output itself or in an aligned edge buffer): for i in [0, MR) and j in [0, NR),
+//! `C[i][j] = init[j] + sum_{p < k} a[p * MR + i] * b[p * NR + j]`, where `init` is the bias row
+//! or C's partial sums, `a` a packed micro-panel of A (MR rows interleaved, see
+//! `matmul::pack_a`) and `b` a k-major panel of W. Each product is accumulated in the same order
+//! (p ascending) for every element of the tile, so a row's result never depends on which other
+//! rows share its tile: the batching-invariance test relies on this.
+//!
+//! - AVX-512F: the whole 12 x 32 tile in 24 zmm accumulators; per `p`, two loads of W, twelve
+//!   broadcasts of A (folded into the FMA as `{1to16}` memory operands) and 24 FMAs.
+//! - AVX2 + FMA: 16 ymm registers only, so the tile is done as four 6 x 16 quarters (12
+//!   accumulators, 2 loads of W, 1 broadcast register).
+//! - Portable: 4 x 8 blocks that LLVM vectorizes for whatever the target is (SSE2 by default);
+//!   multiply and add are separate roundings there, the SIMD kernels use fused multiply-adds.
+//!
+//! The kernel is chosen once per process ([`Isa::detected`]), from the CPU's features; the
+//! environment variable `EMBER_CPU_ISA=avx512|avx2|portable` forces a lower level (for benches
+//! and comparisons; a level the CPU lacks is refused with a warning and the detected one kept).
+
+use std::sync::OnceLock;
+
+/// Rows of `C` per register tile (and of A per packed micro-panel).
+pub const MR: usize = 12;
+/// Columns of `C` per register tile, and the panel width of `PackedMatrix`.
+pub const NR: usize = 32;
+
+/// One `MR x NR` tile of `C`, aligned so that each of its rows is one cache line pair.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct Tile(pub [f32; MR * NR]);
+
+/// The instruction-set level of the f32 kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA.
+    Avx512,
+    /// AVX2 + FMA.
+    Avx2,
+    /// Whatever the compilation target offers, through LLVM's auto-vectorizer.
+    Portable,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                // BW/DQ/VL too: the multiversioned elementwise code is compiled with them (every
+                // AVX-512 CPU since Skylake-X has them; Xeon Phi does not, and gets AVX2).
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512 | Isa::Avx2 => false,
+            Isa::Portable => true,
+        }
+    }
+
+    /// Every level this CPU can run, best first (tests run each of them).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|isa| isa.is_available())
+            .collect()
+    }
+
+    /// The level every kernel of this process uses: the best available, or a lower one named by
+    /// `EMBER_CPU_ISA`. Decided on the first call and cached.
+    pub fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let best = Isa::available()[0];
+            let Ok(wanted) = std::env::var("EMBER_CPU_ISA") else {
+                return best;
+            };
+            match [Isa::Avx512, Isa::Avx2, Isa::Portable]
+                .into_iter()
+                .find(|isa| isa.name() == wanted)
+            {
+                Some(isa) if isa.is_available() => isa,
+                _ => {
+                    eprintln!(
+                        "ember: EMBER_CPU_ISA={wanted} is not available here; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            }
+        })
+    }
+}
+
+/// `C = init + a · b` over `k` steps on the `MR x NR` tile whose row `i` is
+/// `c[i * ldc..i * ldc + NR]` (see the module header for the layouts of `a` and `b`). `init` is
+/// the same row for every row of the tile (the bias, or zeros); `None` accumulates onto `C`.
+/// Full tiles run in place in the output with its own stride; edge tiles go through a [`Tile`].
+///
+/// # Panics
+/// If `isa` is not available on this CPU, or a slice is too short for its extent.
+#[inline]
+pub fn run(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>) {
+    assert!(
+        a.len() >= k * MR && b.len() >= k * NR,
+        "microkernel: panel too short"
+    );
+    assert!(
+        ldc >= NR && c.len() >= (MR - 1) * ldc + NR,
+        "microkernel: tile too short"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            assert!(isa.is_available(), "AVX-512F kernel on a CPU without it");
+            // SAFETY: the CPU has AVX-512F (checked above); the kernel reads `k * MR` values of
+            // `a`, `k * NR` of `b`, the `NR` of `init`, and rows `i * ldc..i * ldc + NR` (i < MR)
+            // of `c` (lengths checked above).
+            unsafe { x86::avx512(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, init) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "AVX2 kernel on a CPU without AVX2 + FMA");
+            // SAFETY: as above, for AVX2 + FMA.
+            unsafe { x86::avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, init) }
+        }
+        _ => portable(k, a, b, c, ldc, init),
+    }
+}
+
+/// The portable kernel: 4 x 8 sub-tiles (8 accumulator vectors of 4 lanes fit SSE2's 16
+/// registers), each a plain loop that LLVM vectorizes.
+fn portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>) {
+    for rq in 0..MR / 4 {
+        for cq in 0..NR / 8 {
+            let mut acc = [[0.0f32; 8]; 4];
+            for (i, row) in acc.iter_mut().enumerate() {
+                row.copy_from_slice(match init {
+                    Some(init) => &init[cq * 8..][..8],
+                    None => &c[(rq * 4 + i) * ldc + cq * 8..][..8],
+                });
+            }
+            for (a_p, b_p) in a[..k * MR].chunks_exact(MR).zip(b[..k * NR].chunks_exact(NR)) {
+                let b8: &[f32; 8] = b_p[cq * 8..cq * 8 + 8].try_into().expect("8 lanes");
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a_ip = a_p[rq * 4 + i];
+                    for j in 0..8 {
+                        row[j] += a_ip * b8[j];
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                c[(rq * 4 + i) * ldc + cq * 8..][..8].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// 12 x 32 with 24 zmm accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F present; `a` readable for `k * MR` floats, `b` for `k * NR`, `c` read/write for
+    /// `NR` floats at each `i * ldc`, i < MR.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for (i, row) in acc.iter_mut().enumerate() {
+            let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
+            row[0] = _mm512_loadu_ps(src);
+            row[1] = _mm512_loadu_ps(src.add(16));
+        }
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let a_p = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_ip = _mm512_set1_ps(*a_p.add(i));
+                row[0] = _mm512_fmadd_ps(a_ip, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(a_ip, b1, row[1]);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * ldc), row[0]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+        }
+    }
+
+    /// The 12 x 32 tile as four 6 x 16 quarters.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; pointers as for [`avx512`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
+        for row_half in 0..2 {
+            for column_half in 0..2 {
+                avx2_6x16(
+                    k,
+                    a.add(row_half * 6),
+                    b.add(column_half * 16),
+                    c.add(row_half * 6 * ldc + column_half * 16),
+                    ldc,
+                    init.map(|init| init.as_ptr().add(column_half * 16)),
+                );
+            }
+        }
+    }
+
+    /// 6 x 16 with 12 ymm accumulators; `a` and `b` keep the strides `MR` and `NR` of the full
+    /// micro-panels.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn avx2_6x16(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<*const f32>,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for (i, row) in acc.iter_mut().enumerate() {
+            let src = init.unwrap_or(c.add(i * ldc) as *const f32);
+            row[0] = _mm256_loadu_ps(src);
+            row[1] = _mm256_loadu_ps(src.add(8));
+        }
+        for p in 0..k {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let a_p = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_ip = _mm256_broadcast_ss(&*a_p.add(i));
+                row[0] = _mm256_fmadd_ps(a_ip, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(a_ip, b1, row[1]);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(i * ldc), row[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
+        }
+    }
+}
