@@ -30,6 +30,9 @@ pub struct BenchArgs {
     lengths: Option<Vec<usize>>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Use this file's lines (e.g. the corpus a peer is timed on) instead of a synthetic corpus.
+    #[arg(long)]
+    corpus: Option<std::path::PathBuf>,
     /// Rounds of (bare forward, whole pipeline), alternated; the best of each is reported.
     #[arg(long, default_value_t = 2)]
     repeat: usize,
@@ -123,13 +126,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }));
     }
     let load_s = load.elapsed().as_secs_f64();
-    let texts = corpus(
-        args.texts,
-        args.median_words,
-        args.sigma,
-        args.lengths.as_deref(),
-        args.seed,
-    );
+    let texts = match &args.corpus {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ember::Error::io(path, e))?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => corpus(
+            args.texts,
+            args.median_words,
+            args.sigma,
+            args.lengths.as_deref(),
+            args.seed,
+        ),
+    };
     let dir = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| ember::Error::io(&dir, e))?;
     let corpus_path = dir.join("corpus.txt");
@@ -170,65 +180,86 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     let mut forward_best = f64::INFINITY;
     let mut pipeline_best: Option<pipeline::Stats> = None;
+    let mut rounds: Vec<(f64, f64)> = Vec::new();
     let mut write_s = 0.0;
     let out_path = dir.join("out.npy");
-    for _ in 0..args.repeat.max(1) {
-        // The bare forward pass over the pipeline's batches, outputs kept as the writer would.
-        let t = Instant::now();
-        let mut rows = Vec::with_capacity(batches.len());
-        for batch in &batches {
-            rows.push(engine.run(batch)?);
-        }
-        forward_best = forward_best.min(t.elapsed().as_secs_f64());
-
-        // Write alone: the same rows into a .npy.
-        let _ = std::fs::remove_file(dir.join("write.npy.journal"));
-        let t = Instant::now();
-        let (mut out, _) = Output::open(
-            &dir.join("write.npy"),
-            OutputFormat::Npy,
-            Dtype::F32,
-            RowKind::Embedding,
-            "bench",
-            false,
-        )?;
-        for m in &rows {
-            for r in 0..m.rows {
-                out.write_row(None, m.row(r), 0)?;
+    for round in 0..args.repeat.max(1) {
+        // The bare forward pass over the pipeline's batches, outputs kept as the writer would;
+        // then write alone: the same rows into a .npy.
+        let mut bare = || -> Result<f64> {
+            let t = Instant::now();
+            let mut rows = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                rows.push(engine.run(batch)?);
             }
-        }
-        out.finish(engine.cols())?;
-        write_s = t.elapsed().as_secs_f64();
-        drop(rows);
-
-        // The whole pipeline, file to file.
-        let plan = Plan {
-            input: corpus_path.clone(),
-            format: Format::Text,
-            range: LineRange { start: 0, end: None },
-            done_lines: 0,
-            skip_invalid: false,
-            batch_tokens: args.run.batch_tokens,
-            window: args.window.max(1),
-            checkpoint: Duration::from_secs(2),
-            total_lines: None,
-            progress: false,
-            top_k: None,
+            let forward_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let (mut out, _) = Output::open(
+                &dir.join("write.npy"),
+                OutputFormat::Npy,
+                Dtype::F32,
+                RowKind::Embedding,
+                "bench",
+                false,
+            )?;
+            for m in &rows {
+                for r in 0..m.rows {
+                    out.write_row(None, m.row(r), 0)?;
+                }
+            }
+            out.finish(engine.cols())?;
+            write_s = t.elapsed().as_secs_f64();
+            Ok(forward_s)
         };
-        let (out, _) = Output::open(
-            &out_path,
-            OutputFormat::Npy,
-            Dtype::F32,
-            RowKind::Embedding,
-            "bench",
-            false,
-        )?;
-        let mut output = Some(out);
-        let (stats, failure) = pipeline::run(&plan, &engines, &mut output);
-        match failure {
-            Some(pipeline::Failure::Fatal(e) | pipeline::Failure::Input(e)) => return Err(e),
-            None => output.take().expect("still open").finish(engine.cols())?,
-        }
+        // The whole pipeline, file to file.
+        let whole = || -> Result<pipeline::Stats> {
+            let plan = Plan {
+                input: corpus_path.clone(),
+                format: Format::Text,
+                range: LineRange { start: 0, end: None },
+                done_lines: 0,
+                skip_invalid: false,
+                batch_tokens: args.run.batch_tokens,
+                window: args.window.max(1),
+                checkpoint: Duration::from_secs(2),
+                total_lines: None,
+                progress: false,
+                top_k: None,
+            };
+            let (out, _) = Output::open(
+                &out_path,
+                OutputFormat::Npy,
+                Dtype::F32,
+                RowKind::Embedding,
+                "bench",
+                false,
+            )?;
+            let mut output = Some(out);
+            let (stats, failure) = pipeline::run(&plan, &engines, &mut output);
+            match failure {
+                Some(pipeline::Failure::Fatal(e) | pipeline::Failure::Input(e)) => Err(e),
+                None => {
+                    output.take().expect("still open").finish(engine.cols())?;
+                    Ok(stats)
+                }
+            }
+        };
+        // Alternate which goes first, so that a drift in machine load hits both alike.
+        let (forward_s, stats) = if round % 2 == 0 {
+            let f = bare()?;
+            (f, whole()?)
+        } else {
+            let p = whole()?;
+            (bare()?, p)
+        };
+        eprintln!(
+            "round {}: bare forward {forward_s:.3} s, pipeline {:.3} s ({:.1} %)",
+            round + 1,
+            stats.wall_s,
+            100.0 * forward_s / stats.wall_s
+        );
+        rounds.push((forward_s, stats.wall_s));
+        forward_best = forward_best.min(forward_s);
         if pipeline_best.as_ref().is_none_or(|b| stats.wall_s < b.wall_s) {
             pipeline_best = Some(stats);
         }
@@ -260,10 +291,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     row("forward (bare, same batches)", forward_best);
     row("write (.npy, alone)", write_s);
     row("pipeline (file to file, end to end)", p.wall_s);
+    let mut ratios: Vec<f64> = rounds.iter().map(|(f, p)| f / p).collect();
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "pipeline / bare forward: {:.1} % (best of {} rounds each; inside the pipeline: tokenize {:.3} s, forward {:.3} s, write {:.3} s, overlapped)",
+        "pipeline / bare forward: {:.1} % best vs best, {:.1} % median of {} alternated rounds \
+         (inside the best pipeline run: tokenize {:.3} s, forward {:.3} s, write {:.3} s, overlapped)",
         100.0 * forward_best / p.wall_s,
-        args.repeat.max(1),
+        100.0 * ratios[ratios.len() / 2],
+        ratios.len(),
         p.tokenize_s,
         p.forward_s,
         p.write_s

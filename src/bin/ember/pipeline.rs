@@ -304,32 +304,18 @@ pub fn run(
             }
         });
 
-        // Workers: one per device, sharing the batch queue.
-        let work_rx = Arc::new(Mutex::new(work_rx));
-        for engine in engines {
-            let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
-            scope.spawn(move || loop {
-                let work = match work_rx.lock().unwrap().recv() {
-                    Ok(w) => w,
-                    Err(_) => return,
-                };
-                let t = Instant::now();
-                let result = engine.run(&work.batch);
-                let done = Done {
-                    rows: work.rows,
-                    result,
-                    tokens: work.tokens,
-                    truncated: work.truncated,
-                    seconds: t.elapsed().as_secs_f64(),
-                };
-                if done_tx.send(done).is_err() {
-                    return;
-                }
-            });
-        }
-        drop(done_tx);
+        // The writer, on its own thread.
+        let (stop_w, fatal_w, stats_w) = (&stop, &fatal, &mut stats);
+        scope.spawn(move || write_in_order(plan, done_rx, output, stop_w, fatal_w, stats_w));
 
-        write_in_order(plan, done_rx, output, &stop, &fatal, &mut stats);
+        // Workers: one per device, sharing the batch queue. The first runs on this thread, the
+        // thread that loaded the model (as a bare forward-pass loop would).
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        for engine in &engines[1..] {
+            let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
+            scope.spawn(move || forward_loop(engine.as_ref(), &work_rx, done_tx));
+        }
+        forward_loop(engines[0].as_ref(), &work_rx, done_tx);
     });
 
     stats.tokenize_s = *tokenize_s.lock().unwrap();
@@ -342,6 +328,32 @@ pub fn run(
         (None, None) => None,
     };
     (stats, failure)
+}
+
+/// Takes batches off the shared queue and runs them until the queue closes or the writer is gone.
+fn forward_loop(
+    engine: &dyn Engine,
+    work_rx: &Mutex<Receiver<Work>>,
+    done_tx: std::sync::mpsc::SyncSender<Done>,
+) {
+    loop {
+        let work = match work_rx.lock().unwrap().recv() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let t = Instant::now();
+        let result = engine.run(&work.batch);
+        let done = Done {
+            rows: work.rows,
+            result,
+            tokens: work.tokens,
+            truncated: work.truncated,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        if done_tx.send(done).is_err() {
+            return;
+        }
+    }
 }
 
 /// Reads the plan's lines into windows of items, handing each to `send` (false: stop).
