@@ -120,6 +120,10 @@ impl Output {
         } else {
             0
         };
+        if journal_path.exists() && !partial.exists() && target.exists() {
+            // A run that stopped between its rename and removing its journal: it is complete.
+            let _ = std::fs::remove_file(&journal_path);
+        }
         if journal_path.exists() {
             let text = std::fs::read_to_string(&journal_path).map_err(io(&journal_path))?;
             let mut lines = text.split_inclusive('\n');

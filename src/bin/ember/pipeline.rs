@@ -316,11 +316,15 @@ pub fn run(
             scope.spawn(move || forward_loop(engine.as_ref(), &work_rx, done_tx));
         }
         forward_loop(engines[0].as_ref(), &work_rx, done_tx);
+        // Workers that stopped early (Ctrl-C) close the queue, so that the tokenizer and the
+        // reader blocked on it end too.
+        drop(work_rx);
     });
 
     stats.tokenize_s = *tokenize_s.lock().unwrap();
     stats.skipped = skipped.into_inner().unwrap();
-    stats.interrupted = interrupted.load(Ordering::SeqCst);
+    // A signal that arrived after the reader was done still means rows may be missing.
+    stats.interrupted = interrupted.load(Ordering::SeqCst) || INTERRUPTED.load(Ordering::SeqCst);
     stats.wall_s = started.elapsed().as_secs_f64();
     let failure = match (fatal.into_inner().unwrap(), input_error.into_inner().unwrap()) {
         (Some(e), _) => Some(Failure::Fatal(e)),
@@ -341,6 +345,11 @@ fn forward_loop(
             Ok(w) => w,
             Err(_) => return,
         };
+        // After Ctrl-C no new batch starts: the writer keeps the rows that are complete in
+        // input order, and the rest is left to --resume.
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return;
+        }
         let t = Instant::now();
         let result = engine.run(&work.batch);
         let done = Done {
@@ -476,7 +485,7 @@ fn write_in_order(
         stats.write_s += t.elapsed().as_secs_f64();
         if let Some(bar) = &bar {
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(next_row + stats.skipped.len() as u64);
+            bar.set_position(next_row);
             bar.set_message(format!(
                 "{:.0} texts/s, {:.0} tokens/s",
                 next_row as f64 / seconds,
