@@ -319,22 +319,18 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
         });
     }
     let devices = parse_devices(&args.run.device)?;
-    let model = model_dir(&args.model)?;
-    let instruction = match (&args.query_instruction, args.queries) {
-        (Some(text), _) => Some(text.clone()),
-        (None, true) => Some(default_query_instruction(&args.model, &model)?),
-        (None, false) => None,
-    };
     let options = serde_json::json!({
         "pooling": args.pooling.map(|p| p as u8),
         "no_normalize": args.no_normalize,
         "max_length": args.max_length,
-        "instruction": instruction,
+        "query_instruction": args.query_instruction,
+        "queries": args.queries,
         "format": format,
         "dtype": args.output_dtype,
     });
     let print = fingerprint("encode", &args.model, &args.input, &args.io, options);
     let (range, total) = line_range(&args.input, args.io.shard)?;
+    // The output is opened before the model is resolved (perhaps downloaded) and loaded.
     let (output, checkpoint) = Output::open(
         &args.output,
         format,
@@ -343,6 +339,12 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
         &print,
         args.io.resume,
     )?;
+    let model = model_dir(&args.model)?;
+    let instruction = match (&args.query_instruction, args.queries) {
+        (Some(text), _) => Some(text.clone()),
+        (None, true) => Some(default_query_instruction(&args.model, &model)?),
+        (None, false) => None,
+    };
     set_threads(args.run.threads)?;
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for device in devices {
@@ -539,7 +541,6 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
         });
     }
     let devices = parse_devices(&args.run.device)?;
-    let model = model_dir(&args.model)?;
     let (range, total) = line_range(&args.input, args.io.shard)?;
     let mut checkpoint = output::Checkpoint::default();
     let output = match &args.output {
@@ -555,6 +556,7 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    let model = model_dir(&args.model)?;
     set_threads(args.run.threads)?;
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for device in devices {
