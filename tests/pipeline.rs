@@ -620,3 +620,34 @@ fn info_and_bench_describe_the_model() {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
 }
+
+/// The progress bar is drawn when standard error is a terminal (here a pseudo-terminal made by
+/// util-linux `script`; the test is skipped where that tool is missing).
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to make a pseudo-terminal");
+        return;
+    }
+    let dir = scratch("progress");
+    let input = dir.join("in.txt");
+    write_lines(&input, &corpus(3000));
+    let output = dir.join("out.npy");
+    let command = format!(
+        "{} encode --model {} --input {} --output {} --window 200",
+        env!("CARGO_BIN_EXE_ember"),
+        s(&embed_model()),
+        s(&input),
+        s(&output)
+    );
+    let out = ok(Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/3000 texts") && text.contains("tokens/s, ETA"),
+        "{text}"
+    );
+    assert!(text.contains("ember: 3000 texts"), "{text}");
+}

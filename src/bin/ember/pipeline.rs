@@ -422,6 +422,8 @@ fn write_in_order(
     let bar = plan.progress.then(|| progress_bar(plan));
     let mut pending: BTreeMap<u64, (RowMeta, Vec<f32>)> = BTreeMap::new();
     let mut next_row = 0u64;
+    // Rows out of the forward pass; the bar counts these (rows are written window by window).
+    let mut computed = 0u64;
     let mut top: BinaryHeap<Ranked> = BinaryHeap::new();
     let mut last_checkpoint = Instant::now();
     let started = Instant::now();
@@ -448,6 +450,7 @@ fn write_in_order(
         stats.forward_s += done.seconds;
         stats.tokens += done.tokens;
         stats.truncated += done.truncated;
+        computed += done.rows.len() as u64;
         let t = Instant::now();
         for (j, meta) in done.rows.into_iter().enumerate() {
             pending.insert(meta.row, (meta, matrix.row(j).to_vec()));
@@ -485,10 +488,10 @@ fn write_in_order(
         stats.write_s += t.elapsed().as_secs_f64();
         if let Some(bar) = &bar {
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(next_row);
+            bar.set_position(computed);
             bar.set_message(format!(
                 "{:.0} texts/s, {:.0} tokens/s",
-                next_row as f64 / seconds,
+                computed as f64 / seconds,
                 stats.tokens as f64 / seconds
             ));
         }
@@ -512,6 +515,7 @@ fn progress_bar(plan: &Plan) -> indicatif::ProgressBar {
                 .expect("a valid template"),
         ),
     };
+    bar.set_message("starting");
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
     bar
 }
