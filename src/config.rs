@@ -76,16 +76,24 @@ impl ModelConfig {
     }
 
     /// Parameters of the encoder and head, counted from the shapes (for `ember info`).
-    pub fn parameter_count(&self) -> usize {
-        let h = self.hidden_size;
-        let i = self.intermediate_size;
-        let embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+    pub fn parameter_count(&self) -> u128 {
+        // u128: sizes are at most MAX_DIMENSION (2^24), so no product here can overflow.
+        let [v, p, t, h, i, l] = [
+            self.vocab_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_layers,
+        ]
+        .map(|n| n as u128);
+        let embeddings = (v + p + t) * h + 2 * h;
         let layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h;
         let head = match self.head {
             Head::None => 0,
-            Head::Classifier { num_labels } => h * h + h + num_labels * h + num_labels,
+            Head::Classifier { num_labels } => h * h + h + (num_labels as u128) * (h + 1),
         };
-        embeddings + self.num_layers * layer + head
+        embeddings + l * layer + head
     }
 
     pub fn load(dir: &Path) -> Result<ModelConfig> {
@@ -292,6 +300,11 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
+/// The largest size a config may declare. No BERT-family model comes near it (XLM-R's vocabulary
+/// is 250,002), and the bound keeps every size product of the loader and `parameter_count` far
+/// from overflow before the tensors' own shapes are checked.
+const MAX_DIMENSION: usize = 1 << 24;
+
 /// Typed access to config.json fields with errors that name the field.
 struct Fields<'a> {
     path: &'a Path,
@@ -307,17 +320,26 @@ impl Fields<'_> {
         }
     }
 
+    /// An optional non-negative integer, at most [`MAX_DIMENSION`].
     fn usize_or(&self, name: &str, default: usize) -> Result<usize> {
-        match self.json.get(name) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+        let n = match self.json.get(name) {
+            None | Some(Value::Null) => return Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| {
                 Error::config(
                     self.path,
                     name,
                     format!("expected a non-negative integer, found {v}"),
                 )
-            }),
+            })?,
+        };
+        if n > MAX_DIMENSION as u64 {
+            return Err(Error::config(
+                self.path,
+                name,
+                format!("{n} is larger than any encoder ember runs (at most {MAX_DIMENSION})"),
+            ));
         }
+        Ok(n as usize)
     }
 
     fn positive_or(&self, name: &str, default: usize) -> Result<usize> {
@@ -328,6 +350,7 @@ impl Fields<'_> {
         Ok(n)
     }
 
+    /// A required size: positive and at most [`MAX_DIMENSION`].
     fn positive(&self, name: &str) -> Result<usize> {
         if self.json.get(name).is_none() {
             return Err(Error::config(self.path, name, "missing"));
@@ -345,6 +368,75 @@ impl Fields<'_> {
                     format!("expected a non-negative number, found {v}"),
                 )
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property test (proptest, in the test command): config.json files with arbitrary values in
+    //! every field load or fail with an error that names config.json, and never panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (0u64..100).prop_map(Value::from),
+            any::<f64>().prop_map(|x| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)),
+            "[a-z_-]{0,12}".prop_map(Value::from),
+            Just(serde_json::json!(["BertModel"])),
+            Just(serde_json::json!({"0": "LABEL_0"})),
+        ]
+    }
+
+    const FIELDS: [&str; 15] = [
+        "model_type",
+        "architectures",
+        "hidden_act",
+        "position_embedding_type",
+        "hidden_size",
+        "num_attention_heads",
+        "vocab_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "id2label",
+        "num_labels",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_configs_never_panic(values in proptest::collection::vec(proptest::option::of(any_value()), FIELDS.len())) {
+            let dir = std::env::temp_dir().join(format!("ember-config-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut json = serde_json::json!({
+                "model_type": "bert", "hidden_size": 64, "num_attention_heads": 2, "vocab_size": 100,
+                "num_hidden_layers": 1, "intermediate_size": 96, "max_position_embeddings": 64,
+            });
+            for (field, value) in FIELDS.iter().zip(values) {
+                if let Some(value) = value {
+                    json[*field] = value;
+                }
+            }
+            std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+            match ModelConfig::load(&dir) {
+                Ok(config) => {
+                    prop_assert!(config.hidden_size % config.num_heads == 0);
+                    prop_assert!(config.max_supported_length() > 0);
+                    let _ = config.parameter_count();
+                }
+                Err(e) => prop_assert!(e.to_string().contains("config.json"), "{}", e),
+            }
         }
     }
 }

@@ -158,14 +158,6 @@ pub(crate) fn resolve_max_length(
             message: format!("{max_length} is more than this model's {limit} positions"),
         });
     }
-    if max_length < tokenizer.min_max_length() {
-        return Err(Error::Option {
-            option: "max_length".into(),
-            message: format!(
-                "{max_length} is too short: at least {} are needed",
-                tokenizer.min_max_length()
-            ),
-        });
-    }
+    tokenizer.check_max_length(max_length)?;
     Ok(max_length)
 }

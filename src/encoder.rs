@@ -55,7 +55,11 @@ impl std::fmt::Display for Device {
 
 /// The devices this build of ember can run on.
 pub fn compiled_devices() -> &'static [&'static str] {
-    &["cpu"]
+    if cfg!(feature = "cuda") {
+        &["cpu", "cuda"]
+    } else {
+        &["cpu"]
+    }
 }
 
 /// A model loaded on one device, as a trait object.
@@ -112,6 +116,13 @@ impl Encoder {
                 let model = Model::load(&backend, config.clone(), &weights)?;
                 Box::new(Loaded { backend, model })
             }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+                let model = Model::load(&backend, config.clone(), &weights)?;
+                Box::new(Loaded { backend, model })
+            }
+            #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => {
                 return Err(Error::Device {
                     device: device.to_string(),

@@ -207,8 +207,8 @@ impl<B: Backend> Loader<'_, B> {
     /// Query, key and value stacked into one `[3 · hidden, hidden]` layer, so that one matrix
     /// multiply reads the activations once instead of three times.
     fn fused_qkv(&self, layer: &str, h: usize) -> Result<B::Linear> {
-        let mut weight = Vec::with_capacity(3 * h * h);
-        let mut bias = Vec::with_capacity(3 * h);
+        // No capacity from config sizes: they are only trusted once the tensors' shapes agree.
+        let (mut weight, mut bias) = (Vec::new(), Vec::new());
         for part in ["query", "key", "value"] {
             let name = format!("{layer}.attention.self.{part}");
             weight.extend(self.weights.encoder_f32(&format!("{name}.weight"), &[h, h])?);

@@ -68,7 +68,7 @@ impl TextTokenizer {
     /// Tokenizes one text, truncated to `max_length` tokens including the special tokens.
     pub fn encode(&self, text: &str, max_length: usize) -> Result<Sequence> {
         self.check_max_length(max_length)?;
-        let encoding = self.raw(text)?;
+        let encoding = self.raw(text, max_length - self.single_specials)?;
         let truncated = encoding.len() + self.single_specials > max_length;
         let params = truncation(
             max_length - self.single_specials,
@@ -81,8 +81,8 @@ impl TextTokenizer {
     /// Tokenizes a (query, passage) pair for a cross-encoder, truncated to `max_length` tokens.
     pub fn encode_pair(&self, query: &str, passage: &str, max_length: usize) -> Result<Sequence> {
         self.check_max_length(max_length)?;
-        let (query, passage) = (self.raw(query)?, self.raw(passage)?);
         let budget = max_length - self.pair_specials;
+        let (query, passage) = (self.raw(query, budget)?, self.raw(passage, budget)?);
         let truncated = query.len() + passage.len() > budget;
         let strategy = if query.len() < budget {
             TruncationStrategy::OnlySecond
@@ -94,7 +94,8 @@ impl TextTokenizer {
         self.finish(query, passage, truncated)
     }
 
-    fn check_max_length(&self, max_length: usize) -> Result<()> {
+    /// An error unless `max_length` leaves room for content next to the special tokens.
+    pub fn check_max_length(&self, max_length: usize) -> Result<()> {
         if max_length < self.min_max_length() {
             return Err(Error::Option {
                 option: "max_length".into(),
@@ -107,8 +108,24 @@ impl TextTokenizer {
         Ok(())
     }
 
-    /// Content tokens only: no special tokens, no truncation.
-    fn raw(&self, text: &str) -> Result<Encoding> {
+    /// Content tokens only: no special tokens, no truncation yet. Only the first `needed`
+    /// tokens can survive truncation, so a long text is cut before tokenizing (a 100 MB line
+    /// costs no more than a page): the cut keeps [`CUT_BYTES_PER_TOKEN`] bytes per needed token,
+    /// backs off to a whitespace so no word is split, and is used only when the prefix already
+    /// yields more than `needed` tokens; otherwise it grows until it does, the text ends, or it
+    /// reaches [`MAX_CUT_BYTES`]. The tokens kept are then those of the whole text, except for a
+    /// text whose first megabyte holds fewer tokens than needed (a megabyte of whitespace, or
+    /// one megabyte-long word, which WordPiece maps to a single [UNK] however long it is).
+    fn raw(&self, text: &str, needed: usize) -> Result<Encoding> {
+        let mut limit = needed.saturating_mul(CUT_BYTES_PER_TOKEN).max(MIN_CUT_BYTES);
+        while limit < text.len() {
+            let prefix = &text[..cut_point(text, limit)];
+            let encoding = self.inner.encode_fast(prefix, false).map_err(|e| self.fault(e))?;
+            if encoding.len() > needed || limit >= MAX_CUT_BYTES {
+                return Ok(encoding);
+            }
+            limit = limit.saturating_mul(4).min(MAX_CUT_BYTES);
+        }
         self.inner.encode_fast(text, false).map_err(|e| self.fault(e))
     }
 
@@ -145,6 +162,32 @@ impl TextTokenizer {
             message: e.to_string(),
         }
     }
+}
+
+/// Bytes of text kept per token that can survive truncation before tokenizing; no tokenizer
+/// ember runs averages more than a few bytes per token on real text.
+const CUT_BYTES_PER_TOKEN: usize = 64;
+/// The shortest cut: below this, cutting saves nothing worth the risk.
+const MIN_CUT_BYTES: usize = 16 * 1024;
+/// The longest prefix ever tokenized: bounds the time and memory one text can take.
+const MAX_CUT_BYTES: usize = 1024 * 1024;
+/// How far back from the limit a cut looks for whitespace.
+const CUT_WHITESPACE_WINDOW: usize = 1024;
+
+/// A char boundary at or before `limit`, just after a whitespace char when there is one in the
+/// last [`CUT_WHITESPACE_WINDOW`] bytes (pre-tokenizers split there, so no word is cut in two).
+fn cut_point(text: &str, limit: usize) -> usize {
+    let mut end = limit.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let window_start = end.saturating_sub(CUT_WHITESPACE_WINDOW);
+    text[..end]
+        .char_indices()
+        .rev()
+        .take_while(|&(i, _)| i >= window_start)
+        .find(|&(_, c)| c.is_whitespace())
+        .map_or(end, |(i, c)| i + c.len_utf8())
 }
 
 fn truncation(max_length: usize, strategy: TruncationStrategy) -> TruncationParams {

@@ -23,6 +23,18 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
+fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let base = [
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -58,16 +70,7 @@ fn check_encode(run_name: &str, extra: &[&str]) {
     let dir = scratch(run_name);
     let (input, lines) = write_texts(&dir, run);
     let output = dir.join("out.npy");
-    let mut args = vec![
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    args.extend(["--output", output.to_str().unwrap()]);
-    args.extend(extra);
-    let out = ember(&args);
+    let out = encode(&model, &input, &output, extra);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("tokens/s"),
@@ -226,15 +229,7 @@ fn invalid_utf8_is_named_by_line() {
     std::fs::write(&input, b"fine\nalso fine\nbroken \xff here\n").unwrap();
     let output = dir.join("out.npy");
     let model = fixtures().join("tiny-bert-embed-f32");
-    let out = ember(&[
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = encode(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "line 3", &output);
 }
 
@@ -245,31 +240,14 @@ fn unavailable_device_and_bad_options_are_errors() {
     std::fs::write(&input, "hello\n").unwrap();
     let output = dir.join("out.npy");
     let model = fixtures().join("tiny-bert-embed-f32");
-    let base = [
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let out = ember(&[&base[..], &["--device", "cuda"]].concat());
+    let out = encode(&model, &input, &output, &["--device", "cuda"]);
     assert_failed_cleanly(&out, "cuda", &output);
-    let out = ember(&[&base[..], &["--device", "tpu"]].concat());
+    let out = encode(&model, &input, &output, &["--device", "tpu"]);
     assert_failed_cleanly(&out, "not a device", &output);
-    let out = ember(&[&base[..], &["--max-length", "100000"]].concat());
+    let out = encode(&model, &input, &output, &["--max-length", "100000"]);
     assert_failed_cleanly(&out, "max_length", &output);
     let missing = dir.join("no-such-model");
-    let out = ember(&[
-        "encode",
-        "--model",
-        missing.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = encode(&missing, &input, &output, &[]);
     assert_failed_cleanly(&out, "no-such-model", &output);
 }
 
@@ -280,15 +258,7 @@ fn unwritable_output_fails_before_any_work() {
     std::fs::write(&input, "hello\n").unwrap();
     let output = dir.join("missing-dir").join("out.npy");
     let model = fixtures().join("tiny-bert-embed-f32");
-    let out = ember(&[
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = encode(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "missing-dir", &output);
 }
 

@@ -8,6 +8,8 @@
 //! `y = x · Wᵀ + b`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::batch::Batch;
 use crate::error::Result;

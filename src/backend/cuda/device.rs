@@ -1,0 +1,282 @@
+//! The device side of the CUDA backend: the context and its one stream, the kernels (PTX embedded
+//! by build.rs, loaded once), device buffers with a reuse pool, and checked launches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+
+use crate::error::{Error, Result};
+
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+pub(super) fn error(op: &'static str, message: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        op,
+        message: message.into(),
+    }
+}
+
+/// Every kernel the backend launches, by its `extern "C"` name in kernels/*.cu.
+pub(super) struct Kernels {
+    pub gemm: CudaFunction,
+    pub gemm_simple: CudaFunction,
+    pub attention_d32: CudaFunction,
+    pub attention_d64: CudaFunction,
+    pub layer_norm: CudaFunction,
+    pub embed: CudaFunction,
+    pub pool: CudaFunction,
+    pub l2_normalize: CudaFunction,
+}
+
+impl Kernels {
+    fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Kernels> {
+        let mut functions = HashMap::new();
+        // EMBER_PTX_DIR=DIR loads DIR/<family>.ptx instead of the embedded PTX where present: a
+        // kernel fix can then be tried on a GPU machine that has nvcc but no Rust
+        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`).
+        let override_dir = std::env::var_os("EMBER_PTX_DIR").map(std::path::PathBuf::from);
+        for (family, embedded) in ptx::KERNELS {
+            let path = override_dir.as_ref().map(|d| d.join(format!("{family}.ptx")));
+            let source = match path.filter(|p| p.exists()) {
+                Some(p) => std::fs::read_to_string(&p).map_err(|e| Error::Device {
+                    device: device.to_string(),
+                    message: format!("EMBER_PTX_DIR: {}: {e}", p.display()),
+                })?,
+                None => embedded.to_string(),
+            };
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(source))
+                .map_err(|e| Error::Device {
+                    device: device.to_string(),
+                    message: format!("loading the PTX of kernels/{family}.cu failed: {e} (the driver may be older than the PTX ISA of NVRTC 12.9)"),
+                })?;
+            functions.insert(*family, module);
+        }
+        let get = |family: &str, name: &str| -> Result<CudaFunction> {
+            let module = functions.get(family).ok_or_else(|| Error::Device {
+                device: device.to_string(),
+                message: format!("no kernels/{family}.cu was compiled into this build"),
+            })?;
+            module.load_function(name).map_err(|e| Error::Device {
+                device: device.to_string(),
+                message: format!("kernel {name} missing from kernels/{family}.cu: {e}"),
+            })
+        };
+        Ok(Kernels {
+            gemm: get("gemm", "gemm_f16")?,
+            gemm_simple: get("gemm", "gemm_f16_simple")?,
+            attention_d32: get("attention", "attention_d32")?,
+            attention_d64: get("attention", "attention_d64")?,
+            layer_norm: get("layernorm", "layer_norm")?,
+            embed: get("layernorm", "embed")?,
+            pool: get("layernorm", "pool")?,
+            l2_normalize: get("layernorm", "l2_normalize")?,
+        })
+    }
+}
+
+/// Freed buffers by size class (a power of two of bytes), for the next op that needs one: after
+/// the first batch of a given size, the forward pass allocates nothing.
+type FreeLists = Arc<Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>>;
+
+/// A device allocation. Activations come from (and return to) the pool; weights own theirs.
+pub struct DeviceBuffer {
+    slice: Option<CudaSlice<u8>>,
+    pool: Option<FreeLists>,
+    ptr: u64,
+}
+
+impl DeviceBuffer {
+    pub(super) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    pub(super) fn slice(&self) -> &CudaSlice<u8> {
+        self.slice.as_ref().expect("a live buffer")
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // Every use of this buffer was enqueued on the one stream already, so a later op that
+        // takes it from the pool runs after them: stream order makes the reuse safe.
+        if let (Some(slice), Some(pool)) = (self.slice.take(), &self.pool) {
+            if let Ok(mut lists) = pool.lock() {
+                lists.entry(slice.len()).or_default().push(slice);
+            }
+        }
+    }
+}
+
+fn raw_ptr(stream: &CudaStream, slice: &CudaSlice<u8>) -> u64 {
+    // Event tracking is off (one stream), so the guard that comes back does nothing.
+    let (ptr, _guard) = slice.device_ptr(stream);
+    ptr
+}
+
+/// The context, its stream, the kernels and the buffer pool.
+pub(super) struct Device {
+    pub name: String,
+    pub label: String,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Kernels,
+    free: FreeLists,
+    /// Fill every output with NaN before its kernel runs, and synchronize after every launch so
+    /// that an asynchronous fault is reported against the kernel that caused it (tests).
+    pub checked: std::sync::atomic::AtomicBool,
+    // Kept last: dropped after everything that holds device memory.
+    ctx: Arc<CudaContext>,
+}
+
+impl Device {
+    pub fn open(ordinal: usize) -> Result<Device> {
+        let label = format!("cuda:{ordinal}");
+        let device_error = |message: String| Error::Device {
+            device: label.clone(),
+            message,
+        };
+        // SAFETY: only tries to dlopen libcuda; cudarc would panic at the first driver call
+        // without it, so ask first.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(device_error(
+                "no CUDA driver on this machine (libcuda.so not found): use --device cpu, or run on a machine with an NVIDIA GPU and driver".into(),
+            ));
+        }
+        let count =
+            CudaContext::device_count().map_err(|e| device_error(format!("cannot count GPUs: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(device_error(format!("this machine has {count} CUDA device(s)")));
+        }
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| device_error(format!("cannot create a context: {e}")))?;
+        // SAFETY: the backend uses one stream only, so cudarc's cross-stream events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| device_error(format!("cannot read the compute capability: {e}")))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if major < 8 {
+            return Err(device_error(format!(
+                "{name} is compute capability {major}.{minor}; ember's kernels need 8.0 or newer (mma.sync f16, cp.async)"
+            )));
+        }
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx, &label)?;
+        Ok(Device {
+            name,
+            label,
+            stream,
+            kernels,
+            free: Arc::new(Mutex::new(HashMap::new())),
+            checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
+            ctx,
+        })
+    }
+
+    fn checked(&self) -> bool {
+        self.checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn driver(&self, op: &'static str, what: &str, e: impl std::fmt::Display) -> Error {
+        error(op, format!("{what} on {} ({}): {e}", self.label, self.name))
+    }
+
+    /// A pooled buffer of at least `bytes` bytes, poisoned with NaN (0xFF bytes) when checked.
+    pub fn scratch(&self, op: &'static str, bytes: usize) -> Result<DeviceBuffer> {
+        let class = bytes.max(256).next_power_of_two();
+        let reused = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut l| l.get_mut(&class).and_then(Vec::pop));
+        let slice = match reused {
+            Some(s) => s,
+            // SAFETY: the contents are unset; every kernel writes its whole output before any read.
+            None => unsafe { self.stream.alloc::<u8>(class) }
+                .map_err(|e| self.driver(op, &format!("allocating {class} bytes"), e))?,
+        };
+        let ptr = raw_ptr(&self.stream, &slice);
+        if self.checked() {
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| self.driver(op, "binding the context to this thread", e))?;
+            // SAFETY: `ptr` is a live allocation of `class` bytes owned by `slice`.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, class, self.stream.cu_stream()) }
+                .map_err(|e| self.driver(op, "poisoning an output", e))?;
+        }
+        Ok(DeviceBuffer {
+            slice: Some(slice),
+            pool: Some(self.free.clone()),
+            ptr,
+        })
+    }
+
+    /// Copies host bytes into a buffer of their own (weights, batch indices).
+    pub fn upload_bytes(&self, op: &'static str, bytes: &[u8]) -> Result<DeviceBuffer> {
+        let slice = self
+            .stream
+            .clone_htod(bytes)
+            .map_err(|e| self.driver(op, &format!("uploading {} bytes", bytes.len()), e))?;
+        let ptr = raw_ptr(&self.stream, &slice);
+        Ok(DeviceBuffer {
+            slice: Some(slice),
+            pool: None,
+            ptr,
+        })
+    }
+
+    /// The first `bytes` bytes of a buffer, after every queued kernel has finished.
+    pub fn download_bytes(&self, op: &'static str, buffer: &DeviceBuffer, bytes: usize) -> Result<Vec<u8>> {
+        let view = buffer.slice().slice(0..bytes);
+        let host = self
+            .stream
+            .clone_dtoh(&view)
+            .map_err(|e| self.driver(op, "copying back (a kernel queued before it may have failed)", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.driver(op, "synchronizing (a kernel queued before it failed)", e))?;
+        Ok(host)
+    }
+
+    /// Launches `kernel` with the arguments pushed by `args`; a launch error, or with `checked` an
+    /// error while it ran, names the kernel.
+    pub fn launch<'a>(
+        &'a self,
+        op: &'static str,
+        kernel_name: &str,
+        kernel: &'a CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let mut builder = self.stream.launch_builder(kernel);
+        args(&mut builder);
+        let config = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: each call site passes the arguments of the kernel's C signature in order, with
+        // device pointers to buffers sized for the shapes it checked.
+        unsafe { builder.launch(config) }.map_err(|e| {
+            self.driver(
+                op,
+                &format!("launching kernel {kernel_name} (grid {grid:?}, block {block})"),
+                e,
+            )
+        })?;
+        if self.checked() {
+            self.stream
+                .synchronize()
+                .map_err(|e| self.driver(op, &format!("kernel {kernel_name} failed while running"), e))?;
+        }
+        Ok(())
+    }
+}

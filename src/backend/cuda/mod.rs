@@ -1,0 +1,482 @@
+//! The CUDA backend: ember's own FP16 kernels (kernels/*.cu, compiled to PTX by build.rs and
+//! embedded), launched through cudarc's driver API with the driver loaded at run time, so that a
+//! build needs no CUDA install and a machine without a GPU gets an `Error::Device`, not a panic.
+//!
+//! Storage is f16 everywhere (weights, embedding tables, LayerNorm vectors, activations) except
+//! the linear biases (f32); every kernel accumulates in f32 (see each kernel file's header).
+//! One stream: every op is queued in order and the host waits only in `download`. Weights are
+//! uploaded once; activations come from a pool of freed buffers (see `device::DeviceBuffer`), so
+//! after the first batch of a size the forward pass allocates nothing.
+//!
+//! Shapes and ids are checked here before any launch (a mismatch is an `Error::Backend`), so a
+//! kernel never reads outside its buffers.
+
+mod device;
+
+use cudarc::driver::PushKernelArg;
+use half::f16;
+
+use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
+use crate::batch::Batch;
+use crate::error::Result;
+use device::{error, Device, DeviceBuffer};
+
+/// A row-major f16 matrix `[rows, cols]` on the GPU.
+pub struct CudaTensor {
+    rows: usize,
+    cols: usize,
+    buffer: DeviceBuffer,
+}
+
+impl CudaTensor {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn check(&self, op: &'static str, what: &str, rows: usize, cols: usize) -> Result<()> {
+        if (self.rows, self.cols) != (rows, cols) {
+            return Err(error(
+                op,
+                format!(
+                    "{what} is [{}, {}], expected [{rows}, {cols}]",
+                    self.rows, self.cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A linear layer on the GPU: the f16 weight `[out, in]` as stored by PyTorch, the f32 bias.
+pub struct CudaLinear {
+    out_features: usize,
+    in_features: usize,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer,
+}
+
+/// A packed batch's index arrays on the GPU (u32 each).
+pub struct CudaBatch {
+    tokens: usize,
+    sequences: usize,
+    max_len: usize,
+    token_ids: DeviceBuffer,
+    position_ids: DeviceBuffer,
+    type_ids: DeviceBuffer,
+    cu_seqlens: DeviceBuffer,
+    /// Host copies for the checks done before a launch.
+    host: Batch,
+}
+
+/// The CUDA implementation of [`Backend`] on one GPU.
+pub struct CudaBackend {
+    device: Device,
+}
+
+fn f16_bytes(data: &[f32]) -> Vec<u8> {
+    data.iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+fn u32_bytes(data: &[u32]) -> Vec<u8> {
+    data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn f32_bytes(data: &[f32]) -> Vec<u8> {
+    data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn dim(op: &'static str, what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| error(op, format!("{what} = {n} is past the kernels' 32-bit indices")))
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`: a clear `Error::Device` when there is no driver, no such GPU, or one
+    /// older than compute capability 8.0.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        Ok(CudaBackend {
+            device: Device::open(ordinal)?,
+        })
+    }
+
+    /// The GPU's name as the driver reports it.
+    pub fn device_name(&self) -> &str {
+        &self.device.name
+    }
+
+    /// Checked mode (for tests and debugging, also set by `EMBER_CUDA_CHECKED=1`): every output is
+    /// filled with NaN before its kernel runs, and every launch is followed by a synchronize, so
+    /// that a kernel that leaves part of its output unwritten or faults is caught and named.
+    pub fn set_checked(&self, on: bool) {
+        self.device
+            .checked
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Uploads a host matrix as f16 (what `Backend::upload` does; public for tests).
+    pub fn upload_f16(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(error(
+                "upload",
+                format!("{} values for a [{rows}, {cols}] matrix", data.len()),
+            ));
+        }
+        let bytes = f16_bytes(data);
+        let buffer = if bytes.is_empty() {
+            self.device.scratch("upload", 0)?
+        } else {
+            self.device.upload_bytes("upload", &bytes)?
+        };
+        Ok(CudaTensor { rows, cols, buffer })
+    }
+
+    fn output(&self, op: &'static str, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            rows,
+            cols,
+            buffer: self.device.scratch(op, rows * cols * 2)?,
+        })
+    }
+
+    fn vector(&self, op: &'static str, what: &str, v: &CudaTensor, n: usize) -> Result<u64> {
+        if v.rows * v.cols != n {
+            return Err(error(
+                op,
+                format!("{what} has {} values, expected {n}", v.rows * v.cols),
+            ));
+        }
+        Ok(v.buffer.ptr())
+    }
+}
+
+fn check_ids(op: &'static str, what: &str, ids: &[u32], entries: usize) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= entries) {
+        Some(t) => Err(error(
+            op,
+            format!(
+                "token {t}: {what} id {} is past the table's {entries} rows",
+                ids[t]
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+const ROWS_PER_BLOCK: usize = 4; // layernorm.cu: one warp per row, 4 warps per block
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Linear = CudaLinear;
+    type DeviceBatch = CudaBatch;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.upload_f16(data, rows, cols)
+    }
+
+    fn load_linear(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<CudaLinear> {
+        if out_features.checked_mul(in_features) != Some(weight.len())
+            || bias.len() != out_features
+            || weight.is_empty()
+        {
+            return Err(error(
+                "load_linear",
+                format!(
+                    "weight has {} values and bias {} for a [{out_features}, {in_features}] layer",
+                    weight.len(),
+                    bias.len()
+                ),
+            ));
+        }
+        Ok(CudaLinear {
+            out_features,
+            in_features,
+            weight: self.device.upload_bytes("load_linear", &f16_bytes(weight))?,
+            bias: self.device.upload_bytes("load_linear", &f32_bytes(bias))?,
+        })
+    }
+
+    fn upload_batch(&self, batch: &Batch) -> Result<CudaBatch> {
+        const OP: &str = "upload_batch";
+        let tokens = batch.token_ids.len();
+        let cu = &batch.cu_seqlens;
+        if batch.type_ids.len() != tokens
+            || batch.position_ids.len() != tokens
+            || cu.first() != Some(&0)
+            || cu.last().map(|&t| t as usize) != Some(tokens)
+            || cu.windows(2).any(|w| w[1] < w[0])
+            || tokens == 0
+        {
+            return Err(error(
+                OP,
+                format!("inconsistent batch: {tokens} tokens, cu_seqlens {cu:?} (must rise from 0 to the token count)"),
+            ));
+        }
+        dim(OP, "tokens", tokens)?;
+        let max_len = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let d = &self.device;
+        Ok(CudaBatch {
+            tokens,
+            sequences: cu.len() - 1,
+            max_len,
+            token_ids: d.upload_bytes(OP, &u32_bytes(&batch.token_ids))?,
+            position_ids: d.upload_bytes(OP, &u32_bytes(&batch.position_ids))?,
+            type_ids: d.upload_bytes(OP, &u32_bytes(&batch.type_ids))?,
+            cu_seqlens: d.upload_bytes(OP, &u32_bytes(cu))?,
+            host: batch.clone(),
+        })
+    }
+
+    fn download(&self, tensor: &CudaTensor) -> Result<HostMatrix> {
+        let n = tensor.rows * tensor.cols;
+        let bytes = if n == 0 {
+            Vec::new()
+        } else {
+            self.device.download_bytes("download", &tensor.buffer, n * 2)?
+        };
+        let data = bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        Ok(HostMatrix {
+            rows: tensor.rows,
+            cols: tensor.cols,
+            data,
+        })
+    }
+
+    fn embed(
+        &self,
+        batch: &CudaBatch,
+        tables: &EmbeddingTables<CudaTensor>,
+        norm: &LayerNormWeights<CudaTensor>,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "embed";
+        let hidden = tables.word.cols;
+        if hidden == 0 {
+            return Err(error(OP, "embedding tables of zero columns"));
+        }
+        tables
+            .position
+            .check(OP, "position table", tables.position.rows, hidden)?;
+        tables
+            .token_type
+            .check(OP, "token type table", tables.token_type.rows, hidden)?;
+        check_ids(OP, "word", &batch.host.token_ids, tables.word.rows)?;
+        check_ids(OP, "position", &batch.host.position_ids, tables.position.rows)?;
+        check_ids(OP, "token type", &batch.host.type_ids, tables.token_type.rows)?;
+        let gamma = self.vector(OP, "gamma", &norm.gamma, hidden)?;
+        let beta = self.vector(OP, "beta", &norm.beta, hidden)?;
+        let out = self.output(OP, batch.tokens, hidden)?;
+        let (tokens, cols) = (dim(OP, "tokens", batch.tokens)?, dim(OP, "hidden", hidden)?);
+        let ptrs = [
+            batch.token_ids.ptr(),
+            batch.position_ids.ptr(),
+            batch.type_ids.ptr(),
+            tables.word.buffer.ptr(),
+            tables.position.buffer.ptr(),
+            tables.token_type.buffer.ptr(),
+            gamma,
+            beta,
+            out.buffer.ptr(),
+        ];
+        let grid = (batch.tokens.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1);
+        self.device
+            .launch(OP, "embed", &self.device.kernels.embed, grid, 128, |b| {
+                for p in &ptrs {
+                    b.arg(p);
+                }
+                b.arg(&tokens).arg(&cols).arg(&norm.eps);
+            })?;
+        Ok(out)
+    }
+
+    fn linear(
+        &self,
+        x: &CudaTensor,
+        layer: &CudaLinear,
+        activation: Activation,
+        residual: Option<&CudaTensor>,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "linear";
+        let (m, n, k) = (x.rows, layer.out_features, layer.in_features);
+        x.check(OP, "input", m, k)?;
+        if let Some(r) = residual {
+            r.check(OP, "residual", m, n)?;
+        }
+        let out = self.output(OP, m, n)?;
+        let (mi, ni, ki) = (
+            dim(OP, "rows", m)?,
+            dim(OP, "out_features", n)?,
+            dim(OP, "in_features", k)?,
+        );
+        let act: i32 = match activation {
+            Activation::Identity => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::Relu => 3,
+            Activation::Tanh => 4,
+        };
+        let ptrs = [
+            x.buffer.ptr(),
+            layer.weight.ptr(),
+            layer.bias.ptr(),
+            residual.map_or(0, |r| r.buffer.ptr()),
+            out.buffer.ptr(),
+        ];
+        let kernels = &self.device.kernels;
+        let (kernel, name, grid, block) = if k % 8 == 0 {
+            // gemm.cu: 128 x 64 output tiles, 128 threads; K % 8 keeps every 16-byte copy aligned.
+            let grid = (n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1);
+            (&kernels.gemm, "gemm_f16", grid, 128)
+        } else {
+            (
+                &kernels.gemm_simple,
+                "gemm_f16_simple",
+                (m as u32, n.div_ceil(256) as u32, 1),
+                256,
+            )
+        };
+        self.device.launch(OP, name, kernel, grid, block, |b| {
+            for p in &ptrs {
+                b.arg(p);
+            }
+            b.arg(&mi).arg(&ni).arg(&ki).arg(&act);
+        })?;
+        Ok(out)
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaTensor,
+        batch: &CudaBatch,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "attention";
+        let hidden = heads.checked_mul(head_dim).filter(|&h| h > 0);
+        let Some(hidden) = hidden else {
+            return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
+        };
+        qkv.check(OP, "qkv", batch.tokens, 3 * hidden)?;
+        let (kernel, name) = match head_dim {
+            1..=32 => (&self.device.kernels.attention_d32, "attention_d32"),
+            33..=64 => (&self.device.kernels.attention_d64, "attention_d64"),
+            _ => {
+                return Err(error(
+                    OP,
+                    format!("head_dim {head_dim}: the attention kernels handle head dimensions up to 64"),
+                ))
+            }
+        };
+        if batch.sequences > 65_535 || heads > 65_535 {
+            return Err(error(
+                OP,
+                format!(
+                    "{} sequences x {heads} heads: past the grid's 65535 limit",
+                    batch.sequences
+                ),
+            ));
+        }
+        let out = self.output(OP, batch.tokens, hidden)?;
+        let (h, d) = (dim(OP, "heads", heads)?, dim(OP, "head_dim", head_dim)?);
+        let ptrs = [qkv.buffer.ptr(), batch.cu_seqlens.ptr(), out.buffer.ptr()];
+        // attention.cu: 32 queries of one (sequence, head) per block of 128 threads.
+        let grid = (
+            batch.max_len.div_ceil(32) as u32,
+            heads as u32,
+            batch.sequences as u32,
+        );
+        self.device.launch(OP, name, kernel, grid, 128, |b| {
+            for p in &ptrs {
+                b.arg(p);
+            }
+            b.arg(&h).arg(&d);
+        })?;
+        Ok(out)
+    }
+
+    fn layer_norm(&self, x: &CudaTensor, norm: &LayerNormWeights<CudaTensor>) -> Result<CudaTensor> {
+        const OP: &str = "layer_norm";
+        if x.cols == 0 {
+            return Err(error(OP, "rows of zero columns have no mean"));
+        }
+        let gamma = self.vector(OP, "gamma", &norm.gamma, x.cols)?;
+        let beta = self.vector(OP, "beta", &norm.beta, x.cols)?;
+        let out = self.output(OP, x.rows, x.cols)?;
+        let (rows, cols) = (dim(OP, "rows", x.rows)?, dim(OP, "cols", x.cols)?);
+        let ptrs = [x.buffer.ptr(), gamma, beta, out.buffer.ptr()];
+        let grid = (x.rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1);
+        self.device.launch(
+            OP,
+            "layer_norm",
+            &self.device.kernels.layer_norm,
+            grid,
+            128,
+            |b| {
+                for p in &ptrs {
+                    b.arg(p);
+                }
+                b.arg(&rows).arg(&cols).arg(&norm.eps);
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn pool(&self, hidden: &CudaTensor, batch: &CudaBatch, mode: Pooling) -> Result<CudaTensor> {
+        const OP: &str = "pool";
+        hidden.check(OP, "hidden", batch.tokens, hidden.cols)?;
+        if let Some(s) = batch.host.cu_seqlens.windows(2).position(|w| w[0] == w[1]) {
+            return Err(error(OP, format!("sequence {s} is empty")));
+        }
+        let out = self.output(OP, batch.sequences, hidden.cols)?;
+        let cols = dim(OP, "cols", hidden.cols)?;
+        let mean: i32 = (mode == Pooling::Mean).into();
+        let ptrs = [hidden.buffer.ptr(), batch.cu_seqlens.ptr(), out.buffer.ptr()];
+        let grid = (batch.sequences as u32, 1, 1);
+        self.device
+            .launch(OP, "pool", &self.device.kernels.pool, grid, 128, |b| {
+                for p in &ptrs {
+                    b.arg(p);
+                }
+                b.arg(&cols).arg(&mean);
+            })?;
+        Ok(out)
+    }
+
+    fn l2_normalize(&self, x: &CudaTensor) -> Result<CudaTensor> {
+        const OP: &str = "l2_normalize";
+        let out = self.output(OP, x.rows, x.cols)?;
+        let (rows, cols) = (dim(OP, "rows", x.rows)?, dim(OP, "cols", x.cols)?);
+        let ptrs = [x.buffer.ptr(), out.buffer.ptr()];
+        let grid = (x.rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1);
+        self.device.launch(
+            OP,
+            "l2_normalize",
+            &self.device.kernels.l2_normalize,
+            grid,
+            128,
+            |b| {
+                for p in &ptrs {
+                    b.arg(p);
+                }
+                b.arg(&rows).arg(&cols);
+            },
+        )?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,399 @@
+//! The CUDA backend against the CPU: each op against the f64 scalar reference on fresh random
+//! inputs of awkward shapes (outputs poisoned with NaN before every launch, every launch checked),
+//! then whole models against the CPU path. Compiled only with `--features cuda`; on a machine
+//! without a GPU every test prints why it did nothing and passes, except the one that checks that
+//! such a machine gets a clear error instead of a panic.
+//!
+//! Paths are read at run time so that the test binary can run from scripts/gpu-check.sh's bundle:
+//! `EMBER_FIXTURES` (default: the repository's fixtures/) and `EMBER_TEST_MODEL` (the real
+//! all-MiniLM-L6-v2; default .cache/models/all-MiniLM-L6-v2).
+#![cfg(feature = "cuda")]
+
+use std::path::PathBuf;
+
+use ember::backend::cpu::reference;
+use ember::backend::cpu::testutil::{deviation, SplitMix64};
+use ember::backend::cuda::CudaBackend;
+use ember::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
+use ember::{Device, Embedder, EmbedderOptions, Error, Reranker, RerankerOptions};
+use half::f16;
+
+/// The GPU, in checked mode, or `None` after printing why the test does nothing.
+fn gpu(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(backend) => {
+            backend.set_checked(true);
+            Some(backend)
+        }
+        // scripts/gpu-run.sh sets EMBER_REQUIRE_GPU: on the GPU machine a skip would hide a failure.
+        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
+            panic!("{test}: EMBER_REQUIRE_GPU is set but: {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped, no usable GPU: {e}");
+            None
+        }
+    }
+}
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("EMBER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
+}
+
+fn minilm() -> PathBuf {
+    let dir = std::env::var_os("EMBER_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("config.json").exists(),
+        "no test model at {} (set EMBER_TEST_MODEL)",
+        dir.display()
+    );
+    dir
+}
+
+fn json(name: &str) -> serde_json::Value {
+    let path = fixtures().join(name);
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+/// Values as the GPU stores them (f16), so that the reference sees the same inputs.
+fn rounded(m: HostMatrix) -> HostMatrix {
+    HostMatrix {
+        data: m.data.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        ..m
+    }
+}
+
+fn up(gpu: &CudaBackend, m: &HostMatrix) -> ember::backend::cuda::CudaTensor {
+    gpu.upload(&m.data, m.rows, m.cols).unwrap()
+}
+
+/// f16 outputs carry a relative rounding error of 2^-11 ≈ 4.9e-4 of each value; 2e-3 of the
+/// largest magnitude leaves room for f32 accumulation in a different order, nothing more.
+const F16_TOLERANCE: f64 = 2e-3;
+
+fn assert_close(what: &str, got: &HostMatrix, want: &HostMatrix) {
+    assert!(
+        got.data.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output (an unwritten, NaN-poisoned element?)"
+    );
+    let d = deviation(got, want);
+    eprintln!(
+        "{what}: max abs {:.3e}, relative to max {:.3e}",
+        d.max_abs, d.relative_to_max
+    );
+    assert!(d.relative_to_max <= F16_TOLERANCE, "{what}: {d:?}");
+}
+
+#[test]
+fn without_a_gpu_the_error_is_clear_not_a_panic() {
+    match CudaBackend::new(0) {
+        Ok(gpu) => eprintln!("a GPU is present: {}", gpu.device_name()),
+        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
+            panic!("EMBER_REQUIRE_GPU is set but: {e}")
+        }
+        Err(e) => {
+            assert!(matches!(e, Error::Device { .. }), "{e:?}");
+            eprintln!("no GPU, as expected on this machine: {e}");
+        }
+    }
+}
+
+#[test]
+fn linear_matches_reference_on_awkward_shapes() {
+    let Some(gpu) = gpu("linear") else { return };
+    let mut rng = SplitMix64::new(0x6e6d);
+    // (M, N, K): K % 8 == 0 takes the tensor-core kernel, otherwise the simple one.
+    let shapes = [
+        (1, 1, 8),
+        (37, 97, 200),
+        (130, 65, 72),
+        (129, 1152, 384),
+        (300, 384, 1536),
+        (257, 1, 64),
+        (5, 3, 13),
+        (70, 33, 100),
+    ];
+    let activations = [
+        Activation::Identity,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Relu,
+        Activation::Tanh,
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (j, &activation) in activations.iter().enumerate() {
+            let with_residual = (i + j) % 2 == 0;
+            let scale = 1.0 / (k as f32).sqrt();
+            let x = rounded(rng.matrix(m, k, 1.0));
+            let w = rounded(rng.matrix(n, k, 2.0 * scale));
+            let bias = rng.values(n, 0.5);
+            let residual = with_residual.then(|| rounded(rng.matrix(m, n, 1.0)));
+            let want = reference::linear(&x, &w, &bias, activation, residual.as_ref());
+            let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
+            let residual_gpu = residual.as_ref().map(|r| up(&gpu, r));
+            let out = gpu
+                .linear(&up(&gpu, &x), &layer, activation, residual_gpu.as_ref())
+                .unwrap();
+            let got = gpu.download(&out).unwrap();
+            assert_close(
+                &format!("linear [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_matches_reference_on_packed_sequences() {
+    let Some(gpu) = gpu("attention") else { return };
+    let mut rng = SplitMix64::new(0xa77e);
+    let cases: [(&[usize], usize, usize); 6] = [
+        (&[1], 1, 32),
+        (&[7, 33, 1, 64, 65], 3, 32),
+        (&[130, 5, 97], 2, 64),
+        (&[300, 2], 12, 32),
+        (&[31, 200], 4, 24),
+        (&[17, 64, 129], 2, 48),
+    ];
+    for (lengths, heads, head_dim) in cases {
+        let batch = rng.batch(lengths, 10, 2);
+        let tokens = batch.token_ids.len();
+        let qkv = rounded(rng.matrix(tokens, 3 * heads * head_dim, 1.0));
+        let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
+        let device_batch = gpu.upload_batch(&batch).unwrap();
+        let out = gpu
+            .attention(&up(&gpu, &qkv), &device_batch, heads, head_dim)
+            .unwrap();
+        let got = gpu.download(&out).unwrap();
+        assert_close(
+            &format!("attention lengths {lengths:?} heads {heads} head_dim {head_dim}"),
+            &got,
+            &want,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_embed_pool_normalize_match_reference() {
+    let Some(gpu) = gpu("rowwise") else { return };
+    let mut rng = SplitMix64::new(0x1a7e);
+    for &(rows, cols) in &[(1, 1), (3, 7), (129, 384), (77, 1000), (5, 4096)] {
+        // A large common offset checks that the variance is not computed as E[x²] − E[x]².
+        let mut x = rng.matrix(rows, cols, 1.0);
+        x.data.iter_mut().for_each(|v| *v += 8.0);
+        let x = rounded(x);
+        let gamma = rounded(rng.matrix(1, cols, 1.5));
+        let beta = rounded(rng.matrix(1, cols, 0.5));
+        let want = reference::layer_norm(&x, &gamma.data, &beta.data, 1e-12);
+        let norm = LayerNormWeights {
+            gamma: up(&gpu, &gamma),
+            beta: up(&gpu, &beta),
+            eps: 1e-12,
+        };
+        let got = gpu
+            .download(&gpu.layer_norm(&up(&gpu, &x), &norm).unwrap())
+            .unwrap();
+        assert_close(&format!("layer_norm [{rows}x{cols}]"), &got, &want);
+
+        let normalized = gpu.download(&gpu.l2_normalize(&up(&gpu, &x)).unwrap()).unwrap();
+        assert_close(
+            &format!("l2_normalize [{rows}x{cols}]"),
+            &normalized,
+            &reference::l2_normalize(&x),
+        );
+    }
+
+    for &(hidden, lengths) in &[
+        (32usize, &[1usize, 5, 40][..]),
+        (384, &[3, 1, 77, 2][..]),
+        (1000, &[129][..]),
+    ] {
+        let (vocab, positions, types) = (50, 130, 2);
+        let batch = rng.batch(lengths, vocab, types);
+        let word = rounded(rng.matrix(vocab, hidden, 1.0));
+        let position = rounded(rng.matrix(positions, hidden, 0.5));
+        let token_type = rounded(rng.matrix(types, hidden, 0.25));
+        let gamma = rounded(rng.matrix(1, hidden, 1.0));
+        let beta = rounded(rng.matrix(1, hidden, 0.5));
+        let want = reference::embed(
+            &batch.token_ids,
+            &batch.position_ids,
+            &batch.type_ids,
+            &word,
+            &position,
+            &token_type,
+            &gamma.data,
+            &beta.data,
+            1e-12,
+        );
+        let tables = EmbeddingTables {
+            word: up(&gpu, &word),
+            position: up(&gpu, &position),
+            token_type: up(&gpu, &token_type),
+        };
+        let norm = LayerNormWeights {
+            gamma: up(&gpu, &gamma),
+            beta: up(&gpu, &beta),
+            eps: 1e-12,
+        };
+        let device_batch = gpu.upload_batch(&batch).unwrap();
+        let got = gpu
+            .download(&gpu.embed(&device_batch, &tables, &norm).unwrap())
+            .unwrap();
+        assert_close(&format!("embed hidden {hidden} lengths {lengths:?}"), &got, &want);
+
+        let hidden_states = rounded(rng.matrix(batch.token_ids.len(), hidden, 1.0));
+        for mode in [Pooling::Cls, Pooling::Mean] {
+            let want = reference::pool(&hidden_states, &batch.cu_seqlens, mode);
+            let got = gpu
+                .download(&gpu.pool(&up(&gpu, &hidden_states), &device_batch, mode).unwrap())
+                .unwrap();
+            assert_close(
+                &format!("pool {mode:?} hidden {hidden} lengths {lengths:?}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+/// The design's bar for the f16 GPU path against the f32 CPU path.
+const MIN_COSINE: f64 = 0.9995;
+
+fn check_rows(what: &str, gpu: &HostMatrix, cpu: &HostMatrix) {
+    assert_eq!((gpu.rows, gpu.cols), (cpu.rows, cpu.cols), "{what}: shapes");
+    let worst = (0..cpu.rows)
+        .map(|r| cosine(gpu.row(r), cpu.row(r)))
+        .fold(1.0f64, f64::min);
+    eprintln!("{what}: {} rows, worst cosine {worst:.6}", cpu.rows);
+    assert!(worst >= MIN_COSINE, "{what}: worst cosine {worst}");
+}
+
+fn texts() -> Vec<String> {
+    json("texts.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn embedder_matches_cpu(what: &str, dir: PathBuf) {
+    let cuda = Embedder::load(
+        &dir,
+        EmbedderOptions {
+            device: Device::Cuda(0),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let cpu = Embedder::load(&dir, EmbedderOptions::default()).unwrap();
+    let texts = texts();
+    let got = cuda.encode(&texts).unwrap();
+    check_rows(what, &got, &cpu.encode(&texts).unwrap());
+
+    // Batching must not change a result: each text alone against the whole set in one batch.
+    let alone = Embedder::load(
+        &dir,
+        EmbedderOptions {
+            device: Device::Cuda(0),
+            batch_tokens: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .encode(&texts)
+    .unwrap();
+    let worst = (0..got.rows)
+        .map(|r| cosine(got.row(r), alone.row(r)))
+        .fold(1.0f64, f64::min);
+    eprintln!("{what}: one text per batch vs one batch, worst cosine {worst:.8}");
+    assert!(
+        worst >= 0.99999,
+        "{what}: batching changed a result (cosine {worst})"
+    );
+}
+
+#[test]
+fn fixture_embedders_match_cpu() {
+    if gpu("fixture embedders").is_none() {
+        return;
+    }
+    for name in [
+        "tiny-bert-embed-f32",
+        "tiny-bert-embed-f16",
+        "tiny-bert-embed-bf16",
+    ] {
+        embedder_matches_cpu(name, fixtures().join(name));
+    }
+}
+
+#[test]
+fn minilm_matches_cpu() {
+    if gpu("minilm").is_none() {
+        return;
+    }
+    embedder_matches_cpu("all-MiniLM-L6-v2", minilm());
+}
+
+#[test]
+fn fixture_rerankers_match_cpu() {
+    if gpu("fixture rerankers").is_none() {
+        return;
+    }
+    let pairs: Vec<(String, String)> = json("pairs.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for name in [
+        "tiny-bert-rerank-f32",
+        "tiny-bert-rerank-f16",
+        "tiny-xlmr-rerank-f32",
+        "tiny-xlmr-rerank-bf16",
+    ] {
+        let dir = fixtures().join(name);
+        let load = |device| {
+            Reranker::load(
+                &dir,
+                RerankerOptions {
+                    device,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let got = load(Device::Cuda(0)).logits(&pairs).unwrap();
+        let want = load(Device::Cpu).logits(&pairs).unwrap();
+        // One logit per pair: compare the whole column of scores as one vector, and each score
+        // within 1e-2 of the largest (f16 activations through every layer).
+        let cos = cosine(&got.data, &want.data);
+        let d = deviation(&got, &want);
+        eprintln!("{name}: {} logits, cosine {cos:.6}, {d:?}", got.data.len());
+        assert!(
+            cos >= MIN_COSINE && d.relative_to_max <= 1e-2,
+            "{name}: cosine {cos}, {d:?}"
+        );
+    }
+}
