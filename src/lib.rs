@@ -16,6 +16,7 @@ pub mod config;
 pub mod embedder;
 pub mod encoder;
 pub mod error;
+pub mod hub;
 pub mod model;
 pub mod npy;
 pub mod reranker;
