@@ -300,3 +300,39 @@ fn minilm_encode_from_stdin_matches_the_library() {
         .unwrap();
     assert_eq!(data, lib.data);
 }
+
+#[test]
+fn dtype_flag_selects_bf16_or_refuses_clearly() {
+    let dir = scratch("dtype");
+    let input = dir.join("texts.txt");
+    std::fs::write(
+        &input,
+        "a first text\nthe second one is a bit longer than the first\n",
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let f32_out = dir.join("f32.npy");
+    assert!(encode(&model, &input, &f32_out, &["--dtype", "f32"])
+        .status
+        .success());
+    let bf16_out = dir.join("bf16.npy");
+    let out = encode(&model, &input, &bf16_out, &["--dtype", "bf16"]);
+    if out.status.success() {
+        let read = |p: &Path| ember::npy::read_f32(&mut std::fs::File::open(p).unwrap(), "out").unwrap();
+        let ((_, dim, exact), (_, _, approx)) = (read(&f32_out), read(&bf16_out));
+        for row in 0..2 {
+            let want: Vec<f64> = exact[row * dim..(row + 1) * dim]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            let got = &approx[row * dim..(row + 1) * dim];
+            let cosine: f64 = got.iter().zip(&want).map(|(&a, b)| a as f64 * b).sum();
+            assert!(cosine >= 0.999, "row {row}: cosine {cosine}");
+        }
+    } else {
+        // A CPU without AVX512-BF16 must say so, not fall back to f32.
+        assert_failed_cleanly(&out, "bf16", &bf16_out);
+    }
+    let out = encode(&model, &input, &dir.join("bad.npy"), &["--dtype", "f64"]);
+    assert_failed_cleanly(&out, "not a dtype", &dir.join("bad.npy"));
+}

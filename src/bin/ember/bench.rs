@@ -112,13 +112,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let load = Instant::now();
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for &device in &devices {
-        let embedder = Embedder::load(
+        let embedder = Embedder::load_with_dtype(
             &model,
             EmbedderOptions {
                 device,
                 batch_tokens: args.run.batch_tokens,
                 ..EmbedderOptions::default()
             },
+            args.run.dtype.parse()?,
         )?;
         engines.push(Box::new(EmbedEngine {
             embedder,

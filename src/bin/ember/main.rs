@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// cpu, cuda, cuda:N, or cuda:0,1,... for one engine per GPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Weights and matrix arithmetic: f32 (exact), or bf16 (CPU with AVX512-BF16; f32
+    /// accumulation, cosine >= 0.999 against f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// The most tokens in one forward pass.
     #[arg(long, default_value_t = ember::embedder::DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
@@ -348,7 +352,7 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
     set_threads(args.run.threads)?;
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for device in devices {
-        let embedder = Embedder::load(
+        let embedder = Embedder::load_with_dtype(
             &model,
             EmbedderOptions {
                 pooling: args.pooling.map(|p| match p {
@@ -361,6 +365,7 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
                 device,
                 batch_tokens: args.run.batch_tokens,
             },
+            args.run.dtype.parse()?,
         )?;
         engines.push(Box::new(pipeline::EmbedEngine {
             embedder,
@@ -560,13 +565,14 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
     set_threads(args.run.threads)?;
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for device in devices {
-        let reranker = Reranker::load(
+        let reranker = Reranker::load_with_dtype(
             &model,
             RerankerOptions {
                 max_length: args.max_length,
                 device,
                 batch_tokens: args.run.batch_tokens,
             },
+            args.run.dtype.parse()?,
         )?;
         if reranker.num_labels() != 1 {
             return Err(Error::Option {
