@@ -82,6 +82,48 @@ impl Batch {
         self.cu_seqlens.len() - 1
     }
 
+    /// Why the batch's arrays disagree, if they do: one type id and one position id per token,
+    /// `cu_seqlens` rising strictly (no empty sequence) from 0 to the token count, and `max_len`
+    /// the longest sequence. Every backend and the encoder check a batch with this one rule.
+    pub fn layout_error(&self) -> Option<String> {
+        let tokens = self.token_ids.len();
+        let cu = &self.cu_seqlens;
+        let longest = cu
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        if self.type_ids.len() != tokens || self.position_ids.len() != tokens {
+            Some(format!(
+                "{tokens} token ids, {} type ids and {} position ids",
+                self.type_ids.len(),
+                self.position_ids.len()
+            ))
+        } else if cu.first() != Some(&0)
+            || cu.last().map(|&t| t as usize) != Some(tokens)
+            || cu.windows(2).any(|w| w[1] <= w[0])
+        {
+            Some(format!(
+                "cu_seqlens must rise strictly from 0 to the token count {tokens}, got {cu:?}"
+            ))
+        } else if self.max_len != longest {
+            Some(format!(
+                "max_len is {}, the longest sequence has {longest} tokens",
+                self.max_len
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The first token whose id in `ids` is `entries` or more, as (token, id): an id that would
+    /// read past a table of `entries` rows.
+    pub fn first_id_past(ids: &[u32], entries: usize) -> Option<(usize, u32)> {
+        ids.iter()
+            .position(|&id| id as usize >= entries)
+            .map(|t| (t, ids[t]))
+    }
+
     /// Token range of sequence `s`.
     pub fn range(&self, s: usize) -> std::ops::Range<usize> {
         self.cu_seqlens[s] as usize..self.cu_seqlens[s + 1] as usize

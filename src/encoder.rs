@@ -264,24 +264,13 @@ impl Encoder {
     /// Index checks that keep a batch from reading outside any embedding table.
     fn check(&self, batch: &Batch) -> Result<()> {
         let c = &self.config;
-        let n = batch.num_tokens();
-        let consistent = batch.type_ids.len() == n
-            && batch.position_ids.len() == n
-            && batch.cu_seqlens.first() == Some(&0)
-            && batch.cu_seqlens.last() == Some(&(n as u32))
-            && batch.cu_seqlens.windows(2).all(|w| w[0] < w[1])
-            && batch.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max() == Some(batch.max_len);
-        if !consistent {
-            return Err(Error::input(
-                "batch",
-                "index arrays disagree with cu_seqlens (sequences must be non-empty and in order)",
-            ));
+        if let Some(message) = batch.layout_error() {
+            return Err(Error::input("batch", message));
         }
-        let over = |ids: &[u32], limit: usize, what: &str| match ids.iter().find(|&&id| id as usize >= limit)
-        {
-            Some(id) => Err(Error::input(
+        let over = |ids: &[u32], limit: usize, what: &str| match Batch::first_id_past(ids, limit) {
+            Some((t, id)) => Err(Error::input(
                 "batch",
-                format!("{what} {id} is out of range (the model has {limit})"),
+                format!("token {t}: {what} {id} is out of range (the model has {limit})"),
             )),
             None => Ok(()),
         };

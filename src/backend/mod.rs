@@ -118,6 +118,25 @@ pub trait Backend: Send + Sync {
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }
 
+/// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
+/// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
+pub(crate) fn check_ids(
+    backend: &'static str,
+    op: &'static str,
+    what: &str,
+    ids: &[u32],
+    entries: usize,
+) -> Result<()> {
+    match Batch::first_id_past(ids, entries) {
+        Some((t, id)) => Err(crate::Error::Backend {
+            backend,
+            op,
+            message: format!("token {t}: {what} id {id} is past the table's {entries} rows"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The three embedding tables, each `[entries, hidden]`.
 pub struct EmbeddingTables<T> {
     pub word: T,

@@ -196,41 +196,13 @@ fn norm_vector<'a>(op: &'static str, what: &str, v: &'a CpuTensor, n: usize) -> 
 }
 
 fn check_batch(op: &'static str, batch: &Batch) -> Result<()> {
-    let tokens = batch.token_ids.len();
-    if batch.type_ids.len() != tokens || batch.position_ids.len() != tokens {
-        return Err(error(
-            op,
-            format!(
-                "batch has {tokens} token ids, {} type ids and {} position ids",
-                batch.type_ids.len(),
-                batch.position_ids.len()
-            ),
-        ));
-    }
-    let cu = &batch.cu_seqlens;
-    if cu.first() != Some(&0)
-        || cu.last().map(|&t| t as usize) != Some(tokens)
-        || cu.windows(2).any(|w| w[1] < w[0])
-    {
-        return Err(error(
-            op,
-            format!("cu_seqlens must rise from 0 to the token count {tokens}, got {cu:?}"),
-        ));
-    }
-    Ok(())
+    batch
+        .layout_error()
+        .map_or(Ok(()), |message| Err(error(op, message)))
 }
 
 fn check_ids(op: &'static str, what: &str, ids: &[u32], entries: usize) -> Result<()> {
-    match ids.iter().position(|&id| id as usize >= entries) {
-        Some(t) => Err(error(
-            op,
-            format!(
-                "token {t}: {what} id {} is past the table's {entries} rows",
-                ids[t]
-            ),
-        )),
-        None => Ok(()),
-    }
+    crate::backend::check_ids("cpu", op, what, ids, entries)
 }
 
 impl Backend for CpuBackend {

@@ -155,16 +155,7 @@ impl CudaBackend {
 }
 
 fn check_ids(op: &'static str, what: &str, ids: &[u32], entries: usize) -> Result<()> {
-    match ids.iter().position(|&id| id as usize >= entries) {
-        Some(t) => Err(error(
-            op,
-            format!(
-                "token {t}: {what} id {} is past the table's {entries} rows",
-                ids[t]
-            ),
-        )),
-        None => Ok(()),
-    }
+    crate::backend::check_ids("cuda", op, what, ids, entries)
 }
 
 const ROWS_PER_BLOCK: usize = 4; // layernorm.cu: one warp per row, 4 warps per block
@@ -213,21 +204,14 @@ impl Backend for CudaBackend {
     fn upload_batch(&self, batch: &Batch) -> Result<CudaBatch> {
         const OP: &str = "upload_batch";
         let tokens = batch.token_ids.len();
-        let cu = &batch.cu_seqlens;
-        if batch.type_ids.len() != tokens
-            || batch.position_ids.len() != tokens
-            || cu.first() != Some(&0)
-            || cu.last().map(|&t| t as usize) != Some(tokens)
-            || cu.windows(2).any(|w| w[1] < w[0])
-            || tokens == 0
-        {
-            return Err(error(
-                OP,
-                format!("inconsistent batch: {tokens} tokens, cu_seqlens {cu:?} (must rise from 0 to the token count)"),
-            ));
+        if let Some(message) = batch.layout_error() {
+            return Err(error(OP, format!("inconsistent batch: {message}")));
+        }
+        if tokens == 0 {
+            return Err(error(OP, "an empty batch has nothing to run"));
         }
         dim(OP, "tokens", tokens)?;
-        let max_len = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let (cu, max_len) = (&batch.cu_seqlens, batch.max_len);
         let d = &self.device;
         Ok(CudaBatch {
             tokens,
