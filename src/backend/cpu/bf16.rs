@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::matmul::{KC, MC};
+use super::matmul::{check_operands, KC, MC};
 use super::microkernel::{Tile, MR, NR};
 
 /// Whether this CPU runs the bf16 kernels.
@@ -195,13 +195,7 @@ pub fn gemm_panels(
     if m == 0 || panels.is_empty() {
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "gemm_bf16: A too short");
-    let first_column = panels.start * NR;
-    let columns = (panels.end * NR).min(n) - first_column;
-    assert!(c.len() >= (m - 1) * ldc + columns, "gemm_bf16: C too short");
-    if let Some(bias) = bias {
-        assert!(bias.len() >= n, "gemm_bf16: bias too short");
-    }
+    let first_column = check_operands("gemm_bf16", (a, lda), m, n, k, &panels, bias, (c, ldc));
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);

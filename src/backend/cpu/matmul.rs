@@ -214,6 +214,31 @@ pub fn gemm_with(
     gemm_panels(isa, a, lda, m, w, 0..w.panels(), bias, c, ldc);
 }
 
+/// The operand checks every GEMM driver (f32 and bf16) makes before it writes: A holds `m` rows
+/// of `k`, C holds `m` rows of the panels' columns, the bias covers `n`. Returns the first column
+/// of `panels` (column 0 of `c`). Panics name `what`: callers check shapes first, so a failure
+/// here is a bug in ember, not bad input.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_operands(
+    what: &str,
+    (a, lda): (&[f32], usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    panels: &std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    (c, ldc): (&[f32], usize),
+) -> usize {
+    assert!(a.len() >= (m - 1) * lda + k, "{what}: A too short");
+    let first_column = panels.start * NR;
+    let columns = (panels.end * NR).min(n) - first_column;
+    assert!(c.len() >= (m - 1) * ldc + columns, "{what}: C too short");
+    if let Some(bias) = bias {
+        assert!(bias.len() >= n, "{what}: bias too short");
+    }
+    first_column
+}
+
 /// [`gemm_with`] restricted to the panels `panels`; column 0 of `c` is column `panels.start * NR`
 /// of the full product. `bias` is indexed by full-product column.
 #[allow(clippy::too_many_arguments)]
@@ -232,13 +257,7 @@ fn gemm_panels(
     if m == 0 || panels.is_empty() {
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "gemm: A too short");
-    let first_column = panels.start * NR;
-    let columns = (panels.end * NR).min(n) - first_column;
-    assert!(c.len() >= (m - 1) * ldc + columns, "gemm: C too short");
-    if let Some(bias) = bias {
-        assert!(bias.len() >= n, "gemm: bias too short");
-    }
+    let first_column = check_operands("gemm", (a, lda), m, n, k, &panels, bias, (c, ldc));
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
