@@ -98,7 +98,22 @@ impl ModelConfig {
 
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
-        let json = read_json(&path)?;
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let mut config = Self::from_json(&path, &text)?;
+        config.defaults = sentence_transformers_defaults(dir)?.unwrap_or(config.defaults);
+        config.defaults.max_length = config.defaults.max_length.min(config.max_supported_length());
+        Ok(config)
+    }
+
+    /// Parses and validates the bytes of a config.json alone (no sentence-transformers files
+    /// are read: the embedding defaults are bge's). `path` names the file in errors; its folder
+    /// becomes [`ModelConfig::dir`].
+    pub fn from_json(path: &Path, bytes: &[u8]) -> Result<ModelConfig> {
+        let json: Value = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let path = path.to_path_buf();
         let field = Fields {
             path: &path,
             json: &json,
@@ -152,7 +167,7 @@ impl ModelConfig {
             ));
         }
         let mut config = ModelConfig {
-            dir: dir.to_path_buf(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             family,
             head,
             vocab_size: field.positive("vocab_size")?,
@@ -179,7 +194,6 @@ impl ModelConfig {
                 "leaves no room for a single position",
             ));
         }
-        config.defaults = sentence_transformers_defaults(dir)?.unwrap_or(config.defaults);
         config.defaults.max_length = config.defaults.max_length.min(config.max_supported_length());
         Ok(config)
     }

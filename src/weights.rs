@@ -44,7 +44,24 @@ impl StoredDtype {
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: FileBytes,
+}
+
+/// A safetensors file's bytes: memory-mapped from disk, or handed over by the caller.
+enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
 }
 
 struct TensorEntry {
@@ -92,11 +109,31 @@ impl Weights {
         for name in shard_names {
             weights.map_file(&dir.join(name))?;
         }
-        weights.encoder_prefix = ENCODER_PREFIXES
-            .into_iter()
-            .find(|p| weights.tensors.contains_key(&format!("{p}{PROBE_TENSOR}")))
-            .ok_or_else(|| weights.missing(PROBE_TENSOR))?;
+        weights.find_prefix()?;
         Ok(weights)
+    }
+
+    /// The weights of one safetensors file held in memory (embedded in a binary, fetched
+    /// over a network, or fuzzed). `path` names it in errors; validated as [`Weights::open`]
+    /// validates a mapped file.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Weights> {
+        let mut weights = Weights {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+            encoder_prefix: "",
+        };
+        weights.add_file(path, FileBytes::Owned(bytes))?;
+        weights.find_prefix()?;
+        Ok(weights)
+    }
+
+    fn find_prefix(&mut self) -> Result<()> {
+        self.encoder_prefix = ENCODER_PREFIXES
+            .into_iter()
+            .find(|p| self.tensors.contains_key(&format!("{p}{PROBE_TENSOR}")))
+            .ok_or_else(|| self.missing(PROBE_TENSOR))?;
+        Ok(())
     }
 
     fn map_file(&mut self, path: &Path) -> Result<()> {
@@ -106,8 +143,12 @@ impl Weights {
         // ember does not guard against another process truncating the file while it runs (the
         // same contract as every mmap-based loader, safetensors' own included).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        self.add_file(path, FileBytes::Mapped(mmap))
+    }
+
+    fn add_file(&mut self, path: &Path, bytes: FileBytes) -> Result<()> {
         let file_index = self.files.len();
-        for entry in parse_header(path, &mmap)? {
+        for entry in parse_header(path, &bytes)? {
             let name = entry.name.clone();
             if self
                 .tensors
@@ -123,7 +164,7 @@ impl Weights {
         }
         self.files.push(MappedFile {
             path: path.to_path_buf(),
-            mmap,
+            mmap: bytes,
         });
         Ok(())
     }
@@ -142,6 +183,13 @@ impl Weights {
     /// An encoder tensor (name without prefix) converted to f32, checked against `shape`.
     pub fn encoder_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         self.read_f32(&format!("{}{name}", self.encoder_prefix), shape)
+    }
+
+    /// Every tensor's full name and shape, in no particular order.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.shape.as_slice()))
     }
 
     /// Whether a tensor of this exact name exists.
