@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let tensors: Vec<(String, Vec<usize>)> = weights.tensors().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+    let tensors: Vec<(String, Vec<usize>)> = weights
+        .tensors()
+        .map(|(n, s)| (n.to_string(), s.to_vec()))
+        .collect();
     for (name, shape) in tensors {
         match weights.read_f32(&name, &shape) {
             Ok(values) => assert_eq!(values.len(), shape.iter().product::<usize>()),
