@@ -124,25 +124,18 @@ impl Output {
             // A run that stopped between its rename and removing its journal: it is complete.
             let _ = std::fs::remove_file(&journal_path);
         }
-        if journal_path.exists() {
-            let text = std::fs::read_to_string(&journal_path).map_err(io(&journal_path))?;
-            let mut lines = text.split_inclusive('\n');
-            let recorded = lines.next().unwrap_or_default().trim_end();
-            let checkpoint = lines
-                .filter(|l| l.ends_with('\n'))
-                .filter_map(|l| {
-                    let f: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                    (f.len() == 3).then(|| Checkpoint {
-                        rows: f[0],
-                        lines: f[1],
-                        bytes: f[2],
-                    })
-                })
-                .next_back()
-                .unwrap_or(Checkpoint {
-                    bytes: header_len,
-                    ..Checkpoint::default()
-                });
+        let recorded = match std::fs::read(&journal_path) {
+            Ok(bytes) => Some(read_journal(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&journal_path, e)),
+        };
+        if let Some((recorded, checkpoint, complete_len)) = recorded {
+            // A run killed before its first record finished nothing: start over.
+            let Some(checkpoint) = checkpoint else {
+                let _ = std::fs::remove_file(&journal_path);
+                let _ = std::fs::remove_file(&partial);
+                return Self::open(target, format, dtype, kind, fingerprint, resume);
+            };
             if !resume {
                 return Err(Error::Option {
                     option: "output".into(),
@@ -183,10 +176,14 @@ impl Output {
             file.set_len(checkpoint.bytes).map_err(io(&partial))?;
             let mut file = BufWriter::with_capacity(1 << 20, file);
             file.seek(SeekFrom::End(0)).map_err(io(&partial))?;
+            // A record torn by a crash must not run into the next one appended.
             let journal = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&journal_path)
                 .map_err(io(&journal_path))?;
+            journal.set_len(complete_len).map_err(io(&journal_path))?;
+            let mut journal = journal;
+            journal.seek(SeekFrom::End(0)).map_err(io(&journal_path))?;
             let output = Output {
                 target: target.to_path_buf(),
                 partial,
@@ -317,8 +314,11 @@ impl Output {
 
     /// Ends a run that did not finish: keeps what is done for `--resume`, or, when nothing is,
     /// removes the partial output and its journal. Returns the rows kept.
+    ///
+    /// A failing final commit (a full disk) loses only the rows after the last record: those
+    /// before it are on disk already, and `--resume` cuts the partial file back to them.
     pub fn abandon(mut self) -> Result<u64> {
-        self.commit()?;
+        let _ = self.commit();
         if self.committed.rows == 0 {
             let _ = std::fs::remove_file(&self.partial);
             let _ = std::fs::remove_file(&self.journal_path);
@@ -337,6 +337,26 @@ impl Drop for Output {
             let _ = std::fs::remove_file(&self.journal_path);
         }
     }
+}
+
+/// A journal's fingerprint line, its last complete record (`None` when it has none) and the
+/// length of its complete lines (a crash can leave a torn last line).
+fn read_journal(bytes: &[u8]) -> (String, Option<Checkpoint>, u64) {
+    let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&bytes[..complete_len]);
+    let mut lines = text.lines();
+    let recorded = lines.next().unwrap_or_default().to_string();
+    let checkpoint = lines
+        .filter_map(|l| {
+            let f: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            (f.len() == 3).then(|| Checkpoint {
+                rows: f[0],
+                lines: f[1],
+                bytes: f[2],
+            })
+        })
+        .next_back();
+    (recorded, checkpoint, complete_len as u64)
 }
 
 /// A NumPy 1.0 header of exactly [`NPY_HEADER_LEN`] bytes.
@@ -362,6 +382,20 @@ fn npy_header(rows: u64, cols: usize, dtype: Dtype, kind: RowKind) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_journal_line_is_ignored_and_cut() {
+        let (fingerprint, checkpoint, len) = read_journal(b"job 1\n10 12 500\n20 24 9");
+        assert_eq!(fingerprint, "job 1");
+        let want = Checkpoint {
+            rows: 10,
+            lines: 12,
+            bytes: 500,
+        };
+        assert_eq!((checkpoint, len), (Some(want), 16));
+        assert_eq!(read_journal(b"job 1\n").1, None);
+        assert_eq!(read_journal(b"jo").1, None);
+    }
 
     #[test]
     fn npy_header_is_fixed_length_and_readable() {
