@@ -124,6 +124,28 @@ impl Batch {
             .map(|t| (t, ids[t]))
     }
 
+    /// Sequences `range` of this batch as a batch of their own, ids unchanged.
+    pub fn sequences(&self, range: std::ops::Range<usize>) -> Batch {
+        let tokens = self.cu_seqlens[range.start] as usize..self.cu_seqlens[range.end] as usize;
+        let base = self.cu_seqlens[range.start];
+        let cu_seqlens: Vec<u32> = self.cu_seqlens[range.start..=range.end]
+            .iter()
+            .map(|&c| c - base)
+            .collect();
+        let max_len = cu_seqlens
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        Batch {
+            token_ids: self.token_ids[tokens.clone()].to_vec(),
+            type_ids: self.type_ids[tokens.clone()].to_vec(),
+            position_ids: self.position_ids[tokens].to_vec(),
+            cu_seqlens,
+            max_len,
+        }
+    }
+
     /// Token range of sequence `s`.
     pub fn range(&self, s: usize) -> std::ops::Range<usize> {
         self.cu_seqlens[s] as usize..self.cu_seqlens[s + 1] as usize
@@ -177,6 +199,18 @@ mod tests {
         assert_eq!(batch.position_ids[..4], [2, 3, 4, 2]);
         assert_eq!(batch.range(2), 4..9);
         assert_eq!(batch.num_sequences(), 3);
+    }
+
+    #[test]
+    fn a_slice_of_sequences_is_the_batch_packed_from_them() {
+        let seqs = [seq(3), seq(1), seq(5), seq(2)];
+        let whole = Batch::pack(&seqs.iter().collect::<Vec<_>>(), 2).unwrap();
+        for (a, b) in [(0, 4), (0, 1), (1, 3), (2, 4), (3, 4)] {
+            let part = whole.sequences(a..b);
+            let want = Batch::pack(&seqs[a..b].iter().collect::<Vec<_>>(), 2).unwrap();
+            assert_eq!(part, want, "sequences {a}..{b}");
+            assert_eq!(part.layout_error(), None);
+        }
     }
 
     #[test]

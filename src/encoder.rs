@@ -3,9 +3,15 @@
 //!
 //! The model is generic over the backend; `Encoder` hides which one behind an object-safe trait
 //! so that the device is a run-time choice and callers need no generics and no `cfg`.
+//!
+//! Out of memory: when a batch's activations do not fit on the device, the encoder halves the
+//! batch (by sequences) and runs the halves, and lowers its token budget so that later batches
+//! are cut before they are tried. Rows do not depend on batch composition, so the results are
+//! the same as if the batch had fitted. Only a single sequence that does not fit is an error.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::cpu::{CpuBackend, CpuDtype};
 use crate::backend::{Backend, HostMatrix, Pooling};
@@ -137,6 +143,9 @@ pub struct Encoder {
     stored_dtype: Option<StoredDtype>,
     device: Device,
     engine: Box<dyn Engine>,
+    /// The most tokens a batch may hold before it is split; `usize::MAX` until the device first
+    /// runs out of memory.
+    token_budget: AtomicUsize,
 }
 
 impl Encoder {
@@ -186,6 +195,7 @@ impl Encoder {
             stored_dtype,
             device,
             engine,
+            token_budget: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -207,28 +217,66 @@ impl Encoder {
         Batch::pack(sequences, self.config.position_offset() as u32)
     }
 
+    /// The token budget that running out of device memory has imposed, if it has: batches of
+    /// more tokens are split before they run.
+    pub fn token_budget(&self) -> Option<usize> {
+        Some(self.token_budget.load(Ordering::Relaxed)).filter(|&b| b != usize::MAX)
+    }
+
     /// The last hidden state `[tokens, hidden]` of a packed batch.
     pub fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix> {
         self.check(batch)?;
-        self.engine.hidden_states(batch)
+        self.fitting(batch, &|b| self.engine.hidden_states(b))
     }
 
     /// Pooled (and optionally L2-normalized) embeddings `[sequences, hidden]`.
     pub fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix> {
         self.check(batch)?;
-        self.engine.embed(batch, pooling, normalize)
+        self.fitting(batch, &|b| self.engine.embed(b, pooling, normalize))
     }
 
     /// Classifier logits `[sequences, num_labels]`; an error for a model without a head.
     pub fn classify(&self, batch: &Batch) -> Result<HostMatrix> {
         self.check(batch)?;
-        self.engine.classify(batch)?.ok_or_else(|| Error::Option {
-            option: "model".into(),
-            message: format!(
-                "{} has no classification head (its config.json names no *ForSequenceClassification architecture)",
-                self.config.dir.display()
-            ),
+        self.fitting(batch, &|b| {
+            self.engine.classify(b)?.ok_or_else(|| Error::Option {
+                option: "model".into(),
+                message: format!(
+                    "{} has no classification head (its config.json names no *ForSequenceClassification architecture)",
+                    self.config.dir.display()
+                ),
+            })
         })
+    }
+
+    /// Runs `run` on `batch`, or, when the batch is over the token budget or the device runs
+    /// out of memory on it, on its two halves (recursively), and joins the rows in order.
+    fn fitting(&self, batch: &Batch, run: &dyn Fn(&Batch) -> Result<HostMatrix>) -> Result<HostMatrix> {
+        let (tokens, sequences) = (batch.num_tokens(), batch.num_sequences());
+        if tokens <= self.token_budget.load(Ordering::Relaxed) || sequences == 1 {
+            match run(batch) {
+                Err(Error::OutOfMemory { device, op, message }) if sequences == 1 => {
+                    return Err(Error::OutOfMemory {
+                        device,
+                        op,
+                        message: format!("{message}; a single sequence of {tokens} tokens does not fit"),
+                    })
+                }
+                Err(Error::OutOfMemory { .. }) => {
+                    self.token_budget
+                        .fetch_min((tokens / 2).max(1), Ordering::Relaxed);
+                }
+                result => return result,
+            }
+        }
+        // Cut where the tokens are halved, keeping at least one sequence on each side.
+        let middle = batch.cu_seqlens.partition_point(|&c| (c as usize) < tokens / 2);
+        let middle = middle.clamp(1, sequences - 1);
+        let mut first = self.fitting(&batch.sequences(0..middle), run)?;
+        let second = self.fitting(&batch.sequences(middle..sequences), run)?;
+        first.rows += second.rows;
+        first.data.extend_from_slice(&second.data);
+        Ok(first)
     }
 
     /// Runs `sequences` in batches of at most `batch_tokens` tokens through `run` (one of the

@@ -58,6 +58,16 @@ pub enum Error {
     #[error("device {device}: {message}")]
     Device { device: String, message: String },
 
+    /// An activation buffer could not be allocated. The encoder answers it by halving its
+    /// batches and lowering its token budget; it reaches the caller only when a batch of one
+    /// sequence does not fit.
+    #[error("device {device}, op {op}: out of memory: {message}")]
+    OutOfMemory {
+        device: String,
+        op: &'static str,
+        message: String,
+    },
+
     #[error("backend {backend}, op {op}: {message}")]
     Backend {
         backend: &'static str,

@@ -120,6 +120,15 @@ pub trait Backend: Send + Sync {
 
 /// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
 /// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
+/// A fault-injection knob for tests: with `EMBER_FAULT_ALLOC_LIMIT=BYTES` in the environment,
+/// every activation buffer of more than BYTES bytes fails to allocate as if the device were out
+/// of memory, on any backend. It lets the out-of-memory path (the typed error, the encoder's
+/// batch halving) run on machines whose memory a test cannot exhaust. Read once per process.
+pub(crate) fn injected_alloc_limit() -> Option<usize> {
+    static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| std::env::var("EMBER_FAULT_ALLOC_LIMIT").ok()?.trim().parse().ok())
+}
+
 pub(crate) fn check_ids(
     backend: &'static str,
     op: &'static str,

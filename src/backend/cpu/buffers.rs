@@ -9,13 +9,25 @@
 
 use std::sync::Mutex;
 
+use crate::error::{Error, Result};
+
 /// Buffers kept for reuse: a BERT layer has about six live activations at a time.
 const KEPT: usize = 8;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-/// A zeroed vector of `len` values, reusing a kept buffer when one is large enough.
-pub fn zeroed(len: usize) -> Vec<f32> {
+/// A zeroed vector of `len` values, reusing a kept buffer when one is large enough. An
+/// allocation the system refuses is an [`Error::OutOfMemory`] naming `op`, not an abort.
+pub fn zeroed(op: &'static str, len: usize) -> Result<Vec<f32>> {
+    let bytes = len.saturating_mul(std::mem::size_of::<f32>());
+    let refuse = |why: String| Error::OutOfMemory {
+        device: "cpu".into(),
+        op,
+        message: format!("{bytes} bytes for an activation of {len} values: {why}"),
+    };
+    if let Some(limit) = crate::backend::injected_alloc_limit().filter(|&l| bytes > l) {
+        return Err(refuse(format!("over EMBER_FAULT_ALLOC_LIMIT={limit}")));
+    }
     if len >= 1024 {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest kept buffer that fits, so that big ones stay for big requests.
@@ -27,10 +39,13 @@ pub fn zeroed(len: usize) -> Vec<f32> {
             drop(pool);
             buffer.clear();
             buffer.resize(len, 0.0);
-            return buffer;
+            return Ok(buffer);
         }
     }
-    vec![0.0; len]
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|e| refuse(e.to_string()))?;
+    buffer.resize(len, 0.0);
+    Ok(buffer)
 }
 
 /// Keeps `buffer` for reuse (or frees it when the pool is full of larger ones).

@@ -296,7 +296,7 @@ impl Backend for CpuBackend {
         let gamma = norm_vector(OP, "gamma", &norm.gamma, hidden)?;
         let beta = norm_vector(OP, "beta", &norm.beta, hidden)?;
         let tokens = batch.token_ids.len();
-        let mut out = buffers::zeroed(tokens * hidden);
+        let mut out = buffers::zeroed(OP, tokens * hidden)?;
         let slices = rowwise::Tables {
             word: &tables.word.data,
             position: &tables.position.data,
@@ -328,7 +328,7 @@ impl Backend for CpuBackend {
         if let Some(r) = residual {
             r.check(OP, "residual", m, n)?;
         }
-        let mut out = buffers::zeroed(m * n);
+        let mut out = buffers::zeroed(OP, m * n)?;
         let epilogue = |first_row: usize, block: &mut [f32]| {
             let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
             math::epilogue(activation, block, r);
@@ -350,7 +350,7 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
         };
         qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
-        let mut out = buffers::zeroed(qkv.rows * hidden);
+        let mut out = buffers::zeroed(OP, qkv.rows * hidden)?;
         attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
         CpuTensor::new(qkv.rows, hidden, out)
     }
@@ -363,7 +363,7 @@ impl Backend for CpuBackend {
         }
         let gamma = norm_vector(OP, "gamma", &norm.gamma, x.cols)?;
         let beta = norm_vector(OP, "beta", &norm.beta, x.cols)?;
-        let mut out = buffers::zeroed(x.data.len());
+        let mut out = buffers::zeroed(OP, x.data.len())?;
         rowwise::layer_norm(&x.data, gamma, beta, norm.eps, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }
@@ -376,14 +376,15 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("sequence {s} is empty")));
         }
         let sequences = batch.cu_seqlens.len() - 1;
-        let mut out = buffers::zeroed(sequences * hidden.cols);
+        let mut out = buffers::zeroed(OP, sequences * hidden.cols)?;
         rowwise::pool(&hidden.data, hidden.cols, &batch.cu_seqlens, mode, &mut out);
         CpuTensor::new(sequences, hidden.cols, out)
     }
 
     fn l2_normalize(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        x.check_consistent("l2_normalize", "input")?;
-        let mut out = buffers::zeroed(x.data.len());
+        const OP: &str = "l2_normalize";
+        x.check_consistent(OP, "input")?;
+        let mut out = buffers::zeroed(OP, x.data.len())?;
         rowwise::l2_normalize(&x.data, x.cols, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }

@@ -529,6 +529,11 @@ fn summary(stats: &Stats) {
             ")".into()
         };
     }
+    if let Some(budget) = stats.token_budget {
+        line += &format!(
+            "; out of device memory on larger batches: they were cut to {budget} tokens (lower --batch-tokens to start there)"
+        );
+    }
     eprintln!("{line}");
 }
 

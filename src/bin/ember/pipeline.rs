@@ -18,7 +18,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember::{Batch, Embedder, Error, HostMatrix, Reranker, Result, Sequence};
+use ember::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
 use serde_json::Value;
 
 use crate::input::{self, Format, Item, LineRange, Lines, Payload};
@@ -35,6 +35,8 @@ pub trait Engine: Send + Sync {
     fn run(&self, batch: &Batch) -> Result<HostMatrix>;
     /// Values per row.
     fn cols(&self) -> usize;
+    /// The model on its device.
+    fn encoder(&self) -> &Encoder;
 }
 
 pub struct EmbedEngine {
@@ -66,6 +68,10 @@ impl Engine for EmbedEngine {
 
     fn cols(&self) -> usize {
         self.embedder.dim()
+    }
+
+    fn encoder(&self) -> &Encoder {
+        self.embedder.encoder()
     }
 }
 
@@ -107,6 +113,10 @@ impl Engine for RerankEngine {
     fn cols(&self) -> usize {
         1
     }
+
+    fn encoder(&self) -> &Encoder {
+        self.reranker.encoder()
+    }
 }
 
 /// What to read and how to batch it.
@@ -141,6 +151,8 @@ pub struct Stats {
     pub write_s: f64,
     pub wall_s: f64,
     pub interrupted: bool,
+    /// The smallest token budget a device ran out of memory into (batches were cut to it).
+    pub token_budget: Option<usize>,
     /// Best rows by score: (score, line, id, passage), best first.
     pub top: Vec<(f32, u64, Option<Value>, String)>,
 }
@@ -326,6 +338,7 @@ pub fn run(
     // A signal that arrived after the reader was done still means rows may be missing.
     stats.interrupted = interrupted.load(Ordering::SeqCst) || INTERRUPTED.load(Ordering::SeqCst);
     stats.wall_s = started.elapsed().as_secs_f64();
+    stats.token_budget = engines.iter().filter_map(|e| e.encoder().token_budget()).min();
     let failure = match (fatal.into_inner().unwrap(), input_error.into_inner().unwrap()) {
         (Some(e), _) => Some(Failure::Fatal(e)),
         (None, Some(e)) => Some(Failure::Input(e)),
