@@ -6,22 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::cli::{ember, scratch, stderr};
 use common::*;
 use serde_json::Value;
-
-fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
 fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
@@ -33,10 +20,6 @@ fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
         input.to_str().unwrap(),
     ];
     ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn run_named<'a>(expected: &'a Value, name: &str) -> &'a Value {

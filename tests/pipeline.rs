@@ -4,76 +4,12 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::cli::*;
 use serde_json::Value;
-
-fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "ember failed: {}", stderr(&out));
-    out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-pipeline-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn embed_model() -> PathBuf {
-    fixtures().join("tiny-bert-embed-f32")
-}
-
-fn rerank_model() -> PathBuf {
-    fixtures().join("tiny-xlmr-rerank-f32")
-}
-
-/// `n` deterministic texts of varied length (some truncated at the tiny model's 64 tokens),
-/// with empty texts among them.
-fn corpus(n: usize) -> Vec<String> {
-    let words = [
-        "river", "data", "the", "museum", "of", "quantum", "bridge", "é", "数据", "model",
-    ];
-    (0..n)
-        .map(|i| {
-            let len = (i * 7919) % 97;
-            if i % 13 == 5 {
-                return String::new();
-            }
-            (0..len)
-                .map(|j| words[(i + j * 3) % words.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(path, body).unwrap();
-}
-
-fn npy(path: &Path) -> (usize, usize, Vec<f32>) {
-    ember::npy::read_f32(&mut std::fs::File::open(path).unwrap(), "out").unwrap()
-}
 
 fn library_rows(texts: &[String]) -> ember::Embeddings {
     let embedder = ember::Embedder::load(embed_model(), ember::EmbedderOptions::default()).unwrap();
@@ -83,7 +19,7 @@ fn library_rows(texts: &[String]) -> ember::Embeddings {
 #[test]
 fn streaming_keeps_input_order_across_windows_and_batches() {
     let dir = scratch("order");
-    let texts = corpus(700);
+    let texts = mixed_corpus(700);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let output = dir.join("out.npy");
@@ -119,7 +55,7 @@ fn streaming_keeps_input_order_across_windows_and_batches() {
 #[test]
 fn jsonl_in_and_out_with_ids_from_stdin() {
     let dir = scratch("jsonl");
-    let texts = corpus(20);
+    let texts = mixed_corpus(20);
     let body: String = texts
         .iter()
         .enumerate()
@@ -201,7 +137,7 @@ fn jsonl_in_and_out_with_ids_from_stdin() {
 #[test]
 fn f16_output_and_format_by_flag() {
     let dir = scratch("f16");
-    let texts = corpus(9);
+    let texts = mixed_corpus(9);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let output = dir.join("out.bin");
@@ -248,7 +184,7 @@ fn f16_output_and_format_by_flag() {
 #[test]
 fn shards_concatenate_to_the_whole_run() {
     let dir = scratch("shard");
-    let texts = corpus(101);
+    let texts = mixed_corpus(101);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let whole = dir.join("whole.jsonl");
@@ -267,12 +203,6 @@ fn shards_concatenate_to_the_whole_run() {
     assert_eq!(joined, std::fs::read(&whole).unwrap());
     let out = ember(&[&base[..], &["--output", s(&whole), "--shard", "3/3"]].concat());
     assert!(stderr(&out).contains("shard"), "{}", stderr(&out));
-}
-
-fn journal_records(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count().saturating_sub(1))
-        .unwrap_or(0)
 }
 
 /// Starts a long run, waits for `records` checkpoints, then stops it with `signal`.
@@ -301,7 +231,7 @@ fn interrupt_after_checkpoints(args: &[&str], journal: &Path, records: usize, si
 #[test]
 fn kill_9_then_resume_is_byte_identical() {
     let dir = scratch("resume");
-    let texts = corpus(6000);
+    let texts = mixed_corpus(6000);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let whole = dir.join("whole.npy");
@@ -350,7 +280,7 @@ fn kill_9_then_resume_is_byte_identical() {
 #[test]
 fn ctrl_c_keeps_finished_rows_and_resume_completes() {
     let dir = scratch("sigint");
-    let texts = corpus(6000);
+    let texts = mixed_corpus(6000);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let model = rerank_model();
@@ -395,7 +325,7 @@ fn ctrl_c_keeps_finished_rows_and_resume_completes() {
 fn bad_line_keeps_earlier_rows_and_skip_invalid_lists_lines() {
     let dir = scratch("skip");
     let mut body: Vec<u8> = Vec::new();
-    let texts = corpus(3000);
+    let texts = mixed_corpus(3000);
     for t in &texts[..2990] {
         body.extend_from_slice(t.as_bytes());
         body.push(b'\n');
@@ -444,7 +374,7 @@ fn bad_line_keeps_earlier_rows_and_skip_invalid_lists_lines() {
 #[test]
 fn rerank_query_with_passages_top_k_and_sigmoid() {
     let dir = scratch("rerank");
-    let passages = corpus(40);
+    let passages = mixed_corpus(40);
     let input = dir.join("passages.txt");
     write_lines(&input, &passages);
     let query = "quantum museum";
@@ -497,7 +427,7 @@ fn rerank_query_with_passages_top_k_and_sigmoid() {
 fn devices_parse_and_fail_clearly_without_cuda() {
     let dir = scratch("devices");
     let input = dir.join("in.txt");
-    write_lines(&input, &corpus(3));
+    write_lines(&input, &mixed_corpus(3));
     let output = dir.join("out.npy");
     let model = embed_model();
     let base = [
@@ -549,7 +479,7 @@ fn hub_ids_resolve_through_the_local_cache() {
     ] {
         std::os::unix::fs::symlink(embed_model().join(file), snapshot.join(file)).unwrap();
     }
-    let texts = corpus(5);
+    let texts = mixed_corpus(5);
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let output = dir.join("out.npy");
@@ -631,7 +561,7 @@ fn progress_bar_on_a_terminal_only() {
     }
     let dir = scratch("progress");
     let input = dir.join("in.txt");
-    write_lines(&input, &corpus(3000));
+    write_lines(&input, &mixed_corpus(3000));
     let output = dir.join("out.npy");
     let command = format!(
         "{} encode --model {} --input {} --output {} --window 200",

@@ -2,6 +2,8 @@
 //! every reference test uses.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -10,8 +12,12 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The fixtures folder: `EMBER_FIXTURES` where set (the GPU bundle carries a copy), else the
+/// repository's.
 pub fn fixtures() -> PathBuf {
-    repo().join("fixtures")
+    std::env::var_os("EMBER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("fixtures"))
 }
 
 /// The real all-MiniLM-L6-v2, fetched by scripts/fetch-test-model.sh (the README's test
@@ -110,5 +116,116 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     assert!(
         cosine >= 0.99999 && max_diff <= 1e-4,
         "{what}: cosine {cosine:.8}, max abs diff {max_diff:.3e}"
+    );
+}
+
+/// Set in the environment of a child test process; a child test without it returns at once.
+pub const CHILD: &str = "EMBER_TEST_CHILD";
+
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Runs this test binary again with only the `#[ignore]`d test `test`, `env` added to a clean
+/// fault environment. For faults that are per process (a limit read once, a sticky GPU error).
+pub fn child(test: &str, env: &[(&str, String)]) -> std::process::Output {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env_remove("EMBER_FAULT_ALLOC_LIMIT")
+        .env_remove("EMBER_CUDA_CHECKED");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+/// A process's exit status and output, for assertion messages.
+pub fn report(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// 400 texts of 1 to about 60 tokens for the tiny fixture models (64 positions).
+pub fn short_corpus() -> Vec<String> {
+    let words = [
+        "river", "data", "museum", "quantum", "bridge", "é", "数据", "model",
+    ];
+    (0..400)
+        .map(|i| {
+            let n = (i * 37) % 50;
+            (0..n)
+                .map(|j| words[(i + j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The out-of-memory scenario on `device`, run in the parent test: rows computed without a
+/// limit go to a file, then two children run under allocation limits (see the two functions
+/// below, which each test binary wraps in `#[ignore]`d child tests named
+/// `child_encodes_under_an_allocation_limit` and `child_reports_a_sequence_that_cannot_fit`).
+pub fn out_of_memory_scenario(device: ember::Device) {
+    let want = tiny_embedder(device).encode(&short_corpus()).unwrap();
+    let path = std::env::temp_dir().join(format!("ember-oom-rows-{}.bin", std::process::id()));
+    let bytes: Vec<u8> = want.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    // The tiny model's widest activation (QKV, 192 values per token) takes 384 bytes per token
+    // on a GPU (f16) and 768 on the CPU (f32): 64 KiB holds one 64-token sequence either way,
+    // not a batch of hundreds of tokens.
+    let out = child(
+        "child_encodes_under_an_allocation_limit",
+        &[
+            ("EMBER_FAULT_ALLOC_LIMIT", "65536".into()),
+            ("EMBER_OOM_ROWS", path.display().to_string()),
+        ],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", report(&out));
+    let out = child(
+        "child_reports_a_sequence_that_cannot_fit",
+        &[("EMBER_FAULT_ALLOC_LIMIT", "1024".into())],
+    );
+    assert!(out.status.success(), "{}", report(&out));
+}
+
+pub fn tiny_embedder(device: ember::Device) -> ember::Embedder {
+    let options = ember::EmbedderOptions {
+        device,
+        ..ember::EmbedderOptions::default()
+    };
+    ember::Embedder::load(fixtures().join("tiny-bert-embed-f32"), options).unwrap()
+}
+
+/// Child: under the limit, batches are halved, the budget drops, and the rows keep their bits.
+pub fn encode_under_an_allocation_limit(device: ember::Device) {
+    let embedder = tiny_embedder(device);
+    let got = embedder.encode(&short_corpus()).unwrap();
+    let budget = embedder.encoder().token_budget();
+    println!("token budget after running out of memory: {budget:?}");
+    assert!(budget.is_some(), "the limit never bit: no batch was halved");
+    let want: Vec<f32> = std::fs::read(std::env::var("EMBER_OOM_ROWS").unwrap())
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got.data, want, "rows changed when batches were halved");
+}
+
+/// Child: a limit under one sequence's activations is a clear error naming the device.
+pub fn report_a_sequence_that_cannot_fit(device: ember::Device) {
+    let err = tiny_embedder(device).encode(&short_corpus()).unwrap_err();
+    println!("error: {err}");
+    assert!(matches!(err, ember::Error::OutOfMemory { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&device.to_string()) && text.contains("single sequence"),
+        "{text}"
     );
 }

@@ -30,6 +30,7 @@ pub(super) struct Kernels {
     pub embed: CudaFunction,
     pub pool: CudaFunction,
     pub l2_normalize: CudaFunction,
+    pub fault_probe: CudaFunction,
 }
 
 impl Kernels {
@@ -75,6 +76,7 @@ impl Kernels {
             embed: get("layernorm", "embed")?,
             pool: get("layernorm", "pool")?,
             l2_normalize: get("layernorm", "l2_normalize")?,
+            fault_probe: get("fault_probe", "fault_probe")?,
         })
     }
 }
@@ -128,6 +130,9 @@ pub(super) struct Device {
     /// Fill every output with NaN before its kernel runs, and synchronize after every launch so
     /// that an asynchronous fault is reported against the kernel that caused it (tests).
     pub checked: std::sync::atomic::AtomicBool,
+    /// The kernels launched since the host last waited on the stream, in order and without
+    /// repeats: an error that surfaces at the wait names these as the candidates.
+    queued: Mutex<Vec<String>>,
     // Kept last: dropped after everything that holds device memory.
     ctx: Arc<CudaContext>,
 }
@@ -173,6 +178,7 @@ impl Device {
             kernels,
             free: Arc::new(Mutex::new(HashMap::new())),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
+            queued: Mutex::new(Vec::new()),
             ctx,
         })
     }
@@ -195,9 +201,7 @@ impl Device {
             .and_then(|mut l| l.get_mut(&class).and_then(Vec::pop));
         let slice = match reused {
             Some(s) => s,
-            // SAFETY: the contents are unset; every kernel writes its whole output before any read.
-            None => unsafe { self.stream.alloc::<u8>(class) }
-                .map_err(|e| self.driver(op, &format!("allocating {class} bytes"), e))?,
+            None => self.allocate(op, class)?,
         };
         let ptr = raw_ptr(&self.stream, &slice);
         if self.checked() {
@@ -213,6 +217,34 @@ impl Device {
             pool: Some(self.free.clone()),
             ptr,
         })
+    }
+
+    /// A fresh allocation of `bytes`. When the driver refuses, the buffers kept for reuse
+    /// (sized for earlier, perhaps larger, batches) are freed and the allocation is tried once
+    /// more; a second refusal is an [`Error::OutOfMemory`], which the encoder answers by
+    /// halving the batch.
+    fn allocate(&self, op: &'static str, bytes: usize) -> Result<CudaSlice<u8>> {
+        let out_of_memory = |why: String| Error::OutOfMemory {
+            device: format!("{} ({})", self.label, self.name),
+            op,
+            message: format!("{bytes} bytes for an activation: {why}"),
+        };
+        if let Some(limit) = crate::backend::injected_alloc_limit().filter(|&l| bytes > l) {
+            return Err(out_of_memory(format!("over EMBER_FAULT_ALLOC_LIMIT={limit}")));
+        }
+        // SAFETY: the contents are unset; every kernel writes its whole output before any read.
+        let first = unsafe { self.stream.alloc::<u8>(bytes) };
+        let e = match first {
+            Ok(slice) => return Ok(slice),
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => e,
+            Err(e) => return Err(self.driver(op, &format!("allocating {bytes} bytes"), e)),
+        };
+        if let Ok(mut free) = self.free.lock() {
+            free.clear();
+        }
+        // SAFETY: as above.
+        unsafe { self.stream.alloc::<u8>(bytes) }
+            .map_err(|_| out_of_memory(format!("{e} (also after freeing the reuse pool)")))
     }
 
     /// Copies host bytes into a buffer of their own (weights, batch indices).
@@ -235,11 +267,31 @@ impl Device {
         let host = self
             .stream
             .clone_dtoh(&view)
-            .map_err(|e| self.driver(op, "copying back (a kernel queued before it may have failed)", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.driver(op, "synchronizing (a kernel queued before it failed)", e))?;
+            .and_then(|host| self.stream.synchronize().map(|()| host))
+            .map_err(|e| {
+                let queued = self.queued.lock().map(|q| q.join(", ")).unwrap_or_default();
+                self.driver(
+                    op,
+                    &format!(
+                        "copying back: a kernel queued since the last copy failed (one of: {queued}; \
+                         EMBER_CUDA_CHECKED=1 stops at the failing one)"
+                    ),
+                    e,
+                )
+            })?;
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.clear();
+        }
         Ok(host)
+    }
+
+    /// Records a launch for the error of a later wait (see `queued`).
+    fn note_queued(&self, kernel_name: &str) {
+        if let Ok(mut queued) = self.queued.lock() {
+            if !queued.iter().any(|k| k == kernel_name) {
+                queued.push(kernel_name.to_string());
+            }
+        }
     }
 
     /// Launches `kernel` with the arguments pushed by `args`; a launch error, or with `checked` an
@@ -256,6 +308,7 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        self.note_queued(kernel_name);
         let mut builder = self.stream.launch_builder(kernel);
         args(&mut builder);
         let config = LaunchConfig {

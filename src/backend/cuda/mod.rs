@@ -118,6 +118,21 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Runs kernels/fault_probe.cu, which traps, and waits for it: the error must name the
+    /// kernel (tests of the fault path). A trap is sticky: the context is unusable afterwards,
+    /// so call this only in a process of its own.
+    #[doc(hidden)]
+    pub fn fault_probe(&self) -> Result<()> {
+        const OP: &str = "fault_probe";
+        let d = &self.device;
+        let out = d.scratch(OP, 32 * 4)?;
+        let ptr = out.ptr();
+        d.launch(OP, "fault_probe", &d.kernels.fault_probe, (1, 1, 1), 32, |b| {
+            b.arg(&ptr);
+        })?;
+        d.download_bytes(OP, &out, 32 * 4).map(|_| ())
+    }
+
     /// Uploads a host matrix as f16 (what `Backend::upload` does; public for tests).
     pub fn upload_f16(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         if rows.checked_mul(cols) != Some(data.len()) {

@@ -1,0 +1,82 @@
+//! Helpers for the tests that run the `ember` binary: running it, scratch folders, corpora.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::fixtures;
+
+/// The `ember` binary cargo built for these tests.
+pub fn ember_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+pub fn ember(args: &[&str]) -> Output {
+    ember_command().args(args).output().unwrap()
+}
+
+/// `out`, after asserting that it succeeded.
+pub fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "ember failed: {}", stderr(&out));
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An empty folder of its own for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+pub fn embed_model() -> PathBuf {
+    fixtures().join("tiny-bert-embed-f32")
+}
+
+pub fn rerank_model() -> PathBuf {
+    fixtures().join("tiny-xlmr-rerank-f32")
+}
+
+/// `n` deterministic texts of varied length (some truncated at the tiny model's 64 tokens),
+/// with empty texts among them.
+pub fn mixed_corpus(n: usize) -> Vec<String> {
+    let words = [
+        "river", "data", "the", "museum", "of", "quantum", "bridge", "é", "数据", "model",
+    ];
+    (0..n)
+        .map(|i| {
+            let len = (i * 7919) % 97;
+            if i % 13 == 5 {
+                return String::new();
+            }
+            (0..len)
+                .map(|j| words[(i + j * 3) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+pub fn write_lines(path: &Path, lines: &[String]) {
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(path, body).unwrap();
+}
+
+/// A .npy file's (rows, cols, values).
+pub fn npy(path: &Path) -> (usize, usize, Vec<f32>) {
+    ember::npy::read_f32(&mut std::fs::File::open(path).unwrap(), "out").unwrap()
+}
+
+/// Lines a run's journal records as finished (its first line is the job's fingerprint).
+pub fn journal_records(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count().saturating_sub(1))
+        .unwrap_or(0)
+}
