@@ -5,6 +5,7 @@
 #   bin/*.xz        (stripped, xz-compressed; gpu-run.sh unpacks them)
 #   bin/ember       the release CLI with the CUDA backend (stripped)
 #   bin/gpu-tests   tests/gpu.rs: every kernel against the f64 reference, models against the CPU
+#   bin/gpu-faults  tests/gpu_faults.rs: out of memory halves batches, a kernel fault names the kernel
 #   bin/gpu-bench   tests/gpu_bench.rs: the ember side of the PyTorch comparison
 #   fixtures/       the tiny reference models and texts
 #   minilm/         all-MiniLM-L6-v2 in f16 with its vocabulary cut to the test texts' tokens
@@ -21,11 +22,12 @@ export EMBER_CUDA_TOOLS="$tools"
 
 echo "== building (release, --features cuda)"
 cargo build --release --features cuda --bin ember
-test_out=$(cargo test --release --features cuda --test gpu --test gpu_bench --no-run 2>&1) || { echo "$test_out"; exit 1; }
+test_out=$(cargo test --release --features cuda --test gpu --test gpu_faults --test gpu_bench --no-run 2>&1) || { echo "$test_out"; exit 1; }
 echo "$test_out" | tail -3
 gpu_tests=$(echo "$test_out" | sed -n 's/.*Executable tests\/gpu\.rs (\(.*\)).*/\1/p')
 gpu_bench=$(echo "$test_out" | sed -n 's/.*Executable tests\/gpu_bench\.rs (\(.*\)).*/\1/p')
-[ -x "$gpu_tests" ] && [ -x "$gpu_bench" ] || { echo "gpu-check: test executables not found in cargo's output" >&2; exit 1; }
+gpu_faults=$(echo "$test_out" | sed -n 's/.*Executable tests\/gpu_faults\.rs (\(.*\)).*/\1/p')
+[ -x "$gpu_tests" ] && [ -x "$gpu_bench" ] && [ -x "$gpu_faults" ] || { echo "gpu-check: test executables not found in cargo's output" >&2; exit 1; }
 
 echo "== checking the PTX"
 ptx_dir=$(dirname "$(ls -t target/release/build/ember-*/out/kernels.rs | head -1)")
@@ -37,6 +39,7 @@ mkdir -p "$bundle/bin"
 cp target/release/ember "$bundle/bin/ember"
 cp "$gpu_tests" "$bundle/bin/gpu-tests"
 cp "$gpu_bench" "$bundle/bin/gpu-bench"
+cp "$gpu_faults" "$bundle/bin/gpu-faults"
 strip "$bundle"/bin/*
 xz -T2 -9 "$bundle"/bin/*  # ~4x smaller; gpu-run.sh unpacks them with Python's lzma
 cp -r fixtures "$bundle/fixtures"

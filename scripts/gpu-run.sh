@@ -30,6 +30,11 @@ EMBER_REQUIRE_GPU=1 EMBER_CUDA_CHECKED=1 timeout 300 "$bin/gpu-tests" --test-thr
 tests_rc=$?
 grep -E "^test |test result|worst cosine|cosine|panicked|error" "$out/gpu-tests.log" | tail -60
 [ $tests_rc -eq 0 ] || { echo "GPU tests FAILED (exit $tests_rc): see $out/gpu-tests.log"; status=1; }
+# Faults: each fault runs in a child process of this binary (a trap leaves its context unusable).
+EMBER_REQUIRE_GPU=1 timeout 120 "$bin/gpu-faults" --test-threads=1 > "$out/gpu-faults.log" 2>&1
+faults_rc=$?
+grep -E "^test |test result|panicked" "$out/gpu-faults.log" | tail -12
+[ $faults_rc -eq 0 ] || { echo "GPU fault tests FAILED (exit $faults_rc): see $out/gpu-faults.log"; status=1; tests_rc=1; }
 
 echo "== 2. ember encode --device cuda"
 python3 -c "import json,sys; [print(t.replace('\n',' ')) for t in json.load(open(sys.argv[1]))]" \
