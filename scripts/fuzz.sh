@@ -32,15 +32,17 @@ for target in "${targets[@]}"; do
     mkdir -p "$seeds" "$grown" "artifacts/$target"
     log=$(mktemp)
     echo "== fuzzing $target for ${seconds}s ($(ls "$seeds" | wc -l) seeds, $(ls "$grown" | wc -l) grown)"
+    rc=0
     if ! ./target/"$triple"/release/"$target" "$grown" "$seeds" -max_total_time="$seconds" -rss_limit_mb=4096 \
         -timeout=20 -max_len=65536 -print_final_stats=1 -artifact_prefix="artifacts/$target/" >"$log" 2>&1; then
         tail -40 "$log"
         echo "fuzz: $target FAILED: the crashing input is in fuzz/artifacts/$target/" >&2
         status=1
+        rc=1
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
-    line="$(date -u +%Y-%m-%dT%H:%MZ) $target ${seconds}s runs=${runs:-?} cov=${cov:-?} corpus=$(ls "$grown" | wc -l) result=$([ $status -eq 0 ] && echo ok || echo CRASH) commit=$(git rev-parse --short HEAD)"
+    line="$(date -u +%Y-%m-%dT%H:%MZ) $target ${seconds}s runs=${runs:-?} cov=${cov:-?} corpus=$(ls "$grown" | wc -l) result=$([ $rc -eq 0 ] && echo ok || echo CRASH) commit=$(git rev-parse --short HEAD)"
     echo "$line" | tee -a runs.log
     rm -f "$log"
 done
