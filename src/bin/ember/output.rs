@@ -129,89 +129,51 @@ impl Output {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&journal_path, e)),
         };
-        if let Some((recorded, checkpoint, complete_len)) = recorded {
+        let (file, journal, start, done) = match recorded {
             // A run killed before its first record finished nothing: start over.
-            let Some(checkpoint) = checkpoint else {
-                let _ = std::fs::remove_file(&journal_path);
-                let _ = std::fs::remove_file(&partial);
-                return Self::open(target, format, dtype, kind, fingerprint, resume);
-            };
-            if !resume {
-                return Err(Error::Option {
-                    option: "output".into(),
-                    message: format!(
-                        "{} records an unfinished run ({} rows done): pass --resume to continue it, \
-                         or delete it and {} to start over",
-                        journal_path.display(),
-                        checkpoint.rows,
-                        partial.display()
-                    ),
-                });
+            Some((_, None, _)) | None => {
+                let file = File::create(&partial).map_err(io(&partial))?;
+                let mut file = BufWriter::with_capacity(1 << 20, file);
+                if format == OutputFormat::Npy {
+                    let mut placeholder = NPY_PLACEHOLDER.to_vec();
+                    placeholder.resize(NPY_HEADER_LEN - 1, b' ');
+                    placeholder.push(b'\n');
+                    file.write_all(&placeholder).map_err(io(&partial))?;
+                }
+                let mut journal = File::create(&journal_path).map_err(io(&journal_path))?;
+                writeln!(journal, "{fingerprint}").map_err(io(&journal_path))?;
+                let start = Checkpoint {
+                    bytes: header_len,
+                    ..Checkpoint::default()
+                };
+                (file, journal, start, Checkpoint::default())
             }
-            if recorded != fingerprint {
-                return Err(Error::Option {
-                    option: "resume".into(),
-                    message: format!(
-                        "{} was written by a different job (model, input, options or shard differ): \
-                         {recorded}",
-                        journal_path.display()
-                    ),
-                });
+            Some((recorded, Some(checkpoint), complete_len)) => {
+                if !resume {
+                    return Err(Error::Option {
+                        option: "output".into(),
+                        message: format!(
+                            "{} records an unfinished run ({} rows done): pass --resume to continue it, \
+                             or delete it and {} to start over",
+                            journal_path.display(),
+                            checkpoint.rows,
+                            partial.display()
+                        ),
+                    });
+                }
+                if recorded != fingerprint {
+                    return Err(Error::Option {
+                        option: "resume".into(),
+                        message: format!(
+                            "{} was written by a different job (model, input, options or shard differ): \
+                             {recorded}",
+                            journal_path.display()
+                        ),
+                    });
+                }
+                let (file, journal) = reopen(&partial, &journal_path, checkpoint, complete_len)?;
+                (file, journal, checkpoint, checkpoint)
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&partial)
-                .map_err(io(&partial))?;
-            let len = file.metadata().map_err(io(&partial))?.len();
-            if len < checkpoint.bytes {
-                return Err(Error::input(
-                    partial.display().to_string(),
-                    format!(
-                        "holds {len} bytes, fewer than the {} its journal records",
-                        checkpoint.bytes
-                    ),
-                ));
-            }
-            file.set_len(checkpoint.bytes).map_err(io(&partial))?;
-            let mut file = BufWriter::with_capacity(1 << 20, file);
-            file.seek(SeekFrom::End(0)).map_err(io(&partial))?;
-            // A record torn by a crash must not run into the next one appended.
-            let journal = OpenOptions::new()
-                .write(true)
-                .open(&journal_path)
-                .map_err(io(&journal_path))?;
-            journal.set_len(complete_len).map_err(io(&journal_path))?;
-            let mut journal = journal;
-            journal.seek(SeekFrom::End(0)).map_err(io(&journal_path))?;
-            let output = Output {
-                target: target.to_path_buf(),
-                partial,
-                journal_path,
-                file,
-                journal,
-                format,
-                dtype,
-                kind,
-                written: checkpoint,
-                committed: checkpoint,
-                finished: false,
-            };
-            return Ok((output, checkpoint));
-        }
-        let file = File::create(&partial).map_err(io(&partial))?;
-        let mut file = BufWriter::with_capacity(1 << 20, file);
-        if format == OutputFormat::Npy {
-            let mut placeholder = NPY_PLACEHOLDER.to_vec();
-            placeholder.resize(NPY_HEADER_LEN - 1, b' ');
-            placeholder.push(b'\n');
-            file.write_all(&placeholder).map_err(io(&partial))?;
-        }
-        let mut journal = File::create(&journal_path).map_err(io(&journal_path))?;
-        writeln!(journal, "{fingerprint}").map_err(io(&journal_path))?;
-        let start = Checkpoint {
-            bytes: header_len,
-            ..Checkpoint::default()
         };
         let output = Output {
             target: target.to_path_buf(),
@@ -226,7 +188,7 @@ impl Output {
             committed: start,
             finished: false,
         };
-        Ok((output, Checkpoint::default()))
+        Ok((output, done))
     }
 
     pub fn partial(&self) -> &Path {
@@ -337,6 +299,46 @@ impl Drop for Output {
             let _ = std::fs::remove_file(&self.journal_path);
         }
     }
+}
+
+/// Reopens an unfinished run's partial file and journal at `checkpoint`: the partial file is cut
+/// back to it (rows written after it may be torn), the journal to its last complete line (a
+/// record torn by a crash must not run into the next one appended).
+fn reopen(
+    partial: &Path,
+    journal_path: &Path,
+    checkpoint: Checkpoint,
+    complete_len: u64,
+) -> Result<(BufWriter<File>, File)> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::io(p, e)
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(partial)
+        .map_err(io(partial))?;
+    let len = file.metadata().map_err(io(partial))?.len();
+    if len < checkpoint.bytes {
+        return Err(Error::input(
+            partial.display().to_string(),
+            format!(
+                "holds {len} bytes, fewer than the {} its journal records",
+                checkpoint.bytes
+            ),
+        ));
+    }
+    file.set_len(checkpoint.bytes).map_err(io(partial))?;
+    let mut file = BufWriter::with_capacity(1 << 20, file);
+    file.seek(SeekFrom::End(0)).map_err(io(partial))?;
+    let mut journal = OpenOptions::new()
+        .write(true)
+        .open(journal_path)
+        .map_err(io(journal_path))?;
+    journal.set_len(complete_len).map_err(io(journal_path))?;
+    journal.seek(SeekFrom::End(0)).map_err(io(journal_path))?;
+    Ok((file, journal))
 }
 
 /// A journal's fingerprint line, its last complete record (`None` when it has none) and the
