@@ -2,6 +2,7 @@
 # Builds ember's fuzz targets (fuzz/) on stable Rust and runs each for a while with libFuzzer.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]   (default: 60 s, every target)
+#   scripts/fuzz.sh seeds                               (CI: build, run the committed seeds once)
 #
 # cargo-fuzz needs a nightly toolchain only for its sanitizers; the coverage instrumentation
 # libFuzzer steers by (SanitizerCoverage) is reachable on stable through -Cpasses and
@@ -25,6 +26,13 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 triple=$(rustc -vV | sed -n 's/^host: //p')
 cargo build --release --bins --target "$triple"
 status=0
+if [ "$seconds" = seeds ]; then
+    for target in "${targets[@]}"; do
+        ./target/"$triple"/release/"$target" -runs=0 "corpus/$target" 2>&1 | grep -E "^(Done|INFO: seed corpus)" | sed "s/^/$target: /" ||
+            { echo "fuzz: $target fails on its committed seeds" >&2; status=1; }
+    done
+    exit $status
+fi
 for target in "${targets[@]}"; do
     # New inputs go to the first folder (work/, git-ignored, kept between runs); the committed
     # seeds are read from the second.
