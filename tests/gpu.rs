@@ -397,3 +397,99 @@ fn fixture_rerankers_match_cpu() {
         );
     }
 }
+
+// ---- Tensor-core attention (kernels/attention.cu: attention_fa_*, attention_short_*) ----------
+
+use ember::backend::cuda::AttentionKernel;
+
+/// Runs `kernel` on fresh random q, k, v (never zeros; `scale` sets how peaked the softmax is)
+/// and checks it against the f64 reference; returns the GPU output for further comparisons.
+fn check_attention_kernel(
+    gpu: &CudaBackend,
+    rng: &mut SplitMix64,
+    lengths: &[usize],
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    kernels: &[AttentionKernel],
+) {
+    let batch = rng.batch(lengths, 10, 2);
+    let tokens = batch.token_ids.len();
+    let qkv = rounded(rng.matrix(tokens, 3 * heads * head_dim, scale));
+    let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
+    let device_batch = gpu.upload_batch(&batch).unwrap();
+    let qkv_gpu = up(gpu, &qkv);
+    for &kernel in kernels {
+        let out = gpu
+            .attention_with(&qkv_gpu, &device_batch, heads, head_dim, kernel)
+            .unwrap_or_else(|e| panic!("{kernel:?} lengths {lengths:?}: {e}"));
+        let got = gpu.download(&out).unwrap();
+        // F16_TOLERANCE: on top of the output's own f16 rounding, P is rounded to f16 before the
+        // P·V product (as FlashAttention does); each weight's 2^-11 relative error averages out
+        // over the keys, far below 2e-3 of the largest output.
+        assert_close(
+            &format!("{kernel:?} lengths {lengths:?} heads {heads} head_dim {head_dim} scale {scale}"),
+            &got,
+            &want,
+        );
+    }
+}
+
+#[test]
+fn flash_attention_matches_f64_reference_on_awkward_length_mixes() {
+    let Some(gpu) = gpu("flash attention") else { return };
+    let mut rng = SplitMix64::new(0xf1a5);
+    // Every boundary of the 16-row mma tiles, the 32/64-key chunks, the 128-query blocks and
+    // the short path's 128-token limit, mixed in one batch (not sorted: the kernels must not
+    // rely on order), plus a lone 1-token sequence and one past BERT's 512 positions.
+    let mix: &[usize] = &[129, 1, 512, 33, 2, 255, 64, 511, 31, 128, 65, 127];
+    let all = [
+        AttentionKernel::Auto,
+        AttentionKernel::Tiled,
+        AttentionKernel::Reference,
+    ];
+    for head_dim in [32, 64] {
+        for (heads, scale) in [(3, 1.0), (2, 4.0)] {
+            check_attention_kernel(&gpu, &mut rng, mix, heads, head_dim, scale, &all);
+        }
+        check_attention_kernel(&gpu, &mut rng, &[1], 1, head_dim, 1.0, &all);
+        check_attention_kernel(&gpu, &mut rng, &[700, 3], 2, head_dim, 2.0, &all);
+    }
+}
+
+#[test]
+fn short_attention_matches_f64_reference_at_one_two_and_four_pairs_per_block() {
+    let Some(gpu) = gpu("short attention") else { return };
+    let mut rng = SplitMix64::new(0x5407);
+    let both = [
+        AttentionKernel::Short,
+        AttentionKernel::Tiled,
+        AttentionKernel::Auto,
+    ];
+    // max_len <= 32: 4 (sequence, head) pairs per block; <= 64: 2; <= 128: 1. Pair counts that
+    // leave the last block partly empty (5 sequences x 3 heads = 15 pairs).
+    let mixes: [&[usize]; 4] = [
+        &[1, 2, 17, 31, 32],
+        &[33, 1, 64, 5, 63],
+        &[65, 127, 128, 1, 100],
+        &[16, 48, 80, 112, 96, 3, 128],
+    ];
+    for head_dim in [32, 64] {
+        for (i, mix) in mixes.iter().enumerate() {
+            let scale = if i % 2 == 0 { 1.0 } else { 4.0 };
+            check_attention_kernel(&gpu, &mut rng, mix, 3, head_dim, scale, &both);
+        }
+        // One sequence, one head: a grid of one block, three of its four warps idle.
+        check_attention_kernel(&gpu, &mut rng, &[7], 1, head_dim, 1.0, &both);
+    }
+    // The short kernel refuses what it cannot hold, and head dims without a tensor-core kernel.
+    let batch = gpu.upload_batch(&rng.batch(&[129], 10, 2)).unwrap();
+    let qkv = up(&gpu, &rounded(rng.matrix(129, 3 * 64, 1.0)));
+    assert!(gpu
+        .attention_with(&qkv, &batch, 1, 64, AttentionKernel::Short)
+        .is_err());
+    let qkv = up(&gpu, &rounded(rng.matrix(129, 3 * 48, 1.0)));
+    assert!(gpu
+        .attention_with(&qkv, &batch, 1, 48, AttentionKernel::Tiled)
+        .is_err());
+}

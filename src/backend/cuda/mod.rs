@@ -11,7 +11,10 @@
 //! Shapes and ids are checked here before any launch (a mismatch is an `Error::Backend`), so a
 //! kernel never reads outside its buffers.
 
+mod attention;
 mod device;
+
+pub use attention::{AttentionKernel, SHORT_MAX_LEN};
 
 use cudarc::driver::PushKernelArg;
 use half::f16;
@@ -351,47 +354,7 @@ impl Backend for CudaBackend {
         heads: usize,
         head_dim: usize,
     ) -> Result<CudaTensor> {
-        const OP: &str = "attention";
-        let hidden = heads.checked_mul(head_dim).filter(|&h| h > 0);
-        let Some(hidden) = hidden else {
-            return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
-        };
-        qkv.check(OP, "qkv", batch.tokens, 3 * hidden)?;
-        let (kernel, name) = match head_dim {
-            1..=32 => (&self.device.kernels.attention_d32, "attention_d32"),
-            33..=64 => (&self.device.kernels.attention_d64, "attention_d64"),
-            _ => {
-                return Err(error(
-                    OP,
-                    format!("head_dim {head_dim}: the attention kernels handle head dimensions up to 64"),
-                ))
-            }
-        };
-        if batch.sequences > 65_535 || heads > 65_535 {
-            return Err(error(
-                OP,
-                format!(
-                    "{} sequences x {heads} heads: past the grid's 65535 limit",
-                    batch.sequences
-                ),
-            ));
-        }
-        let out = self.output(OP, batch.tokens, hidden)?;
-        let (h, d) = (dim(OP, "heads", heads)?, dim(OP, "head_dim", head_dim)?);
-        let ptrs = [qkv.buffer.ptr(), batch.cu_seqlens.ptr(), out.buffer.ptr()];
-        // attention.cu: 32 queries of one (sequence, head) per block of 128 threads.
-        let grid = (
-            batch.max_len.div_ceil(32) as u32,
-            heads as u32,
-            batch.sequences as u32,
-        );
-        self.device.launch(OP, name, kernel, grid, 128, |b| {
-            for p in &ptrs {
-                b.arg(p);
-            }
-            b.arg(&h).arg(&d);
-        })?;
-        Ok(out)
+        self.attention_with(qkv, batch, heads, head_dim, AttentionKernel::Auto)
     }
 
     fn layer_norm(&self, x: &CudaTensor, norm: &LayerNormWeights<CudaTensor>) -> Result<CudaTensor> {
