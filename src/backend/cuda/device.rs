@@ -1,5 +1,10 @@
-//! The device side of the CUDA backend: the context and its one stream, the kernels (PTX embedded
+//! The device side of the CUDA backend: the context and its streams, the kernels (PTX embedded
 //! by build.rs, loaded once), device buffers with a reuse pool, and checked launches.
+//!
+//! Two streams: `stream` runs every kernel in order; `copy_stream` only copies batches in
+//! (transfer.rs), ordered against `stream` with events, so that batch i + 1 is copied while
+//! batch i computes. Both are non-blocking streams (the legacy default stream would serialize
+//! them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -97,6 +102,37 @@ pub struct DeviceBuffer {
     slice: Option<CudaSlice<u8>>,
     pool: Option<FreeLists>,
     ptr: u64,
+    /// Set for buffers outside the pool, whose bytes leave the count when they are dropped.
+    memory: Option<Arc<MemoryCount>>,
+}
+
+/// Device bytes held by the backend (weights, the pool's buffers, batch slots) and their peak.
+/// The pool never frees, so after the first batches of each size the count stays flat: the
+/// GPU tests check that repeated batches do not raise the peak.
+#[derive(Default)]
+pub struct MemoryCount {
+    live: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryCount {
+    pub fn add(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = self.live.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(live, Relaxed);
+    }
+
+    pub fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl DeviceBuffer {
@@ -117,12 +153,14 @@ impl Drop for DeviceBuffer {
             if let Ok(mut lists) = pool.lock() {
                 lists.entry(slice.len()).or_default().push(slice);
             }
+        } else if let (Some(slice), Some(memory)) = (&self.slice, &self.memory) {
+            memory.sub(slice.len());
         }
     }
 }
 
-fn raw_ptr(stream: &CudaStream, slice: &CudaSlice<u8>) -> u64 {
-    // Event tracking is off (one stream), so the guard that comes back does nothing.
+pub(super) fn raw_ptr<T>(stream: &CudaStream, slice: &CudaSlice<T>) -> u64 {
+    // Event tracking is off (the backend orders its streams itself), so the guard does nothing.
     let (ptr, _guard) = slice.device_ptr(stream);
     ptr
 }
@@ -132,8 +170,13 @@ pub(super) struct Device {
     pub name: String,
     pub label: String,
     pub stream: Arc<CudaStream>,
+    /// Host-to-device copies of batches only (transfer.rs).
+    pub copy_stream: Arc<CudaStream>,
     pub kernels: Kernels,
     free: FreeLists,
+    pub memory: Arc<MemoryCount>,
+    /// Kernels launched (the bench divides by batches: launches per batch).
+    pub launches: std::sync::atomic::AtomicU64,
     /// Fill every output with NaN before its kernel runs, and synchronize after every launch so
     /// that an asynchronous fault is reported against the kernel that caused it (tests).
     pub checked: std::sync::atomic::AtomicBool,
@@ -162,7 +205,9 @@ impl Device {
         }
         let ctx =
             CudaContext::new(ordinal).map_err(|e| device_error(format!("cannot create a context: {e}")))?;
-        // SAFETY: the backend uses one stream only, so cudarc's cross-stream events are not needed.
+        // SAFETY: every buffer is used on `stream` only, except the batch slots of transfer.rs,
+        // which order `copy_stream` against `stream` with their own events; cudarc's per-buffer
+        // events would add a wait to every launch for nothing.
         unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
@@ -173,14 +218,22 @@ impl Device {
                 "{name} is compute capability {major}.{minor}; ember's kernels need 8.0 or newer (mma.sync f16, cp.async)"
             )));
         }
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
         let kernels = Kernels::load(&ctx, &label)?;
         Ok(Device {
             name,
             label,
             stream,
+            copy_stream,
             kernels,
             free: Arc::new(Mutex::new(HashMap::new())),
+            memory: Arc::default(),
+            launches: Default::default(),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
             ctx,
         })
@@ -190,7 +243,11 @@ impl Device {
         self.checked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn driver(&self, op: &'static str, what: &str, e: impl std::fmt::Display) -> Error {
+    pub fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(super) fn driver(&self, op: &'static str, what: &str, e: impl std::fmt::Display) -> Error {
         error(op, format!("{what} on {} ({}): {e}", self.label, self.name))
     }
 
@@ -204,9 +261,13 @@ impl Device {
             .and_then(|mut l| l.get_mut(&class).and_then(Vec::pop));
         let slice = match reused {
             Some(s) => s,
-            // SAFETY: the contents are unset; every kernel writes its whole output before any read.
-            None => unsafe { self.stream.alloc::<u8>(class) }
-                .map_err(|e| self.driver(op, &format!("allocating {class} bytes"), e))?,
+            None => {
+                // SAFETY: the contents are unset; every kernel writes its whole output before any read.
+                let slice = unsafe { self.stream.alloc::<u8>(class) }
+                    .map_err(|e| self.driver(op, &format!("allocating {class} bytes"), e))?;
+                self.memory.add(class);
+                slice
+            }
         };
         let ptr = raw_ptr(&self.stream, &slice);
         if self.checked() {
@@ -221,6 +282,7 @@ impl Device {
             slice: Some(slice),
             pool: Some(self.free.clone()),
             ptr,
+            memory: None,
         })
     }
 
@@ -231,10 +293,12 @@ impl Device {
             .clone_htod(bytes)
             .map_err(|e| self.driver(op, &format!("uploading {} bytes", bytes.len()), e))?;
         let ptr = raw_ptr(&self.stream, &slice);
+        self.memory.add(bytes.len());
         Ok(DeviceBuffer {
             slice: Some(slice),
             pool: None,
             ptr,
+            memory: Some(self.memory.clone()),
         })
     }
 
@@ -265,6 +329,7 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut builder = self.stream.launch_builder(kernel);
         args(&mut builder);
         let config = LaunchConfig {

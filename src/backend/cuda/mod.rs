@@ -13,6 +13,7 @@
 
 mod attention;
 mod device;
+mod transfer;
 
 pub use attention::{AttentionKernel, SHORT_MAX_LEN};
 
@@ -62,22 +63,41 @@ pub struct CudaLinear {
     bias: DeviceBuffer,
 }
 
-/// A packed batch's index arrays on the GPU (u32 each).
+/// A packed batch's index arrays on the GPU (u32 each), one after the other in one buffer.
 pub struct CudaBatch {
     tokens: usize,
     sequences: usize,
     max_len: usize,
-    token_ids: DeviceBuffer,
-    position_ids: DeviceBuffer,
-    type_ids: DeviceBuffer,
-    cu_seqlens: DeviceBuffer,
+    token_ids: IndexPtr,
+    position_ids: IndexPtr,
+    type_ids: IndexPtr,
+    cu_seqlens: IndexPtr,
+    /// Where the arrays live: a leased slot of transfer.rs (asynchronous upload) or a buffer of
+    /// their own (synchronous upload). Kept until the batch drops.
+    _indices: BatchIndices,
     /// Host copies for the checks done before a launch.
     host: Batch,
+}
+
+/// The device address of one of a batch's index arrays.
+struct IndexPtr(u64);
+
+impl IndexPtr {
+    fn ptr(&self) -> u64 {
+        self.0
+    }
+}
+
+enum BatchIndices {
+    Slot(transfer::BatchSlot),
+    Owned(DeviceBuffer),
 }
 
 /// The CUDA implementation of [`Backend`] on one GPU.
 pub struct CudaBackend {
     device: Device,
+    transfers: transfer::Transfers,
+    synchronous_uploads: std::sync::atomic::AtomicBool,
 }
 
 fn f16_bytes(data: &[f32]) -> Vec<u8> {
@@ -104,6 +124,8 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             device: Device::open(ordinal)?,
+            transfers: transfer::Transfers::default(),
+            synchronous_uploads: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -215,17 +237,56 @@ impl Backend for CudaBackend {
         }
         dim(OP, "tokens", tokens)?;
         let (cu, max_len) = (&batch.cu_seqlens, batch.max_len);
-        let d = &self.device;
+        let arrays = [
+            &batch.token_ids[..],
+            &batch.position_ids[..],
+            &batch.type_ids[..],
+            &cu[..],
+        ];
+        let indices = if self
+            .synchronous_uploads
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let bytes: Vec<u8> = arrays.iter().flat_map(|a| u32_bytes(a)).collect();
+            BatchIndices::Owned(self.device.upload_bytes(OP, &bytes)?)
+        } else {
+            BatchIndices::Slot(self.transfers.upload(&self.device, OP, arrays)?)
+        };
+        let at = |i: usize| {
+            let words: usize = arrays[..i].iter().map(|a| a.len()).sum();
+            IndexPtr(match &indices {
+                BatchIndices::Slot(slot) => slot.ptr(i),
+                BatchIndices::Owned(buffer) => buffer.ptr() + 4 * words as u64,
+            })
+        };
         Ok(CudaBatch {
             tokens,
             sequences: cu.len() - 1,
             max_len,
-            token_ids: d.upload_bytes(OP, &u32_bytes(&batch.token_ids))?,
-            position_ids: d.upload_bytes(OP, &u32_bytes(&batch.position_ids))?,
-            type_ids: d.upload_bytes(OP, &u32_bytes(&batch.type_ids))?,
-            cu_seqlens: d.upload_bytes(OP, &u32_bytes(cu))?,
+            token_ids: at(0),
+            position_ids: at(1),
+            type_ids: at(2),
+            cu_seqlens: at(3),
+            _indices: indices,
             host: batch.clone(),
         })
+    }
+
+    fn download_start(&self, tensor: &CudaTensor) -> Result<crate::backend::PendingMatrix> {
+        let (rows, cols) = (tensor.rows, tensor.cols);
+        if rows * cols == 0 {
+            return self.download(tensor).map(crate::backend::PendingMatrix::ready);
+        }
+        let convert = move |bytes: &[u8]| HostMatrix {
+            rows,
+            cols,
+            data: bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        self.transfers
+            .download_start(&self.device, "download", &tensor.buffer, rows * cols * 2, convert)
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<HostMatrix> {
