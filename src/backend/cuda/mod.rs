@@ -12,7 +12,7 @@
 //! (see `device::DeviceBuffer`), so after the first batch of a size the forward pass allocates
 //! nothing, and `peak_device_bytes()` stops growing.
 //!
-//! No CUDA graphs: a layer is 7 launches (84 for bge-base, 168 for bge-large, plus 4 per batch),
+//! No CUDA graphs: a layer is 7 launches (84 for bge-base, 168 for bge-large, plus 3 per batch),
 //! each a few microseconds of host time, queued while the previous batch still runs; on the GPU
 //! consecutive kernels of a stream start about a microsecond apart. A 16k-token batch of
 //! bge-base is milliseconds of work, so the gaps are on the order of 1-5 % and a graph per
