@@ -14,7 +14,9 @@ Everything on the same card in the same run:
     length and padded; the best padded-token budget of a short sweep), the ratio, ember's useful
     TFLOP/s (matrix FLOPs of the real tokens only: 2 * (4 h^2 + 2 h * inter) per token and layer
     plus 4 * len * h for attention) as % of the measured matmul rate, the GPU's busy share of
-    ember's wall time (timed events per batch) with kernel launches per batch, ember's peak
+    ember's wall time (timed events per batch), the host's queueing time as a share of the GPU
+    time (below 100 % the host stays ahead, so launch overhead does not idle the GPU), kernel
+    launches per batch, ember's peak
     device memory after the warm-up and at the end (equal: the pool stops growing), and the
     cosine of ember's and torch fp16's CLS embeddings (L2-normalized) against torch fp32.
 Prints the tables last and writes them (markdown) to OUT/benchmarks.md with the card's name.
@@ -268,6 +270,7 @@ def end_to_end(args, name, shape, texts, peak_tflops):
             row.update({"ember_ok": True, "ember_tps": t["tokens_per_s"], "cos_min": cos.min().item(),
                         "cos_mean": cos.mean().item(), "tflops": tflops, "pct_peak": 100 * tflops / peak_tflops,
                         "busy_pct": 100 * t["gpu_busy_s"] / t["seconds"], "launches": t["launches_per_batch"],
+                        "queue_pct": 100 * t["host_queue_s"] / max(t["gpu_busy_s"], 1e-9),
                         "peak_mib": (t["peak_device_bytes_after_warmup"] / 2**20, t["peak_device_bytes"] / 2**20)})
             print(f"{name} {corpus}: ember {row['ember_tps']:.0f} tok/s ({tflops:.0f} TFLOP/s useful, "
                   f"{row['pct_peak']:.0f} % of matmul, GPU busy {row['busy_pct']:.1f} %), torch fp16 "
@@ -292,18 +295,20 @@ def tables(card, args, peak, attention, rows):
         f"{args.torch_budgets} padded tokens. Useful TFLOP/s count real tokens only.",
         "",
         "| model | corpus | ember tok/s | torch fp16 tok/s (budget) | ember / torch | useful TFLOP/s (% of matmul) "
-        "| GPU busy | launches / batch | peak MiB (warm / end) | cos ember vs fp32 (min / mean) | cos torch fp16 (min) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| GPU busy | host queueing / GPU time | launches / batch | peak MiB (warm / end) "
+        "| cos ember vs fp32 (min / mean) | cos torch fp16 (min) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         if not r["ember_ok"]:
             lines.append(f"| {r['model']} | {r['corpus']} | failed | {r['torch_tps']:,.0f} ({r['torch_budget']}) "
-                         f"| | | | | | | {r['cos_torch']:.6f} |")
+                         f"| | | | | | | | {r['cos_torch']:.6f} |")
             continue
         lines.append(
             f"| {r['model']} | {r['corpus']} | {r['ember_tps']:,.0f} | {r['torch_tps']:,.0f} ({r['torch_budget']}) "
             f"| {r['ember_tps'] / r['torch_tps']:.2f} | {r['tflops']:.0f} ({r['pct_peak']:.0f} %) "
-            f"| {r['busy_pct']:.1f} % | {r['launches']:.0f} | {r['peak_mib'][0]:.0f} / {r['peak_mib'][1]:.0f} "
+            f"| {r['busy_pct']:.1f} % | {r['queue_pct']:.0f} % | {r['launches']:.0f} "
+            f"| {r['peak_mib'][0]:.0f} / {r['peak_mib'][1]:.0f} "
             f"| {r['cos_min']:.6f} / {r['cos_mean']:.6f} | {r['cos_torch']:.6f} |")
     return "\n".join(lines)
 

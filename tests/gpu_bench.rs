@@ -5,7 +5,9 @@
 //!   For each (IDS, OUT): reads token id lists (special tokens included), embeds them on the GPU
 //!   (CLS pooling, L2-normalized, as bge), writes the embeddings as .npy in input order and prints
 //!   one JSON line: the best of PASSES timed passes after a warm-up, with the GPU's busy time in
-//!   that pass (timed events per batch), launches per batch, and the peak of device memory after
+//!   that pass (timed events per batch), the host's time spent queueing work (upload, launches,
+//!   download start: below the GPU time, the host stays ahead of the GPU, so launches do not
+//!   leave it idle), launches per batch, and the peak of device memory after
 //!   the warm-up and at the end (equal when the buffer pool stops growing). The model is loaded
 //!   once for all the id files.
 //!   The loop is Encoder::run_pipelined's (batches planned by length, batch i + 1 uploaded and
@@ -67,18 +69,18 @@ fn main() {
             })
             .collect();
         let tokens: usize = sequences.iter().map(Sequence::len).sum();
-        let embeddings = run(&gpu, &model, &sequences, batch_tokens); // warm-up: PTX JIT, pool
+        let (embeddings, _) = run(&gpu, &model, &sequences, batch_tokens); // warm-up: PTX JIT, pool
         gpu.gpu_seconds().expect("timing");
         let peak_after_warmup = gpu.peak_device_bytes();
         let (launches0, batches0) = gpu.launch_counts();
-        let (mut best, mut busy) = (f64::INFINITY, 0.0);
+        let (mut best, mut busy, mut queueing) = (f64::INFINITY, 0.0, 0.0);
         for _ in 0..passes {
             let start = Instant::now();
-            std::hint::black_box(run(&gpu, &model, &sequences, batch_tokens));
+            let (_, host_s) = std::hint::black_box(run(&gpu, &model, &sequences, batch_tokens));
             let seconds = start.elapsed().as_secs_f64();
             let gpu_s = gpu.gpu_seconds().expect("timing");
             if seconds < best {
-                (best, busy) = (seconds, gpu_s);
+                (best, busy, queueing) = (seconds, gpu_s, host_s);
             }
         }
         let (launches1, batches1) = gpu.launch_counts();
@@ -86,7 +88,7 @@ fn main() {
         ember::npy::write_f32(&mut out, embeddings.rows, embeddings.cols, &embeddings.data)
             .expect("writing OUT.npy");
         println!(
-            "{{\"ids\": {ids_path:?}, \"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"gpu_busy_s\": {busy}, \"launches_per_batch\": {}, \"batches_per_pass\": {}, \"peak_device_bytes_after_warmup\": {peak_after_warmup}, \"peak_device_bytes\": {}, \"load_s\": {load_s}}}",
+            "{{\"ids\": {ids_path:?}, \"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"gpu_busy_s\": {busy}, \"host_queue_s\": {queueing}, \"launches_per_batch\": {}, \"batches_per_pass\": {}, \"peak_device_bytes_after_warmup\": {peak_after_warmup}, \"peak_device_bytes\": {}, \"load_s\": {load_s}}}",
             sequences.len(),
             tokens as f64 / best,
             (launches1 - launches0) as f64 / (batches1 - batches0).max(1) as f64,
@@ -96,13 +98,14 @@ fn main() {
     }
 }
 
-/// Encoder::run_pipelined on the backend: one batch in flight while the next is queued.
+/// Encoder::run_pipelined on the backend: one batch in flight while the next is queued. Returns
+/// the embeddings and the host's time spent queueing GPU work.
 fn run(
     gpu: &CudaBackend,
     model: &Model<CudaBackend>,
     sequences: &[Sequence],
     batch_tokens: usize,
-) -> HostMatrix {
+) -> (HostMatrix, f64) {
     let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
     let hidden = model.config().hidden_size;
     let mut out = HostMatrix {
@@ -117,15 +120,19 @@ fn run(
         }
     };
     let mut in_flight: Option<(Vec<usize>, PendingMatrix)> = None;
+    let mut queueing = 0.0;
     for members in ember::batch::plan_batches(&lengths, batch_tokens, usize::MAX) {
         let batch: Batch = model
             .pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())
             .expect("pack");
+        let queued = Instant::now();
         let device_batch = gpu.upload_batch(&batch).expect("upload");
         let embeddings = model
             .embed(gpu, &device_batch, Pooling::Cls, true)
             .expect("forward pass");
         let pending = gpu.download_start(&embeddings).expect("download");
+        drop((embeddings, device_batch));
+        queueing += queued.elapsed().as_secs_f64();
         if let Some((previous, rows)) = in_flight.replace((members, pending)) {
             scatter(&previous, rows);
         }
@@ -133,7 +140,7 @@ fn run(
     if let Some((members, rows)) = in_flight {
         scatter(&members, rows);
     }
-    out
+    (out, queueing)
 }
 
 fn attention(args: &[String]) {
