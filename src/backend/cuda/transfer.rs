@@ -10,8 +10,10 @@
 //! queued), an event is recorded on `stream`, and the next upload into the slot makes
 //! `copy_stream` wait for it, so a copy never overwrites indices that a queued kernel still
 //! reads. A slot's staging buffer is rewritten only after its previous copy has finished (host
-//! wait on the slot's `uploaded` event, normally long past). New slots are made only when every
-//! slot is leased (a caller holding several batches at once) or too small, so a steady stream of
+//! wait on the slot's `uploaded` event, normally long past). The least recently used free slot is
+//! leased, and at least two exist, so that batch i + 1's copy waits only for batch i - 1's
+//! kernels and runs while batch i computes. New slots are made only when every slot is leased (a
+//! caller holding several batches at once) or too small (slots only grow), so a steady stream of
 //! batches cycles through two or three slots and allocates nothing.
 //!
 //! Out: [`Transfers::download_start`] queues the copy of a result into a pinned buffer on
@@ -46,8 +48,15 @@ struct SlotInner {
 
 struct Slot {
     leased: AtomicBool,
+    /// The upload number of its last lease: the least recently used free slot is leased next.
+    last_use: AtomicU64,
     inner: Mutex<SlotInner>,
 }
+
+/// Slots made before any is reused. With one slot, batch i + 1's copy would wait for batch i's
+/// kernels (the slot's last use); with two, it waits for batch i - 1's, which are done while
+/// batch i runs, so the copy overlaps batch i.
+const MIN_SLOTS: usize = 2;
 
 /// The batch slots, the pinned download buffers, the timing spans and the launch count.
 #[derive(Default)]
@@ -56,6 +65,7 @@ pub(super) struct Transfers {
     downloads: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
     timing: AtomicBool,
     spans: Arc<Mutex<Vec<(CudaEvent, CudaEvent)>>>,
+    /// Batches uploaded through slots.
     pub batches: AtomicU64,
 }
 
@@ -198,22 +208,43 @@ impl Transfers {
 
     /// A slot of at least `words` u32s, leased to the caller.
     fn lease(&self, device: &Device, op: &'static str, words: usize) -> Result<Arc<Slot>> {
+        // Leases are only taken under this lock (a slot goes from leased to free on its own, never
+        // back), so a slot seen free here can be leased below.
         let mut slots = self.slots.lock().map_err(|_| poisoned())?;
-        let free = |s: &Arc<Slot>| {
-            s.leased
+        let use_number = self.batches.load(Ordering::Relaxed);
+        let lease = |s: &Arc<Slot>| {
+            let won = s
+                .leased
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+                .is_ok();
+            if won {
+                s.last_use.store(use_number, Ordering::Relaxed);
+            }
+            won
         };
-        let mut sizes = Vec::with_capacity(slots.len());
-        for s in slots.iter() {
-            sizes.push(s.inner.lock().map_err(|_| poisoned())?.words);
+        let mut free = Vec::new(); // (index, fits, last use) of the free slots
+        for (i, s) in slots.iter().enumerate() {
+            if !s.leased.load(Ordering::Acquire) {
+                let fits = s.inner.lock().map_err(|_| poisoned())?.words >= words;
+                free.push((i, fits, s.last_use.load(Ordering::Relaxed)));
+            }
         }
-        // A free slot that is large enough; else a free one too small is replaced; else a new one.
-        if let Some(s) = slots.iter().zip(&sizes).find(|(s, &w)| w >= words && free(s)) {
-            return Ok(s.0.clone());
+        free.sort_by_key(|&(_, fits, last)| (!fits, last));
+        // The least recently used free slot that is large enough (once MIN_SLOTS exist); else the
+        // least recently used free one, too small, is replaced; else a new one.
+        if slots.len() >= MIN_SLOTS {
+            if let Some(&(i, true, _)) = free.first() {
+                if lease(&slots[i]) {
+                    return Ok(slots[i].clone());
+                }
+            }
         }
-        let small = (0..slots.len()).find(|&i| free(&slots[i]));
+        let small = free
+            .iter()
+            .find(|&&(i, fits, _)| !fits && slots.len() >= MIN_SLOTS && lease(&slots[i]))
+            .map(|&(i, _, _)| i);
         let slot = Arc::new(self.new_slot(device, op, words)?);
+        slot.last_use.store(use_number, Ordering::Relaxed);
         match small {
             Some(i) => {
                 let old = std::mem::replace(&mut slots[i], slot.clone());
@@ -247,6 +278,7 @@ impl Transfers {
         let base = raw_ptr(&device.stream, &buffer);
         Ok(Slot {
             leased: AtomicBool::new(true),
+            last_use: AtomicU64::new(0),
             inner: Mutex::new(SlotInner {
                 words,
                 staging,
