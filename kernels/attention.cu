@@ -183,27 +183,35 @@ __device__ __forceinline__ void attend_chunk(const unsigned (&qf)[MT][D / 16][4]
     }
 
     // Online softmax, in log2 units. Thread (g, t) holds keys 8j + 2t, 8j + 2t + 1 of rows g, g + 8.
+    // The max is taken on the raw scores and the scale folded into one FFMA per score before
+    // exp2 (the scale is positive, so max(s) * scale = max(s * scale)); only the chunk that
+    // straddles the sequence's end pays for the mask (a warp-uniform branch).
     const int t2 = (lane & 3) * 2;
+    if (valid < KN) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < KN / 8; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    if (j * 8 + t2 + (i & 1) >= valid) s[mt][j][i] = NEG_INF;
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-        float mx[2] = {st.m[mt][0], st.m[mt][1]};
+        float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-        for (int j = 0; j < KN / 8; ++j) {
+        for (int j = 0; j < KN / 8; ++j)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = j * 8 + t2 + (i & 1);
-                const float v = key < valid ? s[mt][j][i] * scale_log2 : NEG_INF;
-                s[mt][j][i] = v;
-                mx[i >> 1] = fmaxf(mx[i >> 1], v);
-            }
-        }
+            for (int i = 0; i < 4; ++i) mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][j][i]);
         float corr[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             // The four threads of a quad hold the same row: reduce across them.
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            corr[r] = fast_exp2(st.m[mt][r] - mx[r]); // 0 on the first chunk (m = -inf, mx finite)
+            // The new running max in log2 units; finite (every chunk has a real key).
+            mx[r] = fmaxf(st.m[mt][r], mx[r] * scale_log2);
+            corr[r] = fast_exp2(st.m[mt][r] - mx[r]); // 0 on the first chunk (m = -inf)
             st.m[mt][r] = mx[r];
             st.l[mt][r] *= corr[r];
         }
@@ -211,7 +219,7 @@ __device__ __forceinline__ void attend_chunk(const unsigned (&qf)[MT][D / 16][4]
         for (int j = 0; j < KN / 8; ++j) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const float p = fast_exp2(s[mt][j][i] - mx[i >> 1]);
+                const float p = fast_exp2(fmaf(s[mt][j][i], scale_log2, -mx[i >> 1]));
                 s[mt][j][i] = p;
                 st.l[mt][i >> 1] += p;
             }

@@ -51,23 +51,25 @@ def attend_chunk(D, KN, MT, qf, ks, ks0, vs0, valid, scale, st):
                 A = [qf[mt][kd][l] for l in range(32)]
                 mma(s[mt][2*jp], A, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
                 mma(s[mt][2*jp+1], A, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+    if valid < KN:  # mask the raw scores of keys past the end
+        for mt in range(MT):
+            for l in range(32):
+                t2 = (l & 3) * 2
+                for j in range(KN // 8):
+                    for i in range(4):
+                        if j*8 + t2 + (i & 1) >= valid:
+                            s[mt][j][l][i] = -np.inf
     for mt in range(MT):
-        for l in range(32):
-            t2 = (l & 3) * 2
-            for j in range(KN // 8):
-                for i in range(4):
-                    key = j*8 + t2 + (i & 1)
-                    s[mt][j][l][i] = s[mt][j][l][i]*scale if key < valid else -np.inf
-        # max per lane then quad reduce
-        mx = [[max([st['m'][mt][l][r]] + [s[mt][j][l][i] for j in range(KN // 8) for i in range(4) if i >> 1 == r]) for r in range(2)] for l in range(32)]
-        mxq = [[max(mx[(l & ~3) + q][r] for q in range(4)) for r in range(2)] for l in range(32)]
+        # raw max per lane, quad reduce, then scaled and merged with the running max
+        mx = [[max(s[mt][j][l][i] for j in range(KN // 8) for i in range(4) if i >> 1 == r) for r in range(2)] for l in range(32)]
+        mxq = [[max(st['m'][mt][l][r], max(mx[(l & ~3) + q][r] for q in range(4)) * scale) for r in range(2)] for l in range(32)]
         for l in range(32):
             corr = [2.0 ** (st['m'][mt][l][r] - mxq[l][r]) if st['m'][mt][l][r] != -np.inf else 0.0 for r in range(2)]
             for r in range(2):
                 st['m'][mt][l][r] = mxq[l][r]; st['l'][mt][l][r] *= corr[r]
             for j in range(KN // 8):
                 for i in range(4):
-                    p = 2.0 ** (s[mt][j][l][i] - mxq[l][i >> 1])
+                    p = 2.0 ** (s[mt][j][l][i] * scale - mxq[l][i >> 1])
                     s[mt][j][l][i] = p; st['l'][mt][l][i >> 1] += p
             for n in range(D // 8):
                 for i in range(4):
