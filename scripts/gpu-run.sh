@@ -58,7 +58,7 @@ timeout 360 python3 "$here/gpu_bench.py" --ember-bench "$bin/gpu-bench" --out "$
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "benchmark FAILED or below the cosine bar: see $out/bench.log"; status=1; }
 [ -f "$out/bench/benchmarks.md" ] && cp "$out/bench/benchmarks.md" "$out/benchmarks.md"
 # The saved random models (GBs), embeddings and ids; the logs and the table stay.
-rm -rf "$out"/bench/bge-*/ "$out"/bench/*.npy "$out"/bench/ids.json "$out"/*.npy 2>/dev/null
+rm -rf "$out"/bench/bge-*/ "$out"/bench/*.npy "$out"/bench/ids*.json "$out"/*.npy 2>/dev/null
 
 echo
 echo "== summary ($(cat "$out/gpu.txt"))"

@@ -119,8 +119,8 @@ impl Embedder {
     /// Embeds tokenized sequences, one row each, in their order.
     pub fn embed_sequences(&self, sequences: &[Sequence]) -> Result<Embeddings> {
         let (pooling, normalize) = (self.pooling, self.normalize);
-        let mut out = self.encoder.run_batched(sequences, self.batch_tokens, |e, b| {
-            e.embed(b, pooling, normalize)
+        let mut out = self.encoder.run_pipelined(sequences, self.batch_tokens, |e, b| {
+            e.embed_start(b, pooling, normalize)
         })?;
         out.cols = self.dim();
         Ok(out)

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::cpu::{CpuBackend, CpuDtype};
-use crate::backend::{Backend, HostMatrix, Pooling};
+use crate::backend::{Backend, HostMatrix, PendingMatrix, Pooling};
 use crate::batch::{Batch, Sequence};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -108,6 +108,7 @@ pub fn compiled_devices() -> &'static [&'static str] {
 trait Engine: Send + Sync {
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix>;
     fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix>;
+    fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix>;
     fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>>;
 }
 
@@ -126,6 +127,12 @@ impl<B: Backend> Engine for Loaded<B> {
         let batch = self.backend.upload_batch(batch)?;
         self.backend
             .download(&self.model.embed(&self.backend, &batch, pooling, normalize)?)
+    }
+
+    fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix> {
+        let batch = self.backend.upload_batch(batch)?;
+        self.backend
+            .download_start(&self.model.embed(&self.backend, &batch, pooling, normalize)?)
     }
 
     fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>> {
@@ -235,6 +242,25 @@ impl Encoder {
         self.fitting(batch, &|b| self.engine.embed(b, pooling, normalize))
     }
 
+    /// [`Encoder::embed`] without waiting for the result: on a GPU the batch is copied in,
+    /// computed and copied back asynchronously, and [`PendingMatrix::wait`] returns the rows.
+    /// Start batch i + 1 before waiting for batch i and the GPU does not idle between them
+    /// ([`Encoder::run_pipelined`] does this). On the CPU the work is done before it returns.
+    pub fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix> {
+        self.check(batch)?;
+        let over_budget = batch.num_tokens() > self.token_budget.load(Ordering::Relaxed);
+        if !over_budget || batch.num_sequences() == 1 {
+            match self.engine.embed_start(batch, pooling, normalize) {
+                Err(Error::OutOfMemory { .. }) => {}
+                result => return result,
+            }
+        }
+        // Out of memory, now or on an earlier batch: the waiting path halves the batch until
+        // each part fits.
+        self.fitting(batch, &|b| self.engine.embed(b, pooling, normalize))
+            .map(PendingMatrix::ready)
+    }
+
     /// Classifier logits `[sequences, num_labels]`; an error for a model without a head.
     pub fn classify(&self, batch: &Batch) -> Result<HostMatrix> {
         self.check(batch)?;
@@ -288,11 +314,23 @@ impl Encoder {
         batch_tokens: usize,
         run: impl Fn(&Encoder, &Batch) -> Result<HostMatrix>,
     ) -> Result<HostMatrix> {
+        self.run_pipelined(sequences, batch_tokens, |e, b| {
+            run(e, b).map(PendingMatrix::ready)
+        })
+    }
+
+    /// [`Encoder::run_batched`] with a `start` that returns before its result is ready (e.g.
+    /// [`Encoder::embed_start`]): batch i + 1 is packed and started before batch i is waited
+    /// for, so a GPU always has the next batch queued.
+    pub fn run_pipelined(
+        &self,
+        sequences: &[Sequence],
+        batch_tokens: usize,
+        start: impl Fn(&Encoder, &Batch) -> Result<PendingMatrix>,
+    ) -> Result<HostMatrix> {
         let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
         let mut out: Option<HostMatrix> = None;
-        for members in crate::batch::plan_batches(&lengths, batch_tokens.max(1), usize::MAX) {
-            let batch = self.pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())?;
-            let rows = run(self, &batch)?;
+        let mut scatter = |members: &[usize], rows: HostMatrix| {
             let out = out.get_or_insert_with(|| HostMatrix {
                 rows: sequences.len(),
                 cols: rows.cols,
@@ -301,6 +339,17 @@ impl Encoder {
             for (j, &i) in members.iter().enumerate() {
                 out.data[i * rows.cols..(i + 1) * rows.cols].copy_from_slice(rows.row(j));
             }
+        };
+        let mut in_flight: Option<(Vec<usize>, PendingMatrix)> = None;
+        for members in crate::batch::plan_batches(&lengths, batch_tokens.max(1), usize::MAX) {
+            let batch = self.pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())?;
+            let pending = start(self, &batch)?;
+            if let Some((previous, rows)) = in_flight.replace((members, pending)) {
+                scatter(&previous, rows.wait()?);
+            }
+        }
+        if let Some((members, rows)) = in_flight {
+            scatter(&members, rows.wait()?);
         }
         Ok(out.unwrap_or(HostMatrix {
             rows: 0,

@@ -397,3 +397,185 @@ fn fixture_rerankers_match_cpu() {
         );
     }
 }
+
+// ---- Tensor-core attention (kernels/attention.cu: attention_fa_*, attention_short_*) ----------
+
+use ember::backend::cuda::AttentionKernel;
+
+/// Runs `kernel` on fresh random q, k, v (never zeros; `scale` sets how peaked the softmax is)
+/// and checks it against the f64 reference; returns the GPU output for further comparisons.
+fn check_attention_kernel(
+    gpu: &CudaBackend,
+    rng: &mut SplitMix64,
+    lengths: &[usize],
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    kernels: &[AttentionKernel],
+) {
+    let batch = rng.batch(lengths, 10, 2);
+    let tokens = batch.token_ids.len();
+    let qkv = rounded(rng.matrix(tokens, 3 * heads * head_dim, scale));
+    let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
+    let device_batch = gpu.upload_batch(&batch).unwrap();
+    let qkv_gpu = up(gpu, &qkv);
+    for &kernel in kernels {
+        let out = gpu
+            .attention_with(&qkv_gpu, &device_batch, heads, head_dim, kernel)
+            .unwrap_or_else(|e| panic!("{kernel:?} lengths {lengths:?}: {e}"));
+        let got = gpu.download(&out).unwrap();
+        // F16_TOLERANCE: on top of the output's own f16 rounding, P is rounded to f16 before the
+        // P·V product (as FlashAttention does); each weight's 2^-11 relative error averages out
+        // over the keys, far below 2e-3 of the largest output.
+        assert_close(
+            &format!("{kernel:?} lengths {lengths:?} heads {heads} head_dim {head_dim} scale {scale}"),
+            &got,
+            &want,
+        );
+    }
+}
+
+#[test]
+fn flash_attention_matches_f64_reference_on_awkward_length_mixes() {
+    let Some(gpu) = gpu("flash attention") else { return };
+    let mut rng = SplitMix64::new(0xf1a5);
+    // Every boundary of the 16-row mma tiles, the 32/64-key chunks, the 128-query blocks and
+    // the short path's 128-token limit, mixed in one batch (not sorted: the kernels must not
+    // rely on order), plus a lone 1-token sequence and one past BERT's 512 positions.
+    let mix: &[usize] = &[129, 1, 512, 33, 2, 255, 64, 511, 31, 128, 65, 127];
+    let all = [
+        AttentionKernel::Auto,
+        AttentionKernel::Tiled,
+        AttentionKernel::Reference,
+    ];
+    for head_dim in [32, 64] {
+        for (heads, scale) in [(3, 1.0), (2, 4.0)] {
+            check_attention_kernel(&gpu, &mut rng, mix, heads, head_dim, scale, &all);
+        }
+        check_attention_kernel(&gpu, &mut rng, &[1], 1, head_dim, 1.0, &all);
+        check_attention_kernel(&gpu, &mut rng, &[700, 3], 2, head_dim, 2.0, &all);
+    }
+}
+
+#[test]
+fn short_attention_matches_f64_reference_at_one_two_and_four_pairs_per_block() {
+    let Some(gpu) = gpu("short attention") else { return };
+    let mut rng = SplitMix64::new(0x5407);
+    let both = [
+        AttentionKernel::Short,
+        AttentionKernel::Tiled,
+        AttentionKernel::Auto,
+    ];
+    // max_len <= 32: 4 (sequence, head) pairs per block; <= 64: 2; <= 128: 1. Pair counts that
+    // leave the last block partly empty (5 sequences x 3 heads = 15 pairs).
+    let mixes: [&[usize]; 4] = [
+        &[1, 2, 17, 31, 32],
+        &[33, 1, 64, 5, 63],
+        &[65, 127, 128, 1, 100],
+        &[16, 48, 80, 112, 96, 3, 128],
+    ];
+    for head_dim in [32, 64] {
+        for (i, mix) in mixes.iter().enumerate() {
+            let scale = if i % 2 == 0 { 1.0 } else { 4.0 };
+            check_attention_kernel(&gpu, &mut rng, mix, 3, head_dim, scale, &both);
+        }
+        // One sequence, one head: a grid of one block, three of its four warps idle.
+        check_attention_kernel(&gpu, &mut rng, &[7], 1, head_dim, 1.0, &both);
+    }
+    // The short kernel refuses what it cannot hold, and head dims without a tensor-core kernel.
+    let batch = gpu.upload_batch(&rng.batch(&[129], 10, 2)).unwrap();
+    let qkv = up(&gpu, &rounded(rng.matrix(129, 3 * 64, 1.0)));
+    assert!(gpu
+        .attention_with(&qkv, &batch, 1, 64, AttentionKernel::Short)
+        .is_err());
+    let qkv = up(&gpu, &rounded(rng.matrix(129, 3 * 48, 1.0)));
+    assert!(gpu
+        .attention_with(&qkv, &batch, 1, 48, AttentionKernel::Tiled)
+        .is_err());
+}
+
+// ---- The pipeline (src/backend/cuda/transfer.rs) ----------------------------------------------
+
+/// Batches copied in through the slots and the copy stream, with several batches in flight and
+/// several slots leased at once, give the same bits as the plain synchronous path; repeating the
+/// same batches does not raise the peak of device memory (the buffer pool is reused).
+#[test]
+fn overlapped_uploads_match_synchronous_ones_bit_for_bit_and_memory_stays_flat() {
+    let Some(gpu) = gpu("overlapped uploads") else {
+        return;
+    };
+    // Checked mode synchronizes after every launch, which would hide ordering bugs between the
+    // two streams: run the way production does.
+    gpu.set_checked(false);
+    let dir = fixtures().join("tiny-bert-embed-f32");
+    let config = ember::config::ModelConfig::load(&dir).unwrap();
+    let weights = ember::weights::Weights::open(&dir).unwrap();
+    let (vocab, types, max_len) = (
+        config.vocab_size,
+        config.type_vocab_size,
+        config.max_position_embeddings,
+    );
+    let model = ember::model::Model::load(&gpu, config, &weights).unwrap();
+    let mut rng = SplitMix64::new(0x0e71);
+    let batches: Vec<ember::Batch> = (0..12)
+        .map(|i| {
+            let n = 1 + rng.below(40);
+            let lengths: Vec<usize> = (0..n).map(|_| 1 + rng.below(max_len)).collect();
+            // Every third batch much larger: the slots must grow (or be replaced) mid-stream.
+            let lengths = if i % 3 == 2 { lengths.repeat(8) } else { lengths };
+            rng.batch(&lengths, vocab, types)
+        })
+        .collect();
+    let run_async = || -> Vec<HostMatrix> {
+        // Three batches uploaded before any runs (three slots leased at once), then all queued
+        // with their downloads in flight together, waited for at the end.
+        let mut pending = Vec::new();
+        for chunk in batches.chunks(3) {
+            let uploaded: Vec<_> = chunk.iter().map(|b| gpu.upload_batch(b).unwrap()).collect();
+            for b in uploaded.iter().rev() {
+                let out = model.embed(&gpu, b, Pooling::Mean, true).unwrap();
+                pending.push(gpu.download_start(&out).unwrap());
+            }
+        }
+        let mut rows: Vec<HostMatrix> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+        // Undo the reversal within each chunk of three.
+        for chunk in rows.chunks_mut(3) {
+            chunk.reverse();
+        }
+        rows
+    };
+    let overlapped = run_async();
+    let peak = gpu.peak_device_bytes();
+    for round in 0..3 {
+        let again = run_async();
+        assert_eq!(
+            again, overlapped,
+            "round {round}: results changed between identical runs"
+        );
+        assert_eq!(
+            gpu.peak_device_bytes(),
+            peak,
+            "round {round}: peak device memory grew over repeated batches"
+        );
+    }
+    gpu.set_synchronous_uploads(true);
+    let synchronous: Vec<HostMatrix> = batches
+        .iter()
+        .map(|b| {
+            let device_batch = gpu.upload_batch(b).unwrap();
+            gpu.download(&model.embed(&gpu, &device_batch, Pooling::Mean, true).unwrap())
+                .unwrap()
+        })
+        .collect();
+    gpu.set_synchronous_uploads(false);
+    for (i, (a, s)) in overlapped.iter().zip(&synchronous).enumerate() {
+        assert!(a.data.iter().all(|v| v.is_finite()), "batch {i}: non-finite");
+        assert_eq!(a, s, "batch {i}: overlapped and synchronous uploads differ");
+    }
+    eprintln!(
+        "overlapped uploads: {} batches bit-identical; peak device memory {} bytes, now {}",
+        batches.len(),
+        peak,
+        gpu.device_bytes()
+    );
+}

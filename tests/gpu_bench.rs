@@ -1,61 +1,199 @@
-//! The ember side of scripts/gpu-run.sh's comparison with PyTorch: reads token ids, embeds them
-//! on the GPU (CLS pooling, L2-normalized, as bge), writes the embeddings as .npy in input order
-//! and prints the best timing of a few passes as one JSON line. A `harness = false` test target
-//! so that it is built with the test binaries; without arguments it does nothing.
+//! The ember side of scripts/gpu-run.sh's comparison with PyTorch. A `harness = false` test
+//! target so that it is built with the test binaries; without arguments it does nothing.
 //!
-//! usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS]
-//! IDS.json: a list of token id lists, special tokens included.
+//! usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...]
+//!   For each (IDS, OUT): reads token id lists (special tokens included), embeds them on the GPU
+//!   (CLS pooling, L2-normalized, as bge), writes the embeddings as .npy in input order and prints
+//!   one JSON line: the best of PASSES timed passes after a warm-up, with the GPU's busy time in
+//!   that pass (timed events per batch), the host's time spent queueing work (upload, launches,
+//!   download start: below the GPU time, the host stays ahead of the GPU, so launches do not
+//!   leave it idle), launches per batch, and the peak of device memory after
+//!   the warm-up and at the end (equal when the buffer pool stops growing). The model is loaded
+//!   once for all the id files.
+//!   The loop is Encoder::run_pipelined's (batches planned by length, batch i + 1 uploaded and
+//!   queued before batch i is waited for), written out here on the backend itself so that its
+//!   gauges can be read.
+//! usage: gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS
+//!   Times the attention kernel alone (the Auto choice) on SEQUENCES packed sequences of SEQ
+//!   tokens, random q, k, v, and prints one JSON line with TFLOP/s (4 · seq² · head_dim per head
+//!   and sequence: Q Kᵀ and P V, no mask).
 
 use std::time::Instant;
 
-use ember::{Device, Encoder, Pooling, Sequence};
+use ember::backend::cuda::CudaBackend;
+use ember::backend::{Backend, HostMatrix, PendingMatrix};
+use ember::model::Model;
+use ember::{Batch, Pooling, Sequence};
 
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if args.first().is_some_and(|a| a == "attention") {
+        return attention(&args[1..]);
+    }
     if args.len() < 3 {
         eprintln!(
-            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS])"
+            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...] | gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS)"
         );
         return;
     }
     let passes: usize = args.get(3).map_or(3, |p| p.parse().expect("PASSES"));
     let batch_tokens: usize = args.get(4).map_or(16_384, |b| b.parse().expect("BATCH_TOKENS"));
-    let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&args[1]).expect("IDS.json"))
-        .expect("IDS.json: a list of id lists");
-    let sequences: Vec<Sequence> = ids
-        .into_iter()
-        .map(|token_ids| Sequence {
-            type_ids: vec![0; token_ids.len()],
-            token_ids,
-            truncated: false,
-        })
-        .collect();
-    let tokens: usize = sequences.iter().map(Sequence::len).sum();
+    let mut jobs = vec![(args[1].clone(), args[2].clone())];
+    for pair in args.get(5..).unwrap_or(&[]).chunks(2) {
+        assert!(pair.len() == 2, "IDS.json without OUT.npy");
+        jobs.push((pair[0].clone(), pair[1].clone()));
+    }
 
     let load = Instant::now();
-    let encoder = Encoder::load(&args[0], Device::Cuda(0)).unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    let dir = std::path::Path::new(&args[0]);
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let config = ember::config::ModelConfig::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let weights = ember::weights::Weights::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let model = Model::load(&gpu, config, &weights).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    drop(weights);
     let load_s = load.elapsed().as_secs_f64();
-    let run = || {
-        encoder
-            .run_batched(&sequences, batch_tokens, |e, b| e.embed(b, Pooling::Cls, true))
-            .expect("forward pass")
-    };
-    let embeddings = run(); // warm-up: JIT of the PTX, the buffer pool's first allocations
-    let mut best = f64::INFINITY;
-    for _ in 0..passes {
-        let start = Instant::now();
-        std::hint::black_box(run());
-        best = best.min(start.elapsed().as_secs_f64());
+    gpu.set_timing(true);
+
+    for (ids_path, out_path) in jobs {
+        let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&ids_path).expect("IDS.json"))
+            .expect("IDS.json: a list of id lists");
+        let sequences: Vec<Sequence> = ids
+            .into_iter()
+            .map(|token_ids| Sequence {
+                type_ids: vec![0; token_ids.len()],
+                token_ids,
+                truncated: false,
+            })
+            .collect();
+        let tokens: usize = sequences.iter().map(Sequence::len).sum();
+        let (embeddings, _) = run(&gpu, &model, &sequences, batch_tokens); // warm-up: PTX JIT, pool
+        gpu.gpu_seconds().expect("timing");
+        let peak_after_warmup = gpu.peak_device_bytes();
+        let (launches0, batches0) = gpu.launch_counts();
+        let (mut best, mut busy, mut queueing) = (f64::INFINITY, 0.0, 0.0);
+        for _ in 0..passes {
+            let start = Instant::now();
+            let (_, host_s) = std::hint::black_box(run(&gpu, &model, &sequences, batch_tokens));
+            let seconds = start.elapsed().as_secs_f64();
+            let gpu_s = gpu.gpu_seconds().expect("timing");
+            if seconds < best {
+                (best, busy, queueing) = (seconds, gpu_s, host_s);
+            }
+        }
+        let (launches1, batches1) = gpu.launch_counts();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path).expect("OUT.npy"));
+        ember::npy::write_f32(&mut out, embeddings.rows, embeddings.cols, &embeddings.data)
+            .expect("writing OUT.npy");
+        println!(
+            "{{\"ids\": {ids_path:?}, \"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"gpu_busy_s\": {busy}, \"host_queue_s\": {queueing}, \"launches_per_batch\": {}, \"batches_per_pass\": {}, \"peak_device_bytes_after_warmup\": {peak_after_warmup}, \"peak_device_bytes\": {}, \"load_s\": {load_s}}}",
+            sequences.len(),
+            tokens as f64 / best,
+            (launches1 - launches0) as f64 / (batches1 - batches0).max(1) as f64,
+            (batches1 - batches0) / passes.max(1) as u64,
+            gpu.peak_device_bytes(),
+        );
     }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&args[2]).expect("OUT.npy"));
-    ember::npy::write_f32(&mut out, embeddings.rows, embeddings.cols, &embeddings.data)
-        .expect("writing OUT.npy");
+}
+
+/// Encoder::run_pipelined on the backend: one batch in flight while the next is queued. Returns
+/// the embeddings and the host's time spent queueing GPU work.
+fn run(
+    gpu: &CudaBackend,
+    model: &Model<CudaBackend>,
+    sequences: &[Sequence],
+    batch_tokens: usize,
+) -> (HostMatrix, f64) {
+    let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
+    let hidden = model.config().hidden_size;
+    let mut out = HostMatrix {
+        rows: sequences.len(),
+        cols: hidden,
+        data: vec![0.0; sequences.len() * hidden],
+    };
+    let mut scatter = |members: &[usize], rows: PendingMatrix| {
+        let rows = rows.wait().expect("forward pass");
+        for (j, &i) in members.iter().enumerate() {
+            out.data[i * hidden..(i + 1) * hidden].copy_from_slice(rows.row(j));
+        }
+    };
+    let mut in_flight: Option<(Vec<usize>, PendingMatrix)> = None;
+    let mut queueing = 0.0;
+    for members in ember::batch::plan_batches(&lengths, batch_tokens, usize::MAX) {
+        let batch: Batch = model
+            .pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())
+            .expect("pack");
+        let queued = Instant::now();
+        let device_batch = gpu.upload_batch(&batch).expect("upload");
+        let embeddings = model
+            .embed(gpu, &device_batch, Pooling::Cls, true)
+            .expect("forward pass");
+        let pending = gpu.download_start(&embeddings).expect("download");
+        drop((embeddings, device_batch));
+        queueing += queued.elapsed().as_secs_f64();
+        if let Some((previous, rows)) = in_flight.replace((members, pending)) {
+            scatter(&previous, rows);
+        }
+    }
+    if let Some((members, rows)) = in_flight {
+        scatter(&members, rows);
+    }
+    (out, queueing)
+}
+
+fn attention(args: &[String]) {
+    let arg = |i: usize, what: &str| -> usize {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("gpu_bench attention: {what}"))
+    };
+    let (seq, heads, head_dim, sequences, repeats) = (
+        arg(0, "SEQ"),
+        arg(1, "HEADS"),
+        arg(2, "HEAD_DIM"),
+        arg(3, "SEQUENCES"),
+        arg(4, "REPEATS"),
+    );
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let tokens = seq * sequences;
+    let batch = Batch {
+        token_ids: vec![0; tokens],
+        type_ids: vec![0; tokens],
+        position_ids: (0..tokens).map(|t| (t % seq) as u32).collect(),
+        cu_seqlens: (0..=sequences).map(|s| (s * seq) as u32).collect(),
+        max_len: seq,
+    };
+    // Random q, k, v of magnitude <= 1 (never zeros: timing on zeros flatters some hardware).
+    let mut state = 0x9e37_79b9_u32;
+    let qkv: Vec<f32> = (0..tokens * 3 * heads * head_dim)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let qkv = gpu.upload(&qkv, tokens, 3 * heads * head_dim).expect("upload");
+    let device_batch = gpu.upload_batch(&batch).expect("upload batch");
+    let out = gpu
+        .attention(&qkv, &device_batch, heads, head_dim)
+        .expect("attention");
+    drop(out);
+    gpu.synchronize().expect("warm-up");
+    let start = Instant::now();
+    for _ in 0..repeats {
+        drop(
+            gpu.attention(&qkv, &device_batch, heads, head_dim)
+                .expect("attention"),
+        );
+    }
+    gpu.synchronize().expect("attention runs");
+    let seconds = start.elapsed().as_secs_f64() / repeats.max(1) as f64;
+    let flops = 4.0 * (seq * seq * head_dim * heads * sequences) as f64;
     println!(
-        "{{\"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"load_s\": {load_s}}}",
-        sequences.len(),
-        tokens as f64 / best
+        "{{\"seq\": {seq}, \"heads\": {heads}, \"head_dim\": {head_dim}, \"sequences\": {sequences}, \"seconds\": {seconds}, \"attention_tflops\": {}}}",
+        flops / seconds / 1e12
     );
 }

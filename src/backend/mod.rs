@@ -50,6 +50,33 @@ impl HostMatrix {
     }
 }
 
+/// A matrix on its way back to the host (see [`Backend::download_start`]).
+pub struct PendingMatrix(PendingInner);
+
+enum PendingInner {
+    Ready(HostMatrix),
+    Waiting(Box<dyn FnOnce() -> Result<HostMatrix> + Send>),
+}
+
+impl PendingMatrix {
+    pub fn ready(matrix: HostMatrix) -> PendingMatrix {
+        PendingMatrix(PendingInner::Ready(matrix))
+    }
+
+    /// A copy in flight; `finish` waits for it and returns the matrix.
+    pub fn waiting(finish: impl FnOnce() -> Result<HostMatrix> + Send + 'static) -> PendingMatrix {
+        PendingMatrix(PendingInner::Waiting(Box::new(finish)))
+    }
+
+    /// Waits for the copy (and every kernel queued before it) and returns the matrix.
+    pub fn wait(self) -> Result<HostMatrix> {
+        match self.0 {
+            PendingInner::Ready(m) => Ok(m),
+            PendingInner::Waiting(finish) => finish(),
+        }
+    }
+}
+
 /// A hardware target for the BERT forward pass.
 pub trait Backend: Send + Sync {
     /// An activation or table on the device: a row-major matrix.
@@ -77,6 +104,13 @@ pub trait Backend: Send + Sync {
     fn upload_batch(&self, batch: &Batch) -> Result<Self::DeviceBatch>;
 
     fn download(&self, tensor: &Self::Tensor) -> Result<HostMatrix>;
+
+    /// Starts copying `tensor` back without waiting for it: the matrix comes from
+    /// [`PendingMatrix::wait`]. A caller that queues batch i + 1 before waiting for batch i keeps
+    /// an asynchronous device busy between batches. The default downloads at once.
+    fn download_start(&self, tensor: &Self::Tensor) -> Result<PendingMatrix> {
+        self.download(tensor).map(PendingMatrix::ready)
+    }
 
     /// `[tokens, hidden]`: `LayerNorm(word[token_id] + position[position_id] + token_type[type_id])`.
     fn embed(

@@ -1,5 +1,10 @@
-//! The device side of the CUDA backend: the context and its one stream, the kernels (PTX embedded
+//! The device side of the CUDA backend: the context and its streams, the kernels (PTX embedded
 //! by build.rs, loaded once), device buffers with a reuse pool, and checked launches.
+//!
+//! Two streams: `stream` runs every kernel in order; `copy_stream` only copies batches in
+//! (transfer.rs), ordered against `stream` with events, so that batch i + 1 is copied while
+//! batch i computes. Both are non-blocking streams (the legacy default stream would serialize
+//! them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +29,13 @@ pub(super) fn error(op: &'static str, message: impl Into<String>) -> Error {
 pub(super) struct Kernels {
     pub gemm: CudaFunction,
     pub gemm_simple: CudaFunction,
-    pub attention_d32: CudaFunction,
-    pub attention_d64: CudaFunction,
+    // attention.cu (see its header): tensor-core tiled, short-sequence, CUDA-core reference.
+    pub attention_fa_d32: CudaFunction,
+    pub attention_fa_d64: CudaFunction,
+    pub attention_short_d32: CudaFunction,
+    pub attention_short_d64: CudaFunction,
+    pub attention_reference_d32: CudaFunction,
+    pub attention_reference_d64: CudaFunction,
     pub layer_norm: CudaFunction,
     pub embed: CudaFunction,
     pub pool: CudaFunction,
@@ -70,8 +80,12 @@ impl Kernels {
         Ok(Kernels {
             gemm: get("gemm", "gemm_f16")?,
             gemm_simple: get("gemm", "gemm_f16_simple")?,
-            attention_d32: get("attention", "attention_d32")?,
-            attention_d64: get("attention", "attention_d64")?,
+            attention_fa_d32: get("attention", "attention_fa_d32")?,
+            attention_fa_d64: get("attention", "attention_fa_d64")?,
+            attention_short_d32: get("attention", "attention_short_d32")?,
+            attention_short_d64: get("attention", "attention_short_d64")?,
+            attention_reference_d32: get("attention", "attention_reference_d32")?,
+            attention_reference_d64: get("attention", "attention_reference_d64")?,
             layer_norm: get("layernorm", "layer_norm")?,
             embed: get("layernorm", "embed")?,
             pool: get("layernorm", "pool")?,
@@ -90,6 +104,37 @@ pub struct DeviceBuffer {
     slice: Option<CudaSlice<u8>>,
     pool: Option<FreeLists>,
     ptr: u64,
+    /// Set for buffers outside the pool, whose bytes leave the count when they are dropped.
+    memory: Option<Arc<MemoryCount>>,
+}
+
+/// Device bytes held by the backend (weights, the pool's buffers, batch slots) and their peak.
+/// The pool never frees, so after the first batches of each size the count stays flat: the
+/// GPU tests check that repeated batches do not raise the peak.
+#[derive(Default)]
+pub struct MemoryCount {
+    live: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryCount {
+    pub fn add(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = self.live.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(live, Relaxed);
+    }
+
+    pub fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl DeviceBuffer {
@@ -110,12 +155,22 @@ impl Drop for DeviceBuffer {
             if let Ok(mut lists) = pool.lock() {
                 lists.entry(slice.len()).or_default().push(slice);
             }
+        } else if let (Some(slice), Some(memory)) = (&self.slice, &self.memory) {
+            memory.sub(slice.len());
         }
     }
 }
 
-fn raw_ptr(stream: &CudaStream, slice: &CudaSlice<u8>) -> u64 {
-    // Event tracking is off (one stream), so the guard that comes back does nothing.
+/// What an error that surfaces at a wait says about its cause.
+pub(super) fn queued_failure(queued: &str) -> String {
+    format!(
+        "a kernel queued since the last copy back failed (one of: {queued}; EMBER_CUDA_CHECKED=1 \
+         stops at the failing one)"
+    )
+}
+
+pub(super) fn raw_ptr<T>(stream: &CudaStream, slice: &CudaSlice<T>) -> u64 {
+    // Event tracking is off (the backend orders its streams itself), so the guard does nothing.
     let (ptr, _guard) = slice.device_ptr(stream);
     ptr
 }
@@ -125,8 +180,13 @@ pub(super) struct Device {
     pub name: String,
     pub label: String,
     pub stream: Arc<CudaStream>,
+    /// Host-to-device copies of batches only (transfer.rs).
+    pub copy_stream: Arc<CudaStream>,
     pub kernels: Kernels,
     free: FreeLists,
+    pub memory: Arc<MemoryCount>,
+    /// Kernels launched (the bench divides by batches: launches per batch).
+    pub launches: std::sync::atomic::AtomicU64,
     /// Fill every output with NaN before its kernel runs, and synchronize after every launch so
     /// that an asynchronous fault is reported against the kernel that caused it (tests).
     pub checked: std::sync::atomic::AtomicBool,
@@ -158,7 +218,9 @@ impl Device {
         }
         let ctx =
             CudaContext::new(ordinal).map_err(|e| device_error(format!("cannot create a context: {e}")))?;
-        // SAFETY: the backend uses one stream only, so cudarc's cross-stream events are not needed.
+        // SAFETY: every buffer is used on `stream` only, except the batch slots of transfer.rs,
+        // which order `copy_stream` against `stream` with their own events; cudarc's per-buffer
+        // events would add a wait to every launch for nothing.
         unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
@@ -169,14 +231,22 @@ impl Device {
                 "{name} is compute capability {major}.{minor}; ember's kernels need 8.0 or newer (mma.sync f16, cp.async)"
             )));
         }
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
         let kernels = Kernels::load(&ctx, &label)?;
         Ok(Device {
             name,
             label,
             stream,
+            copy_stream,
             kernels,
             free: Arc::new(Mutex::new(HashMap::new())),
+            memory: Arc::default(),
+            launches: Default::default(),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
             queued: Mutex::new(Vec::new()),
             ctx,
@@ -187,7 +257,11 @@ impl Device {
         self.checked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn driver(&self, op: &'static str, what: &str, e: impl std::fmt::Display) -> Error {
+    pub fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(super) fn driver(&self, op: &'static str, what: &str, e: impl std::fmt::Display) -> Error {
         error(op, format!("{what} on {} ({}): {e}", self.label, self.name))
     }
 
@@ -216,6 +290,7 @@ impl Device {
             slice: Some(slice),
             pool: Some(self.free.clone()),
             ptr,
+            memory: None,
         })
     }
 
@@ -235,16 +310,23 @@ impl Device {
         // SAFETY: the contents are unset; every kernel writes its whole output before any read.
         let first = unsafe { self.stream.alloc::<u8>(bytes) };
         let e = match first {
-            Ok(slice) => return Ok(slice),
+            Ok(slice) => {
+                self.memory.add(bytes);
+                return Ok(slice);
+            }
             Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => e,
             Err(e) => return Err(self.driver(op, &format!("allocating {bytes} bytes"), e)),
         };
         if let Ok(mut free) = self.free.lock() {
-            free.clear();
+            for (_, slices) in free.drain() {
+                slices.iter().for_each(|s| self.memory.sub(s.len()));
+            }
         }
         // SAFETY: as above.
-        unsafe { self.stream.alloc::<u8>(bytes) }
-            .map_err(|_| out_of_memory(format!("{e} (also after freeing the reuse pool)")))
+        let slice = unsafe { self.stream.alloc::<u8>(bytes) }
+            .map_err(|_| out_of_memory(format!("{e} (also after freeing the reuse pool)")))?;
+        self.memory.add(bytes);
+        Ok(slice)
     }
 
     /// Copies host bytes into a buffer of their own (weights, batch indices).
@@ -254,10 +336,12 @@ impl Device {
             .clone_htod(bytes)
             .map_err(|e| self.driver(op, &format!("uploading {} bytes", bytes.len()), e))?;
         let ptr = raw_ptr(&self.stream, &slice);
+        self.memory.add(bytes.len());
         Ok(DeviceBuffer {
             slice: Some(slice),
             pool: None,
             ptr,
+            memory: Some(self.memory.clone()),
         })
     }
 
@@ -269,20 +353,19 @@ impl Device {
             .clone_dtoh(&view)
             .and_then(|host| self.stream.synchronize().map(|()| host))
             .map_err(|e| {
-                let queued = self.queued.lock().map(|q| q.join(", ")).unwrap_or_default();
-                self.driver(
-                    op,
-                    &format!(
-                        "copying back: a kernel queued since the last copy failed (one of: {queued}; \
-                         EMBER_CUDA_CHECKED=1 stops at the failing one)"
-                    ),
-                    e,
-                )
+                let queued = self.take_queued();
+                self.driver(op, &format!("copying back: {}", queued_failure(&queued)), e)
             })?;
-        if let Ok(mut queued) = self.queued.lock() {
-            queued.clear();
-        }
+        self.take_queued();
         Ok(host)
+    }
+
+    /// The kernels launched since the last copy back (see `queued`), forgetting them.
+    pub fn take_queued(&self) -> String {
+        self.queued
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q).join(", "))
+            .unwrap_or_default()
     }
 
     /// Records a launch for the error of a later wait (see `queued`).
@@ -309,6 +392,7 @@ impl Device {
             return Ok(());
         }
         self.note_queued(kernel_name);
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut builder = self.stream.launch_builder(kernel);
         args(&mut builder);
         let config = LaunchConfig {

@@ -4,14 +4,30 @@
 //!
 //! Storage is f16 everywhere (weights, embedding tables, LayerNorm vectors, activations) except
 //! the linear biases (f32); every kernel accumulates in f32 (see each kernel file's header).
-//! One stream: every op is queued in order and the host waits only in `download`. Weights are
-//! uploaded once; activations come from a pool of freed buffers (see `device::DeviceBuffer`), so
-//! after the first batch of a size the forward pass allocates nothing.
+//! Every kernel runs in order on one stream; batches are copied in on a second stream, and
+//! results come back into pinned memory without stopping the host (transfer.rs), so that
+//! `Encoder::run_pipelined` queues batch i + 1 while batch i runs and the GPU never waits for the
+//! host between batches. Pooling and L2 normalization run on the GPU: only `[sequences, hidden]`
+//! embeddings come back. Weights are uploaded once; activations come from a pool of freed buffers
+//! (see `device::DeviceBuffer`), so after the first batch of a size the forward pass allocates
+//! nothing, and `peak_device_bytes()` stops growing.
+//!
+//! No CUDA graphs: a layer is 7 launches (84 for bge-base, 168 for bge-large, plus 3 per batch),
+//! each a few microseconds of host time, queued while the previous batch still runs; on the GPU
+//! consecutive kernels of a stream start about a microsecond apart. A 16k-token batch of
+//! bge-base is milliseconds of work, so the gaps are on the order of 1-5 % and a graph per
+//! (tokens, sequences) shape would buy little for the memory and capture logic it costs. The
+//! bench reports launches per batch and the GPU's busy share of wall time (timed events per
+//! batch) to check that claim on the card; tiny batches, where it fails, are the case to watch.
 //!
 //! Shapes and ids are checked here before any launch (a mismatch is an `Error::Backend`), so a
 //! kernel never reads outside its buffers.
 
+mod attention;
 mod device;
+mod transfer;
+
+pub use attention::{AttentionKernel, SHORT_MAX_LEN};
 
 use cudarc::driver::PushKernelArg;
 use half::f16;
@@ -59,22 +75,41 @@ pub struct CudaLinear {
     bias: DeviceBuffer,
 }
 
-/// A packed batch's index arrays on the GPU (u32 each).
+/// A packed batch's index arrays on the GPU (u32 each), one after the other in one buffer.
 pub struct CudaBatch {
     tokens: usize,
     sequences: usize,
     max_len: usize,
-    token_ids: DeviceBuffer,
-    position_ids: DeviceBuffer,
-    type_ids: DeviceBuffer,
-    cu_seqlens: DeviceBuffer,
+    token_ids: IndexPtr,
+    position_ids: IndexPtr,
+    type_ids: IndexPtr,
+    cu_seqlens: IndexPtr,
+    /// Where the arrays live: a leased slot of transfer.rs (asynchronous upload) or a buffer of
+    /// their own (synchronous upload). Kept until the batch drops.
+    _indices: BatchIndices,
     /// Host copies for the checks done before a launch.
     host: Batch,
+}
+
+/// The device address of one of a batch's index arrays.
+struct IndexPtr(u64);
+
+impl IndexPtr {
+    fn ptr(&self) -> u64 {
+        self.0
+    }
+}
+
+enum BatchIndices {
+    Slot(transfer::BatchSlot),
+    Owned(DeviceBuffer),
 }
 
 /// The CUDA implementation of [`Backend`] on one GPU.
 pub struct CudaBackend {
     device: Device,
+    transfers: transfer::Transfers,
+    synchronous_uploads: std::sync::atomic::AtomicBool,
 }
 
 fn f16_bytes(data: &[f32]) -> Vec<u8> {
@@ -101,6 +136,8 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             device: Device::open(ordinal)?,
+            transfers: transfer::Transfers::default(),
+            synchronous_uploads: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -227,17 +264,56 @@ impl Backend for CudaBackend {
         }
         dim(OP, "tokens", tokens)?;
         let (cu, max_len) = (&batch.cu_seqlens, batch.max_len);
-        let d = &self.device;
+        let arrays = [
+            &batch.token_ids[..],
+            &batch.position_ids[..],
+            &batch.type_ids[..],
+            &cu[..],
+        ];
+        let indices = if self
+            .synchronous_uploads
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let bytes: Vec<u8> = arrays.iter().flat_map(|a| u32_bytes(a)).collect();
+            BatchIndices::Owned(self.device.upload_bytes(OP, &bytes)?)
+        } else {
+            BatchIndices::Slot(self.transfers.upload(&self.device, OP, arrays)?)
+        };
+        let at = |i: usize| {
+            let words: usize = arrays[..i].iter().map(|a| a.len()).sum();
+            IndexPtr(match &indices {
+                BatchIndices::Slot(slot) => slot.ptr(i),
+                BatchIndices::Owned(buffer) => buffer.ptr() + 4 * words as u64,
+            })
+        };
         Ok(CudaBatch {
             tokens,
             sequences: cu.len() - 1,
             max_len,
-            token_ids: d.upload_bytes(OP, &u32_bytes(&batch.token_ids))?,
-            position_ids: d.upload_bytes(OP, &u32_bytes(&batch.position_ids))?,
-            type_ids: d.upload_bytes(OP, &u32_bytes(&batch.type_ids))?,
-            cu_seqlens: d.upload_bytes(OP, &u32_bytes(cu))?,
+            token_ids: at(0),
+            position_ids: at(1),
+            type_ids: at(2),
+            cu_seqlens: at(3),
+            _indices: indices,
             host: batch.clone(),
         })
+    }
+
+    fn download_start(&self, tensor: &CudaTensor) -> Result<crate::backend::PendingMatrix> {
+        let (rows, cols) = (tensor.rows, tensor.cols);
+        if rows * cols == 0 {
+            return self.download(tensor).map(crate::backend::PendingMatrix::ready);
+        }
+        let convert = move |bytes: &[u8]| HostMatrix {
+            rows,
+            cols,
+            data: bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        self.transfers
+            .download_start(&self.device, "download", &tensor.buffer, rows * cols * 2, convert)
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<HostMatrix> {
@@ -366,47 +442,7 @@ impl Backend for CudaBackend {
         heads: usize,
         head_dim: usize,
     ) -> Result<CudaTensor> {
-        const OP: &str = "attention";
-        let hidden = heads.checked_mul(head_dim).filter(|&h| h > 0);
-        let Some(hidden) = hidden else {
-            return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
-        };
-        qkv.check(OP, "qkv", batch.tokens, 3 * hidden)?;
-        let (kernel, name) = match head_dim {
-            1..=32 => (&self.device.kernels.attention_d32, "attention_d32"),
-            33..=64 => (&self.device.kernels.attention_d64, "attention_d64"),
-            _ => {
-                return Err(error(
-                    OP,
-                    format!("head_dim {head_dim}: the attention kernels handle head dimensions up to 64"),
-                ))
-            }
-        };
-        if batch.sequences > 65_535 || heads > 65_535 {
-            return Err(error(
-                OP,
-                format!(
-                    "{} sequences x {heads} heads: past the grid's 65535 limit",
-                    batch.sequences
-                ),
-            ));
-        }
-        let out = self.output(OP, batch.tokens, hidden)?;
-        let (h, d) = (dim(OP, "heads", heads)?, dim(OP, "head_dim", head_dim)?);
-        let ptrs = [qkv.buffer.ptr(), batch.cu_seqlens.ptr(), out.buffer.ptr()];
-        // attention.cu: 32 queries of one (sequence, head) per block of 128 threads.
-        let grid = (
-            batch.max_len.div_ceil(32) as u32,
-            heads as u32,
-            batch.sequences as u32,
-        );
-        self.device.launch(OP, name, kernel, grid, 128, |b| {
-            for p in &ptrs {
-                b.arg(p);
-            }
-            b.arg(&h).arg(&d);
-        })?;
-        Ok(out)
+        self.attention_with(qkv, batch, heads, head_dim, AttentionKernel::Auto)
     }
 
     fn layer_norm(&self, x: &CudaTensor, norm: &LayerNormWeights<CudaTensor>) -> Result<CudaTensor> {
