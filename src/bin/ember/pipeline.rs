@@ -18,6 +18,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ember::backend::PendingMatrix;
 use ember::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
 use serde_json::Value;
 
@@ -33,6 +34,11 @@ pub trait Engine: Send + Sync {
     fn pack(&self, sequences: &[&Sequence]) -> Result<Batch>;
     /// One row per sequence of the batch, in batch order.
     fn run(&self, batch: &Batch) -> Result<HostMatrix>;
+    /// [`Engine::run`] without waiting for the rows: on a GPU the batch is queued and the rows
+    /// come back while the next batch is started.
+    fn start(&self, batch: &Batch) -> Result<PendingMatrix> {
+        self.run(batch).map(PendingMatrix::ready)
+    }
     /// Values per row.
     fn cols(&self) -> usize;
     /// The model on its device.
@@ -64,6 +70,11 @@ impl Engine for EmbedEngine {
     fn run(&self, batch: &Batch) -> Result<HostMatrix> {
         let e = &self.embedder;
         e.encoder().embed(batch, e.pooling(), e.normalize())
+    }
+
+    fn start(&self, batch: &Batch) -> Result<PendingMatrix> {
+        let e = &self.embedder;
+        e.encoder().embed_start(batch, e.pooling(), e.normalize())
     }
 
     fn cols(&self) -> usize {
@@ -347,34 +358,42 @@ pub fn run(
     (stats, failure)
 }
 
-/// Takes batches off the shared queue and runs them until the queue closes or the writer is gone.
+/// Takes batches off the shared queue and runs them until the queue closes or the writer is
+/// gone. One batch stays in flight: batch i + 1 is started before batch i's rows are waited
+/// for, so that a GPU has the next batch queued while the rows of the last one come back.
 fn forward_loop(
     engine: &dyn Engine,
     work_rx: &Mutex<Receiver<Work>>,
     done_tx: std::sync::mpsc::SyncSender<Done>,
 ) {
+    let finish = |work: Work, pending: Result<PendingMatrix>, started: Instant| Done {
+        rows: work.rows,
+        result: pending.and_then(PendingMatrix::wait),
+        tokens: work.tokens,
+        truncated: work.truncated,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let mut in_flight: Option<(Work, Result<PendingMatrix>, Instant)> = None;
     loop {
         let work = match work_rx.lock().unwrap().recv() {
             Ok(w) => w,
-            Err(_) => return,
+            Err(_) => break,
         };
         // After Ctrl-C no new batch starts: the writer keeps the rows that are complete in
         // input order, and the rest is left to --resume.
         if INTERRUPTED.load(Ordering::Relaxed) {
-            return;
+            break;
         }
-        let t = Instant::now();
-        let result = engine.run(&work.batch);
-        let done = Done {
-            rows: work.rows,
-            result,
-            tokens: work.tokens,
-            truncated: work.truncated,
-            seconds: t.elapsed().as_secs_f64(),
-        };
-        if done_tx.send(done).is_err() {
-            return;
+        let started = Instant::now();
+        let pending = engine.start(&work.batch);
+        if let Some((previous, result, t)) = in_flight.replace((work, pending, started)) {
+            if done_tx.send(finish(previous, result, t)).is_err() {
+                return;
+            }
         }
+    }
+    if let Some((work, result, t)) = in_flight {
+        let _ = done_tx.send(finish(work, result, t));
     }
 }
 
