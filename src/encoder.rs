@@ -109,6 +109,7 @@ trait Engine: Send + Sync {
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix>;
     fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix>;
     fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix>;
+    fn peak_device_bytes(&self) -> Option<usize>;
     fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>>;
 }
 
@@ -118,6 +119,10 @@ struct Loaded<B: Backend> {
 }
 
 impl<B: Backend> Engine for Loaded<B> {
+    fn peak_device_bytes(&self) -> Option<usize> {
+        self.backend.peak_device_bytes()
+    }
+
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix> {
         let batch = self.backend.upload_batch(batch)?;
         self.backend.download(&self.model.forward(&self.backend, &batch)?)
@@ -228,6 +233,13 @@ impl Encoder {
     /// more tokens are split before they run.
     pub fn token_budget(&self) -> Option<usize> {
         Some(self.token_budget.load(Ordering::Relaxed)).filter(|&b| b != usize::MAX)
+    }
+
+    /// The most GPU memory this encoder has held at once (weights, activations, batch
+    /// buffers); `None` on the CPU. Buffers are reused, so it stops growing once every batch
+    /// size has been seen.
+    pub fn peak_device_bytes(&self) -> Option<usize> {
+        self.engine.peak_device_bytes()
     }
 
     /// The last hidden state `[tokens, hidden]` of a packed batch.

@@ -104,6 +104,11 @@ pub trait Backend: Send + Sync {
     fn upload_batch(&self, batch: &Batch) -> Result<Self::DeviceBatch>;
 
     fn download(&self, tensor: &Self::Tensor) -> Result<HostMatrix>;
+    /// The most device memory the backend has held at once, for devices with memory of their
+    /// own (`None` on the CPU, whose activations live in the process's heap).
+    fn peak_device_bytes(&self) -> Option<usize> {
+        None
+    }
 
     /// Starts copying `tensor` back without waiting for it: the matrix comes from
     /// [`PendingMatrix::wait`]. A caller that queues batch i + 1 before waiting for batch i keeps

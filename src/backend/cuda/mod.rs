@@ -299,6 +299,10 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn peak_device_bytes(&self) -> Option<usize> {
+        Some(self.device.memory.peak())
+    }
+
     fn download_start(&self, tensor: &CudaTensor) -> Result<crate::backend::PendingMatrix> {
         let (rows, cols) = (tensor.rows, tensor.cols);
         if rows * cols == 0 {

@@ -182,6 +182,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut forward_best = f64::INFINITY;
     let mut pipeline_best: Option<pipeline::Stats> = None;
     let mut rounds: Vec<(f64, f64)> = Vec::new();
+    let mut peak_after_first_round = None;
     let mut write_s = 0.0;
     let out_path = dir.join("out.npy");
     for round in 0..args.repeat.max(1) {
@@ -260,6 +261,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             100.0 * forward_s / stats.wall_s
         );
         rounds.push((forward_s, stats.wall_s));
+        if round == 0 {
+            peak_after_first_round = engine.encoder().peak_device_bytes();
+        }
         forward_best = forward_best.min(forward_s);
         if pipeline_best.as_ref().is_none_or(|b| stats.wall_s < b.wall_s) {
             pipeline_best = Some(stats);
@@ -304,6 +308,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         p.forward_s,
         p.write_s
     );
+    if let (Some(first), Some(last)) = (peak_after_first_round, engine.encoder().peak_device_bytes()) {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "peak device memory: {:.1} MiB after the first round, {:.1} MiB after the last",
+            mib(first),
+            mib(last)
+        );
+    }
     Ok(())
 }
 

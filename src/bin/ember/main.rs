@@ -529,6 +529,9 @@ fn summary(stats: &Stats) {
             ")".into()
         };
     }
+    if let Some(bytes) = stats.peak_device_bytes {
+        line += &format!(", peak GPU memory {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
     if let Some(budget) = stats.token_budget {
         line += &format!(
             "; out of device memory on larger batches: they were cut to {budget} tokens (lower --batch-tokens to start there)"

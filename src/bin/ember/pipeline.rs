@@ -164,6 +164,8 @@ pub struct Stats {
     pub interrupted: bool,
     /// The smallest token budget a device ran out of memory into (batches were cut to it).
     pub token_budget: Option<usize>,
+    /// The largest peak of device memory over the devices (GPU runs).
+    pub peak_device_bytes: Option<usize>,
     /// Best rows by score: (score, line, id, passage), best first.
     pub top: Vec<(f32, u64, Option<Value>, String)>,
 }
@@ -350,6 +352,10 @@ pub fn run(
     stats.interrupted = interrupted.load(Ordering::SeqCst) || INTERRUPTED.load(Ordering::SeqCst);
     stats.wall_s = started.elapsed().as_secs_f64();
     stats.token_budget = engines.iter().filter_map(|e| e.encoder().token_budget()).min();
+    stats.peak_device_bytes = engines
+        .iter()
+        .filter_map(|e| e.encoder().peak_device_bytes())
+        .max();
     let failure = match (fatal.into_inner().unwrap(), input_error.into_inner().unwrap()) {
         (Some(e), _) => Some(Failure::Fatal(e)),
         (None, Some(e)) => Some(Failure::Input(e)),
