@@ -6,21 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::cli::{ember, scratch, stderr};
+use common::cli::{ember, encode, scratch, stderr};
 use common::*;
 use serde_json::Value;
-
-/// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
-fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
-    let base = [
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
-}
 
 fn run_named<'a>(expected: &'a Value, name: &str) -> &'a Value {
     expected["runs"]

@@ -98,20 +98,8 @@ fn kill_9_at_random_points_then_resume_is_byte_identical() {
     write_lines(&input, &mixed_corpus(8000));
     let model = embed_model();
     for (name, extra) in [("out.npy", &[][..]), ("out.jsonl", &["--pooling", "mean"][..])] {
-        let base = [
-            &[
-                "encode",
-                "--model",
-                s(&model),
-                "--input",
-                s(&input),
-                "--window",
-                "100",
-            ][..],
-            &["--threads", "1", "--checkpoint-secs", "0"][..],
-            extra,
-        ]
-        .concat();
+        let window = ["--window", "100", "--threads", "1", "--checkpoint-secs", "0"];
+        let base = [&encode_base(&model, &input)[..], &window[..], extra].concat();
         let whole = dir.join(format!("whole-{name}"));
         ok(ember(&[&base[..], &["--output", s(&whole)]].concat()));
         let output = dir.join(name);
@@ -136,16 +124,10 @@ fn a_full_disk_stops_with_an_error_and_resume_finishes() {
     write_lines(&input, &mixed_corpus(3000));
     let model = embed_model();
     let base = [
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--window",
-        "100",
-        "--checkpoint-secs",
-        "0",
-    ];
+        &encode_base(&model, &input)[..],
+        &["--window", "100", "--checkpoint-secs", "0"],
+    ]
+    .concat();
     let whole = dir.join("whole.npy");
     ok(ember(&[&base[..], &["--output", s(&whole)]].concat()));
     let output = dir.join("out.npy");
@@ -209,15 +191,7 @@ fn an_unwritable_output_is_an_error_before_any_work() {
     }
     for target in targets {
         let started = Instant::now();
-        let out = ember(&[
-            "encode",
-            "--model",
-            s(&model),
-            "--input",
-            s(&input),
-            "--output",
-            s(&target),
-        ]);
+        let out = encode(&model, &input, &target, &[]);
         let err = stderr(&out);
         assert!(!out.status.success(), "{}: {err}", target.display());
         assert!(err.contains(s(&target)), "the error must name the output: {err}");
@@ -296,17 +270,7 @@ fn a_gpu_that_is_not_there_is_an_error_and_writes_nothing() {
     let input = dir.join("in.txt");
     write_lines(&input, &mixed_corpus(20));
     let output = dir.join("out.npy");
-    let out = ember(&[
-        "encode",
-        "--model",
-        s(&embed_model()),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--device",
-        "cuda:7",
-    ]);
+    let out = encode(&embed_model(), &input, &output, &["--device", "cuda:7"]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("cuda"), "{err}");
     assert_nothing_complete(&output);

@@ -23,21 +23,12 @@ fn streaming_keeps_input_order_across_windows_and_batches() {
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let output = dir.join("out.npy");
-    let out = ok(ember(&[
-        "encode",
-        "--model",
-        s(&embed_model()),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--window",
-        "97",
-        "--batch-tokens",
-        "300",
-        "--threads",
-        "2",
-    ]));
+    let out = ok(encode(
+        &embed_model(),
+        &input,
+        &output,
+        &["--window", "97", "--batch-tokens", "300", "--threads", "2"],
+    ));
     let err = stderr(&out);
     assert!(
         err.contains("700 texts") && err.contains("tokens/s") && err.contains("truncated"),
@@ -115,17 +106,7 @@ fn jsonl_in_and_out_with_ids_from_stdin() {
     // A JSONL line without the field is named, and nothing is left behind.
     let input = dir.join("bad.jsonl");
     std::fs::write(&input, "{\"text\": \"a\"}\n{\"doc\": \"b\"}\n").unwrap();
-    let out = ember(&[
-        "encode",
-        "--model",
-        s(&embed_model()),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--input-format",
-        "jsonl",
-    ]);
+    let out = encode(&embed_model(), &input, &output, &["--input-format", "jsonl"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("line 2") && stderr(&out).contains("`text`"),
@@ -141,29 +122,14 @@ fn f16_output_and_format_by_flag() {
     let input = dir.join("in.txt");
     write_lines(&input, &texts);
     let output = dir.join("out.bin");
-    let out = ember(&[
-        "encode",
-        "--model",
-        s(&embed_model()),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-    ]);
+    let out = encode(&embed_model(), &input, &output, &[]);
     assert!(stderr(&out).contains("--output-format"), "{}", stderr(&out));
-    ok(ember(&[
-        "encode",
-        "--model",
-        s(&embed_model()),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--output-format",
-        "npy",
-        "--output-dtype",
-        "f16",
-    ]));
+    ok(encode(
+        &embed_model(),
+        &input,
+        &output,
+        &["--output-format", "npy", "--output-dtype", "f16"],
+    ));
     let bytes = std::fs::read(&output).unwrap();
     let header = String::from_utf8_lossy(&bytes[10..128]);
     assert!(

@@ -14,6 +14,23 @@ pub fn ember(args: &[&str]) -> Output {
     ember_command().args(args).output().unwrap()
 }
 
+/// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
+pub fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let base = [
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
+}
+
+/// `encode --model MODEL --input INPUT`, for argument lists that go on.
+pub fn encode_base<'a>(model: &'a Path, input: &'a Path) -> [&'a str; 5] {
+    ["encode", "--model", s(model), "--input", s(input)]
+}
+
 /// `out`, after asserting that it succeeded.
 pub fn ok(out: Output) -> Output {
     assert!(out.status.success(), "ember failed: {}", stderr(&out));
