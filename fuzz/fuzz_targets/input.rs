@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         _ => input::Format::Pairs { id_field: None },
     };
     let name = Path::new("fuzz.jsonl");
-    let mut lines = input::Lines::new(Box::new(stream.to_vec().leak() as &[u8]), name);
+    let mut lines = input::Lines::new(Box::new(std::io::Cursor::new(stream.to_vec())), name);
     let mut expected = 1;
     while let Some((number, line)) = lines.next_line().expect("reading memory cannot fail") {
         assert_eq!(number, expected);
