@@ -12,6 +12,7 @@
 //! kernel never reads outside its buffers.
 
 mod device;
+mod gemm;
 
 use cudarc::driver::PushKernelArg;
 use half::f16;
@@ -20,6 +21,7 @@ use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNorm
 use crate::batch::Batch;
 use crate::error::Result;
 use device::{error, Device, DeviceBuffer};
+pub use gemm::GemmChoice;
 
 /// A row-major f16 matrix `[rows, cols]` on the GPU.
 pub struct CudaTensor {
@@ -57,6 +59,8 @@ pub struct CudaLinear {
     in_features: usize,
     weight: DeviceBuffer,
     bias: DeviceBuffer,
+    /// The weight's TMA maps for the sm90 GEMM (None off Hopper or for shapes it does not take).
+    maps: Option<gemm::WeightMaps>,
 }
 
 /// A packed batch's index arrays on the GPU (u32 each).
@@ -116,6 +120,34 @@ impl CudaBackend {
         self.device
             .checked
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Chooses the GEMM path of `linear` (`EMBER_GEMM=sm80` sets `Sm80` at start): for A/B
+    /// comparisons of the sm90 kernels against the portable ones.
+    pub fn set_gemm(&self, choice: GemmChoice) {
+        self.device.set_gemm_choice(choice);
+    }
+
+    /// Whether the sm90 (wgmma + TMA) GEMM kernels are loaded: a GPU of compute capability 9.x,
+    /// without EMBER_GEMM=sm80.
+    pub fn has_sm90_gemm(&self) -> bool {
+        self.device.kernels.sm90.is_some()
+    }
+
+    /// The kernel `linear` would launch for `layer` on `rows` rows, as the choice stands now.
+    pub fn gemm_kernel(&self, layer: &CudaLinear, rows: usize) -> &'static str {
+        gemm::kernel_name(
+            &self.device,
+            layer.maps.is_some(),
+            rows,
+            layer.out_features,
+            layer.in_features,
+        )
+    }
+
+    /// Waits until every queued kernel has finished (for timings).
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize("synchronize")
     }
 
     /// Uploads a host matrix as f16 (what `Backend::upload` does; public for tests).
@@ -193,11 +225,17 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
+        let weight = self.device.upload_bytes("load_linear", &f16_bytes(weight))?;
+        let maps = match &self.device.kernels.sm90 {
+            Some(sm90) => sm90.weight_maps(weight.ptr(), out_features, in_features)?,
+            None => None,
+        };
         Ok(CudaLinear {
             out_features,
             in_features,
-            weight: self.device.upload_bytes("load_linear", &f16_bytes(weight))?,
+            weight,
             bias: self.device.upload_bytes("load_linear", &f32_bytes(bias))?,
+            maps,
         })
     }
 
@@ -303,11 +341,6 @@ impl Backend for CudaBackend {
             r.check(OP, "residual", m, n)?;
         }
         let out = self.output(OP, m, n)?;
-        let (mi, ni, ki) = (
-            dim(OP, "rows", m)?,
-            dim(OP, "out_features", n)?,
-            dim(OP, "in_features", k)?,
-        );
         let act: i32 = match activation {
             Activation::Identity => 0,
             Activation::Gelu => 1,
@@ -315,32 +348,19 @@ impl Backend for CudaBackend {
             Activation::Relu => 3,
             Activation::Tanh => 4,
         };
-        let ptrs = [
-            x.buffer.ptr(),
-            layer.weight.ptr(),
-            layer.bias.ptr(),
-            residual.map_or(0, |r| r.buffer.ptr()),
-            out.buffer.ptr(),
-        ];
-        let kernels = &self.device.kernels;
-        let (kernel, name, grid, block) = if k % 8 == 0 {
-            // gemm.cu: 128 x 64 output tiles, 128 threads; K % 8 keeps every 16-byte copy aligned.
-            let grid = (n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1);
-            (&kernels.gemm, "gemm_f16", grid, 128)
-        } else {
-            (
-                &kernels.gemm_simple,
-                "gemm_f16_simple",
-                (m as u32, n.div_ceil(256) as u32, 1),
-                256,
-            )
+        // gemm.rs picks the path (sm90 on Hopper for BERT shapes, else gemm.cu) and the tile.
+        let args = gemm::GemmArgs {
+            x: x.buffer.ptr(),
+            w: layer.weight.ptr(),
+            bias: layer.bias.ptr(),
+            residual: residual.map_or(0, |r| r.buffer.ptr()),
+            out: out.buffer.ptr(),
+            m,
+            n,
+            k,
+            act,
         };
-        self.device.launch(OP, name, kernel, grid, block, |b| {
-            for p in &ptrs {
-                b.arg(p);
-            }
-            b.arg(&mi).arg(&ni).arg(&ki).arg(&act);
-        })?;
+        gemm::launch(&self.device, layer.maps.as_ref(), &args)?;
         Ok(out)
     }
 
