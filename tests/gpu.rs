@@ -151,6 +151,169 @@ fn linear_matches_reference_on_awkward_shapes() {
     }
 }
 
+/// The (N, K) of BERT's GEMMs: bge-small, base and large (fused QKV, output, FFN up, FFN down).
+const BERT_GEMMS: [(usize, usize); 12] = [
+    (1152, 384),
+    (384, 384),
+    (1536, 384),
+    (384, 1536),
+    (2304, 768),
+    (768, 768),
+    (3072, 768),
+    (768, 3072),
+    (3072, 1024),
+    (1024, 1024),
+    (4096, 1024),
+    (1024, 4096),
+];
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Relu,
+    Activation::Tanh,
+];
+
+fn activate_f64(x: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => x,
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+/// Rows of an M-row output that are compared with the f64 reference: all of them up to 1100,
+/// else the first 64, the last 192 (the partial last tile and the tiles before it) and every
+/// 97th, so that the reference stays cheap at M = 8191 with K = 4096.
+fn checked_rows(m: usize) -> Vec<usize> {
+    if m <= 1100 {
+        return (0..m).collect();
+    }
+    let mut rows: Vec<usize> = (0..64)
+        .chain((m - 192)..m)
+        .chain((64..m - 192).step_by(97))
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// act(x[r] · wᵀ + bias) (+ residual[r]) in f64 for each of `rows`, row after row.
+fn linear_f64(
+    x: &HostMatrix,
+    w: &HostMatrix,
+    bias: &[f32],
+    activation: Activation,
+    residual: Option<&HostMatrix>,
+    rows: &[usize],
+) -> Vec<f64> {
+    use rayon::prelude::*;
+    let (n, k) = (w.rows, w.cols);
+    rows.par_iter()
+        .flat_map_iter(|&r| {
+            let xr = &x.data[r * k..(r + 1) * k];
+            (0..n).map(move |c| {
+                let wc = &w.data[c * k..(c + 1) * k];
+                let dot: f64 = xr.iter().zip(wc).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let y = activate_f64(dot + bias[c] as f64, activation);
+                y + residual.map_or(0.0, |res| res.data[r * n + c] as f64)
+            })
+        })
+        .collect()
+}
+
+/// ‖got − want‖_F / ‖want‖_F over `rows` of `got`.
+fn relative_frobenius(got: &HostMatrix, rows: &[usize], want: &[f64]) -> f64 {
+    let n = got.cols;
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (i, &r) in rows.iter().enumerate() {
+        for c in 0..n {
+            let (g, w) = (got.data[r * n + c] as f64, want[i * n + c]);
+            diff += (g - w) * (g - w);
+            norm += w * w;
+        }
+    }
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// The sm90 GEMM (wgmma + TMA, kernels/gemm_sm90.cu) on every BERT (N, K) with M that is not a
+/// multiple of any tile (1, 77, 1000, 8191), every epilogue, residual on and off: against f64
+/// (relative Frobenius error <= 2e-3, every output written) and against the sm80 path. On a GPU
+/// that is not Hopper this checks the sm80 path alone, and says so.
+#[test]
+fn gemm_sm90_matches_f64_reference_and_sm80_path() {
+    let Some(gpu) = gpu("gemm_sm90") else { return };
+    use ember::backend::cuda::GemmChoice;
+    if !gpu.has_sm90_gemm() {
+        eprintln!(
+            "gemm_sm90: {} has no sm90 GEMM (not compute capability 9.x, or EMBER_GEMM=sm80): checking the sm80 path only",
+            gpu.device_name()
+        );
+    }
+    let mut rng = SplitMix64::new(0x5990);
+    let mut worst: f64 = 0.0;
+    for (i, &m) in [1usize, 77, 1000, 8191].iter().enumerate() {
+        for (j, &(n, k)) in BERT_GEMMS.iter().enumerate() {
+            // (i + j) runs through 12 consecutive values per M: every (activation, residual) pair.
+            let activation = ACTIVATIONS[(i + j) % ACTIVATIONS.len()];
+            let with_residual = (i + j) % 2 == 0;
+            let x = rounded(rng.matrix(m, k, 1.0));
+            let w = rounded(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
+            let bias = rng.values(n, 0.5);
+            let residual = with_residual.then(|| rounded(rng.matrix(m, n, 1.0)));
+            let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
+            let (x_gpu, residual_gpu) = (up(&gpu, &x), residual.as_ref().map(|r| up(&gpu, r)));
+            let what = format!("gemm [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}");
+
+            gpu.set_gemm(GemmChoice::Auto);
+            let kernel = gpu.gemm_kernel(&layer, m);
+            if gpu.has_sm90_gemm() {
+                assert!(kernel.starts_with("gemm_sm90"), "{what}: took {kernel}");
+            }
+            let got = gpu
+                .download(
+                    &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
+                        .unwrap(),
+                )
+                .unwrap();
+            assert!(
+                got.data.iter().all(|v| v.is_finite()),
+                "{what} ({kernel}): non-finite output (an unwritten, NaN-poisoned element?)"
+            );
+            let rows = checked_rows(m);
+            let want = linear_f64(&x, &w, &bias, activation, residual.as_ref(), &rows);
+            let error = relative_frobenius(&got, &rows, &want);
+            worst = worst.max(error);
+
+            gpu.set_gemm(GemmChoice::Sm80);
+            let sm80 = gpu
+                .download(
+                    &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
+                        .unwrap(),
+                )
+                .unwrap();
+            gpu.set_gemm(GemmChoice::Auto);
+            let all: Vec<usize> = (0..m).collect();
+            let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
+            let agreement = relative_frobenius(&got, &all, &sm80_f64);
+            eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
+            assert!(
+                error <= F16_TOLERANCE,
+                "{what} ({kernel}): relative error {error:.3e} vs f64"
+            );
+            assert!(
+                agreement <= F16_TOLERANCE,
+                "{what} ({kernel}): differs from the sm80 path by {agreement:.3e}"
+            );
+        }
+    }
+    eprintln!("gemm_sm90: worst relative Frobenius deviation vs f64 {worst:.3e}");
+}
+
 #[test]
 fn attention_matches_reference_on_packed_sequences() {
     let Some(gpu) = gpu("attention") else { return };
