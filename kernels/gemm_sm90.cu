@@ -20,7 +20,8 @@
 //    arrives when its wgmmas that read stage s have finished).
 //  * Warp specialization: warpgroup 0 is the producer (one thread issues every TMA, the rest idle)
 //    and gives registers back with setmaxnreg.dec; warpgroups 1..CONSUMERS are the consumers
-//    (64 rows of the tile each) and take them with setmaxnreg.inc. The roles are one if/else.
+//    (64 rows of the tile each) and take them with setmaxnreg.inc (two-consumer shapes). The
+//    roles are one if/else.
 //    This needs the register cap at entry that `__launch_bounds__(threads, 1)` gives.
 //  * Persistent tiles: the grid is (at most) one CTA per SM; CTA b takes tiles b, b + grid, ...
 //    Tiles are numbered with N fastest: the CTAs that run at the same time cover a few consecutive
@@ -76,14 +77,23 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
 // Waits until the phase of parity `parity` has completed. A fresh barrier is in phase 0, and the
 // phase "before" it (parity 1) counts as completed: the producer's first wait on each empty[s]
 // with parity 1 returns at once, which is what lets it fill the ring before any consumer ran.
+// A watchdog: no legitimate wait here lasts more than microseconds, so a wait past ~2 s (4e9 SM
+// cycles) is a pipeline bug (a wrong parity, a byte count TMA never reaches); trapping turns the
+// hang into a launch failure that the backend reports against this kernel.
+#define MBAR_TIMEOUT_CYCLES 4000000000ll
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
     unsigned done;
-    do {
+    long long start = 0;
+    for (;;) {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(bar), "r"(parity)
                      : "memory");
-    } while (!done);
+        if (done) return;
+        const long long now = clock64();
+        if (start == 0) start = now;
+        else if (now - start > MBAR_TIMEOUT_CYCLES) __trap();
+    }
 }
 
 // ---- TMA ------------------------------------------------------------------------------------------
@@ -302,7 +312,10 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
         }
     } else {
         // ---- consumers: warpgroup c multiplies rows [64 c, 64 c + 64) of each tile ----
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMERS == 1 ? 240 : 232) : "memory");
+        // Registers move within the CTA's own allocation: 384 threads x 168 at entry = 128 x 40
+        // (producer) + 256 x 232 (consumers), exactly. With one consumer (256 threads) the entry
+        // allocation already covers it, so there is nothing to take.
+        if constexpr (CONSUMERS > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
         const int c = warpgroup - 1;
         const int warp = (threadIdx.x / EMBER_WARP) % 4, lane = threadIdx.x % EMBER_WARP;
         float acc[BN / 2];

@@ -11,7 +11,9 @@
 #                   (scripts/trim_model.py: identical tokens and embeddings on those texts)
 #   gpu-run.sh, gpu_bench.py, ptx-report.txt, kernels/ (the sources: with nvcc there, a fix can be
 #                   tried without Rust: nvcc --ptx -arch=compute_80 -o ptx/gemm.ptx kernels/gemm.cu,
-#                   then EMBER_PTX_DIR=ptx makes the binaries load it instead of the embedded PTX)
+#                   then EMBER_PTX_DIR=ptx makes the binaries load it instead of the embedded PTX;
+#                   the Hopper GEMM: nvcc --ptx -gencode=arch=compute_90a,code=compute_90a
+#                   -o ptx/gemm_sm90.ptx kernels/gemm_sm90.cu)
 # Then prints how to run it there.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -240,22 +240,65 @@ fn relative_frobenius(got: &HostMatrix, rows: &[usize], want: &[f64]) -> f64 {
     (diff / norm.max(1e-300)).sqrt()
 }
 
+/// Where `got` differs from `want` (over `rows`) by more than 1e-2 of want's largest magnitude:
+/// how many elements, the first few, and how they spread over c % 8 and r % 8 (the phase of the
+/// 128-byte swizzle in w's and x's shared tiles: the pattern a wrong descriptor or swizzle would
+/// leave) and over (r % 128) / 16 (the warp of a 128-row tile: a wrong fragment mapping or
+/// consumer offset). For failure messages.
+fn mismatch_report(got: &HostMatrix, rows: &[usize], want: &[f64]) -> String {
+    let n = got.cols;
+    let scale = want.iter().fold(0.0f64, |a, &b| a.max(b.abs())).max(1e-30);
+    let (mut bad, mut first) = (0usize, Vec::new());
+    let (mut by_col8, mut by_row8, mut by_warp) = ([0usize; 8], [0usize; 8], [0usize; 8]);
+    for (i, &r) in rows.iter().enumerate() {
+        for c in 0..n {
+            let (g, w) = (got.data[r * n + c] as f64, want[i * n + c]);
+            if (g - w).abs() > 1e-2 * scale {
+                bad += 1;
+                by_col8[c % 8] += 1;
+                by_row8[r % 8] += 1;
+                by_warp[(r % 128) / 16] += 1;
+                if first.len() < 4 {
+                    first.push(format!("({r}, {c}): {g} vs {w:.4}"));
+                }
+            }
+        }
+    }
+    format!(
+        "{bad} of {} elements off by > 1e-2 of the max; first {}; by col % 8 {by_col8:?}, row % 8 {by_row8:?}, \
+         (row % 128) / 16 {by_warp:?}",
+        rows.len() * n,
+        first.join(", ")
+    )
+}
+
 /// The sm90 GEMM (wgmma + TMA, kernels/gemm_sm90.cu) on every BERT (N, K) with M that is not a
-/// multiple of any tile (1, 77, 1000, 8191), every epilogue, residual on and off: against f64
-/// (relative Frobenius error <= 2e-3, every output written) and against the sm80 path. On a GPU
-/// that is not Hopper this checks the sm80 path alone, and says so.
+/// multiple of any tile (1, 77, 1000, 8191), every epilogue, residual on and off, with the tile
+/// ember picks and with each of the four tile kernels forced: against f64 (relative Frobenius
+/// error <= 2e-3, every output written) and against the sm80 path. Every case runs and every
+/// failure is listed (with where the wrong elements are) before the test fails: a first GPU run
+/// should show the whole picture. On a GPU that is not Hopper this checks the sm80 path alone.
 #[test]
 fn gemm_sm90_matches_f64_reference_and_sm80_path() {
     let Some(gpu) = gpu("gemm_sm90") else { return };
     use ember::backend::cuda::GemmChoice;
-    if !gpu.has_sm90_gemm() {
+    let tiles: &[Option<&str>] = if gpu.has_sm90_gemm() {
+        &[
+            None,
+            Some("128x256"),
+            Some("128x192"),
+            Some("128x128"),
+            Some("64x128"),
+        ]
+    } else {
         eprintln!(
             "gemm_sm90: {} has no sm90 GEMM (not compute capability 9.x, or EMBER_GEMM=sm80): checking the sm80 path only",
             gpu.device_name()
         );
-    }
+        &[None]
+    };
     let mut rng = SplitMix64::new(0x5990);
-    let mut worst: f64 = 0.0;
+    let (mut worst, mut failures, mut cases) = (0.0f64, Vec::new(), 0usize);
     for (i, &m) in [1usize, 77, 1000, 8191].iter().enumerate() {
         for (j, &(n, k)) in BERT_GEMMS.iter().enumerate() {
             // (i + j) runs through 12 consecutive values per M: every (activation, residual) pair.
@@ -268,50 +311,67 @@ fn gemm_sm90_matches_f64_reference_and_sm80_path() {
             let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
             let (x_gpu, residual_gpu) = (up(&gpu, &x), residual.as_ref().map(|r| up(&gpu, r)));
             let what = format!("gemm [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}");
-
-            gpu.set_gemm(GemmChoice::Auto);
-            let kernel = gpu.gemm_kernel(&layer, m);
-            if gpu.has_sm90_gemm() {
-                assert!(kernel.starts_with("gemm_sm90"), "{what}: took {kernel}");
-            }
-            let got = gpu
-                .download(
-                    &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
-                        .unwrap(),
-                )
-                .unwrap();
-            assert!(
-                got.data.iter().all(|v| v.is_finite()),
-                "{what} ({kernel}): non-finite output (an unwritten, NaN-poisoned element?)"
-            );
             let rows = checked_rows(m);
             let want = linear_f64(&x, &w, &bias, activation, residual.as_ref(), &rows);
-            let error = relative_frobenius(&got, &rows, &want);
-            worst = worst.max(error);
-
-            gpu.set_gemm(GemmChoice::Sm80);
-            let sm80 = gpu
-                .download(
+            let run = || {
+                gpu.download(
                     &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
                         .unwrap(),
                 )
-                .unwrap();
-            gpu.set_gemm(GemmChoice::Auto);
-            let all: Vec<usize> = (0..m).collect();
+                .unwrap()
+            };
+
+            gpu.set_gemm(GemmChoice::Sm80);
+            let sm80 = run();
+            let sm80_error = relative_frobenius(&sm80, &rows, &want);
+            if sm80_error > F16_TOLERANCE {
+                failures.push(format!("{what} (sm80): vs f64 {sm80_error:.3e}"));
+            }
             let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
-            let agreement = relative_frobenius(&got, &all, &sm80_f64);
-            eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
-            assert!(
-                error <= F16_TOLERANCE,
-                "{what} ({kernel}): relative error {error:.3e} vs f64"
-            );
-            assert!(
-                agreement <= F16_TOLERANCE,
-                "{what} ({kernel}): differs from the sm80 path by {agreement:.3e}"
-            );
+            let all: Vec<usize> = (0..m).collect();
+            gpu.set_gemm(GemmChoice::Auto);
+            for &tile in tiles {
+                if gpu.has_sm90_gemm() {
+                    gpu.force_gemm_tile(tile).unwrap();
+                }
+                let kernel = gpu.gemm_kernel(&layer, m);
+                if gpu.has_sm90_gemm() && !kernel.starts_with("gemm_sm90") {
+                    failures.push(format!("{what}: took {kernel}, not an sm90 kernel"));
+                }
+                let got = run();
+                cases += 1;
+                if !got.data.iter().all(|v| v.is_finite()) {
+                    let unwritten = got.data.iter().filter(|v| !v.is_finite()).count();
+                    failures.push(format!(
+                        "{what} ({kernel}): {unwritten} non-finite outputs (unwritten, NaN-poisoned?)"
+                    ));
+                    continue;
+                }
+                let error = relative_frobenius(&got, &rows, &want);
+                let agreement = relative_frobenius(&got, &all, &sm80_f64);
+                worst = worst.max(error);
+                eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
+                if error > F16_TOLERANCE || agreement > F16_TOLERANCE {
+                    failures.push(format!(
+                        "{what} ({kernel}): vs f64 {error:.3e}, vs sm80 {agreement:.3e}; {}",
+                        mismatch_report(&got, &rows, &want)
+                    ));
+                }
+            }
+            if gpu.has_sm90_gemm() {
+                gpu.force_gemm_tile(None).unwrap();
+            }
         }
     }
-    eprintln!("gemm_sm90: worst relative Frobenius deviation vs f64 {worst:.3e}");
+    eprintln!("gemm_sm90: {cases} runs, worst relative Frobenius deviation vs f64 {worst:.3e}");
+    for f in &failures {
+        eprintln!("gemm_sm90 FAILED: {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} GEMM runs failed (listed above)",
+        failures.len()
+    );
 }
 
 #[test]

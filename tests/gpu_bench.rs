@@ -116,7 +116,8 @@ fn main() {
     }
     if args.len() < 3 {
         eprintln!(
-            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS])"
+            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS], \
+             or gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS])"
         );
         return;
     }

@@ -43,7 +43,8 @@ impl Kernels {
         let mut functions = HashMap::new();
         // EMBER_PTX_DIR=DIR loads DIR/<family>.ptx instead of the embedded PTX where present: a
         // kernel fix can then be tried on a GPU machine that has nvcc but no Rust
-        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`).
+        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`; for a *_sm90.cu file
+        // `nvcc --ptx -gencode=arch=compute_90a,code=compute_90a -o DIR/gemm_sm90.ptx ...`).
         let override_dir = std::env::var_os("EMBER_PTX_DIR").map(std::path::PathBuf::from);
         for (family, target, embedded) in ptx::KERNELS {
             if target.ends_with('a') && !hopper {

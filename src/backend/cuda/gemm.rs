@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use cudarc::driver::sys::{
@@ -198,11 +199,25 @@ impl WeightMaps {
 /// cache is cleared rather than grown (memory must not grow with the input).
 const MAX_CACHED_MAPS: usize = 1024;
 
+const NO_TILE: usize = usize::MAX;
+
+/// The index of the tile called `name` ("128x256" or "gemm_sm90_128x256").
+fn tile_named(name: &str) -> std::result::Result<usize, String> {
+    TILES
+        .iter()
+        .position(|t| t.name == name || t.name.strip_prefix("gemm_sm90_") == Some(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = TILES.iter().map(|t| &t.name["gemm_sm90_".len()..]).collect();
+            format!("no sm90 GEMM tile {name}: the tiles are {}", names.join(", "))
+        })
+}
+
 /// The sm90 kernels of a 9.x GPU, its multiprocessor count and the activation-map cache.
 pub struct Sm90 {
     kernels: Vec<CudaFunction>,
     sms: usize,
-    forced_tile: Option<usize>,
+    /// An index of [`TILES`] that every shape takes, or `NO_TILE` (EMBER_GEMM_TILE, tests).
+    forced_tile: AtomicUsize,
     x_maps: Mutex<HashMap<(u64, usize, usize, usize), TensorMap>>,
 }
 
@@ -224,28 +239,30 @@ impl Sm90 {
                 })?;
         }
         let forced_tile = match std::env::var("EMBER_GEMM_TILE") {
-            Ok(name) => Some(
-                TILES
-                    .iter()
-                    .position(|t| t.name.ends_with(&format!("_{name}")))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = TILES.iter().map(|t| &t.name[10..]).collect();
-                        format!("EMBER_GEMM_TILE={name}: not one of {}", names.join(", "))
-                    })?,
-            ),
-            Err(_) => None,
+            Ok(name) => tile_named(&name).map_err(|e| format!("EMBER_GEMM_TILE: {e}"))?,
+            Err(_) => NO_TILE,
         };
         Ok(Sm90 {
             kernels,
             sms,
-            forced_tile,
+            forced_tile: AtomicUsize::new(forced_tile),
             x_maps: Mutex::new(HashMap::new()),
         })
     }
 
     /// The tile the sm90 path would use for this shape.
     pub fn tile_for(&self, m: usize, n: usize, k: usize) -> usize {
-        self.forced_tile.unwrap_or_else(|| choose_tile(m, n, k, self.sms))
+        match self.forced_tile.load(Ordering::Relaxed) {
+            NO_TILE => choose_tile(m, n, k, self.sms),
+            forced => forced,
+        }
+    }
+
+    /// Makes every shape take the tile called `name` (None: back to the per-shape choice).
+    pub fn force_tile(&self, name: Option<&str>) -> std::result::Result<(), String> {
+        let tile = name.map_or(Ok(NO_TILE), tile_named)?;
+        self.forced_tile.store(tile, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The maps of a weight [n, k] at `ptr`, or `None` when the sm90 path cannot take it.

@@ -134,6 +134,19 @@ impl CudaBackend {
         self.device.kernels.sm90.is_some()
     }
 
+    /// Makes the sm90 GEMM use one tile shape for every shape (`"128x256"`, `"128x192"`,
+    /// `"128x128"`, `"64x128"`, as `EMBER_GEMM_TILE` does), or go back to the per-shape choice
+    /// with `None`: for tests of every kernel and for tuning. An error without the sm90 GEMM.
+    pub fn force_gemm_tile(&self, tile: Option<&str>) -> Result<()> {
+        let sm90 = self.device.kernels.sm90.as_ref().ok_or_else(|| {
+            error(
+                "force_gemm_tile",
+                format!("{} has no sm90 GEMM", self.device.name),
+            )
+        })?;
+        sm90.force_tile(tile).map_err(|e| error("force_gemm_tile", e))
+    }
+
     /// The kernel `linear` would launch for `layer` on `rows` rows, as the choice stands now.
     pub fn gemm_kernel(&self, layer: &CudaLinear, rows: usize) -> &'static str {
         gemm::kernel_name(
