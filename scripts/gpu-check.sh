@@ -64,6 +64,8 @@ cat <<MSG
 
 Copy gpu-bundle/ to the GPU machine and run there, from anywhere:
     bash gpu-bundle/gpu-run.sh            # results in gpu-bundle/results/, table printed last
-It runs every GPU test, an 'ember encode --device cuda' smoke test, then ember against PyTorch
-fp16 (sdpa) on bge-small/base/large-shaped random models, in about 5 minutes.
+It runs every GPU test, an 'ember encode --device cuda' smoke test, the GEMM table (ember's
+linear against torch.matmul on BERT shapes), then ember against PyTorch fp16 (sdpa) on
+bge-small/base/large-shaped random models, in about 6 to 7 minutes. EMBER_GPU_STEPS=tests,gemm
+(of tests, cli, gemm, models) runs a subset.
 MSG
