@@ -164,16 +164,18 @@ def gemm_table(args, card):
         f">= {args.gemm_min_ms:g} ms each); error = relative Frobenius vs float64 on 64 sampled rows.",
         "",
         "| M | N | K | ember kernel | ember TFLOP/s | ember sm80 TFLOP/s | torch TFLOP/s | ember / torch | bar | "
-        "err ember | err torch |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "err ember | err torch | best sm90 tile |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     ok = rc == 0 and len(ember) == len(shapes)
+    raw = []
     for m, n, k in shapes:
         t_s, t_err = torch_gemm(m, n, k, args.gemm_min_ms)
         t_tf = 2 * m * n * k / t_s / 1e12
         e = ember.get((m, n, k))
+        raw.append((e or {"m": m, "n": n, "k": k}, t_tf, t_err))
         if e is None:
-            lines.append(f"| {m} | {n} | {k} | (failed) | | | {t_tf:.0f} | | | | {t_err:.1e} |")
+            lines.append(f"| {m} | {n} | {k} | (failed) | | | {t_tf:.0f} | | | | {t_err:.1e} | |")
             continue
         ratio = e["tflops"] / t_tf
         bar = ""
@@ -183,11 +185,17 @@ def gemm_table(args, card):
             bar += ", " + ("ok" if e["tflops"] >= 600 else "below 600")
         good = e["finite"] and e["rel_err"] <= GEMM_MAX_ERROR
         ok = ok and good
+        tiles = e.get("tiles") or {}
+        best = max(tiles.items(), key=lambda kv: kv[1], default=None)
+        best = f"{best[0]} ({best[1]:.0f})" if best else ""
         lines.append(f"| {m} | {n} | {k} | {e['kernel']} | {e['tflops']:.0f} | {e['sm80_tflops']:.0f} | {t_tf:.0f} | "
-                     f"{ratio:.2f} | {bar} | {e['rel_err']:.1e}{'' if good else ' FAIL'} | {t_err:.1e} |")
+                     f"{ratio:.2f} | {bar} | {e['rel_err']:.1e}{'' if good else ' FAIL'} | {t_err:.1e} | {best} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     open(os.path.join(args.out, "benchmarks.md"), "w").write(table + "\n")
+    # Every figure, per-tile timings included, for retuning the tile table (gemm.rs).
+    json.dump([dict(r, torch_tflops=tt, torch_err=te) for r, tt, te in raw], open(os.path.join(args.out, "gemm.json"), "w"),
+              indent=1)
     print("\n" + table)
     sys.exit(0 if ok else 1)
 

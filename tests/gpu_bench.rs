@@ -11,12 +11,14 @@
 //! random nonzero f16 data, timed on the path `linear` picks (sm90 on Hopper) and on the sm80
 //! path: a few launches to warm up, then back-to-back launches for at least MIN_MS (default 40)
 //! milliseconds of synchronized wall time. The error against f64 is measured on 64 sampled rows
-//! (the last one included). One JSON line per shape.
+//! (the last one included). On Hopper every sm90 tile kernel is also timed, forced onto the shape
+//! (half the time each), so that one run shows which tile each shape should take. One JSON line
+//! per shape.
 
 use std::time::Instant;
 
 use ember::backend::cpu::testutil::SplitMix64;
-use ember::backend::cuda::{CudaBackend, GemmChoice};
+use ember::backend::cuda::{CudaBackend, GemmChoice, TILES};
 use ember::backend::{Activation, Backend};
 use ember::{Device, Encoder, Pooling, Sequence};
 
@@ -68,6 +70,19 @@ fn gemm_table(shapes: &str, min_ms: f64) {
             (kernel, s)
         };
         let (sm80_kernel, sm80_s) = timing(GemmChoice::Sm80);
+        let mut tiles = Vec::new();
+        if gpu.has_sm90_gemm() {
+            for tile in &TILES {
+                let name = &tile.name["gemm_sm90_".len()..];
+                gpu.force_gemm_tile(Some(name)).expect("force_gemm_tile");
+                let s = time_launches(&gpu, min_ms / 2e3, || {
+                    gpu.linear(&x_gpu, &layer, Activation::Identity, None)
+                        .expect("linear");
+                });
+                tiles.push(format!("\"{name}\": {}", flops / s / 1e12));
+            }
+            gpu.force_gemm_tile(None).expect("force_gemm_tile");
+        }
         let (kernel, seconds) = timing(GemmChoice::Auto);
         let out = gpu
             .download(
@@ -94,9 +109,10 @@ fn gemm_table(shapes: &str, min_ms: f64) {
         println!(
             "{{\"m\": {m}, \"n\": {n}, \"k\": {k}, \"kernel\": \"{kernel}\", \"seconds\": {seconds}, \
              \"tflops\": {}, \"sm80_kernel\": \"{sm80_kernel}\", \"sm80_tflops\": {}, \"rel_err\": {error}, \
-             \"finite\": {finite}}}",
+             \"finite\": {finite}, \"tiles\": {{{}}}}}",
             flops / seconds / 1e12,
-            flops / sm80_s / 1e12
+            flops / sm80_s / 1e12,
+            tiles.join(", ")
         );
     }
 }

@@ -21,7 +21,7 @@ use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNorm
 use crate::batch::Batch;
 use crate::error::Result;
 use device::{error, Device, DeviceBuffer};
-pub use gemm::GemmChoice;
+pub use gemm::{GemmChoice, Tile, TILES};
 
 /// A row-major f16 matrix `[rows, cols]` on the GPU.
 pub struct CudaTensor {
