@@ -33,13 +33,20 @@
 //    registers, rows >= M and columns >= N skipped. The producer is already loading the next
 //    tile's stages meanwhile.
 //
-// Tile shapes (BM x BN, BM = 64 x CONSUMERS), one kernel each; the host picks per (M, N, K) from
-// a small cost model (tiles per SM times tile cost, src/backend/cuda/gemm.rs):
+// Tile shapes (BM x BN), one kernel each; the host picks per (M, N, K) from a small cost model
+// (tiles per SM times tile cost, src/backend/cuda/gemm.rs):
 //   gemm_sm90_128x256  2 consumer warpgroups, m64n256k16, 4 stages (48 KiB each)
 //   gemm_sm90_128x192  2 consumer warpgroups, m64n192k16, 5 stages (40 KiB each): N = 384, 768,
 //                      1152, 1536, 2304, 3072 split evenly
 //   gemm_sm90_128x128  2 consumer warpgroups, m64n128k16, 6 stages (32 KiB each)
 //   gemm_sm90_64x128   1 consumer warpgroup,  m64n128k16, 8 stages (24 KiB each): small M
+// The "cooperative" shapes above split a tile's rows between the consumers, which then run their
+// epilogue at the same time, tensor cores idle. The ping-pong shapes give each consumer whole
+// 64-row tiles of its own, alternately (tile l of a CTA goes to consumer l % 2): the K-slices
+// arrive in tile order through the one ring, so one consumer's epilogue overlaps the other's
+// main loop. That matters most where K is short (K = 384: 6 slices per tile).
+//   gemm_sm90_pp_64x256  2 consumers, m64n256k16, 5 stages (40 KiB each)
+//   gemm_sm90_pp_64x192  2 consumers, m64n192k16, 6 stages (32 KiB each)
 // Requirements (checked on the host, anything else goes to gemm.cu): K % 64 == 0 (no K tail),
 // N % 64 == 0, x / w 16-byte aligned, compute capability 9.x (sm_90a PTX loads nowhere else).
 //
@@ -222,9 +229,10 @@ struct SmemLayout {
     static constexpr int A_BYTES = BM * ROW_BYTES; // one stage of x: [BM][64] halves
     static constexpr int B_BYTES = BN * ROW_BYTES; // one stage of w: [BN][64] halves
     static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-    static constexpr int BARRIERS = STAGES * STAGE_BYTES; // full[STAGES], empty[STAGES] after the tiles
+    // full[STAGES], empty[STAGES], turn[2] (ping-pong) after the tiles.
+    static constexpr int BARRIERS = STAGES * STAGE_BYTES;
     // + SWIZZLE_ATOM: the dynamic shared memory base is rounded up to 1024 inside the kernel.
-    static constexpr int TOTAL = BARRIERS + 2 * STAGES * 8 + SWIZZLE_ATOM;
+    static constexpr int TOTAL = BARRIERS + 2 * STAGES * 8 + 16 + SWIZZLE_ATOM;
 };
 
 // One output pair (columns col, col + 1 of one row): bias, activation, residual, f16.
@@ -261,17 +269,20 @@ __device__ __forceinline__ void epilogue(const float (&d)[BN / 2], __half* __res
     }
 }
 
-template <int BN, int CONSUMERS, int STAGES>
+template <int BN, int CONSUMERS, int STAGES, bool PINGPONG>
 __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const TensorMap* map_w,
                                                const float* __restrict__ bias, const __half* __restrict__ residual,
                                                __half* __restrict__ out, int M, int N, int K, int act) {
-    constexpr int BM = 64 * CONSUMERS;
+    // Rows of one tile: every consumer takes 64 of them (cooperative), or a whole 64-row tile
+    // of its own (ping-pong).
+    constexpr int BM = PINGPONG ? 64 : 64 * CONSUMERS;
     using L = SmemLayout<BM, BN, STAGES>;
     extern __shared__ unsigned char smem_raw[];
     // Shared-space addresses throughout (what TMA, mbarrier and the descriptors take).
     const unsigned base = (smem_u32(smem_raw) + SWIZZLE_ATOM - 1) & ~(unsigned)(SWIZZLE_ATOM - 1);
     const unsigned full_bar = base + L::BARRIERS;      // full[s]  at full_bar + 8 s
     const unsigned empty_bar = full_bar + 8 * STAGES;  // empty[s] at empty_bar + 8 s
+    const unsigned turn_bar = empty_bar + 8 * STAGES;  // ping-pong: turn[c] at turn_bar + 8 c
     // Stage s: A at base + s * STAGE_BYTES, B right after it; both 1024-aligned since
     // A_BYTES and B_BYTES are multiples of 1024 (BM, BN multiples of 8 rows).
 
@@ -283,7 +294,13 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full_bar + 8 * s, 1);              // the producer's expect_tx arrival
-            mbar_init(empty_bar + 8 * s, CONSUMERS * 4); // one arrival per consumer warp
+            // One arrival per warp that reads the stage: every consumer warp, or (ping-pong) the
+            // 4 warps of the one warpgroup whose tile the stage holds.
+            mbar_init(empty_bar + 8 * s, PINGPONG ? 4 : CONSUMERS * 4);
+        }
+        if (PINGPONG) {
+            mbar_init(turn_bar, 1);
+            mbar_init(turn_bar + 8, 1);
         }
         // Make the initialized barriers visible to the async proxy (TMA's complete_tx).
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -311,7 +328,8 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
             }
         }
     } else {
-        // ---- consumers: warpgroup c multiplies rows [64 c, 64 c + 64) of each tile ----
+        // ---- consumers: warpgroup c multiplies rows [64 c, 64 c + 64) of each tile (cooperative),
+        // or every tile l with l % CONSUMERS == c of this CTA (ping-pong) ----
         // Registers move within the CTA's own allocation: 384 threads x 168 at entry = 128 x 40
         // (producer) + 256 x 232 (consumers), exactly. With one consumer (256 threads) the entry
         // allocation already covers it, so there is nothing to take.
@@ -321,13 +339,26 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
         float acc[BN / 2];
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f; // never read (the first wgmma overwrites), but defined
-        int it = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int it = 0, local = 0, turns = 0; // local: this CTA's tiles so far; turns: waits on turn[c]
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
+            if (PINGPONG && local % CONSUMERS != c) {
+                it += k_tiles; // another warpgroup's tile: its K-slices pass this one by
+                continue;
+            }
+            // Ping-pong: the main loops take turns, tile by tile. Besides ordering the tensor-core
+            // work, this keeps the phase arithmetic sound: a consumer that skipped k_tiles slices
+            // must not wait on a full[s] whose previous pass has not completed yet (try_wait.parity
+            // cannot tell "one pass behind" from "done"), and the other consumer hands over the
+            // turn only after it has waited on every slice before this tile's first.
+            if (PINGPONG && local > 0) {
+                mbar_wait(turn_bar + 8 * c, (unsigned)turns & 1);
+                ++turns;
+            }
             const int m0 = (tile / tiles_n) * BM, n0 = (tile % tiles_n) * BN;
             for (int kt = 0; kt < k_tiles; ++kt, ++it) {
                 const int s = it % STAGES;
                 mbar_wait(full_bar + 8 * s, (unsigned)(it / STAGES) & 1); // the stage's bytes landed
-                const unsigned a = base + s * L::STAGE_BYTES + c * 64 * ROW_BYTES;
+                const unsigned a = base + s * L::STAGE_BYTES + (PINGPONG ? 0 : c * 64 * ROW_BYTES);
                 const unsigned long long da = smem_desc(a), db = smem_desc(base + s * L::STAGE_BYTES + L::A_BYTES);
                 wgmma_fence(); // the accumulators were last touched by ordinary instructions or wgmma
 #pragma unroll
@@ -340,12 +371,15 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
                 fence_regs(acc);
                 if (kt > 0 && lane == 0) mbar_arrive(empty_bar + 8 * ((it + STAGES - 1) % STAGES));
             }
+            // Ping-pong: every slice of this tile has been waited on; the other consumer's main
+            // loop may start while this one finishes its wgmmas and runs the epilogue.
+            if (PINGPONG && threadIdx.x % 128 == 0) mbar_arrive(turn_bar + 8 * (1 - c));
             wgmma_wait<0>();
             fence_regs(acc);
             if (lane == 0) mbar_arrive(empty_bar + 8 * ((it + STAGES - 1) % STAGES));
 
             // Epilogue from registers, its activation chosen once per tile (not per element).
-            const int row = m0 + c * 64 + warp * 16 + lane / 4; // range [m0, m0 + BM)
+            const int row = m0 + (PINGPONG ? 0 : c * 64) + warp * 16 + lane / 4; // range [m0, m0 + BM)
             const int col = n0 + (lane % 4) * 2;
             switch (act) {
             case ACT_GELU:
@@ -369,15 +403,17 @@ __device__ __forceinline__ void gemm_sm90_body(const TensorMap* map_x, const Ten
 
 // One entry point per tile shape (the names src/backend/cuda/gemm.rs launches). Block =
 // 128 (CONSUMERS + 1) threads; dynamic shared memory = SmemLayout<..>::TOTAL bytes.
-#define GEMM_SM90(NAME, BN, CONSUMERS, STAGES)                                                           \
+#define GEMM_SM90(NAME, BN, CONSUMERS, STAGES, PINGPONG)                                                 \
     extern "C" __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)                               \
         NAME(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,           \
              const float* __restrict__ bias, const __half* __restrict__ residual, __half* __restrict__ out, \
              int M, int N, int K, int act) {                                                             \
-        gemm_sm90_body<BN, CONSUMERS, STAGES>(&map_x, &map_w, bias, residual, out, M, N, K, act);        \
+        gemm_sm90_body<BN, CONSUMERS, STAGES, PINGPONG>(&map_x, &map_w, bias, residual, out, M, N, K, act); \
     }
 
-GEMM_SM90(gemm_sm90_128x256, 256, 2, 4)
-GEMM_SM90(gemm_sm90_128x192, 192, 2, 5)
-GEMM_SM90(gemm_sm90_128x128, 128, 2, 6)
-GEMM_SM90(gemm_sm90_64x128, 128, 1, 8)
+GEMM_SM90(gemm_sm90_128x256, 256, 2, 4, false)
+GEMM_SM90(gemm_sm90_128x192, 192, 2, 5, false)
+GEMM_SM90(gemm_sm90_128x128, 128, 2, 6, false)
+GEMM_SM90(gemm_sm90_64x128, 128, 1, 8, false)
+GEMM_SM90(gemm_sm90_pp_64x256, 256, 2, 5, true)
+GEMM_SM90(gemm_sm90_pp_64x192, 192, 2, 6, true)

@@ -274,7 +274,7 @@ fn mismatch_report(got: &HostMatrix, rows: &[usize], want: &[f64]) -> String {
 
 /// The sm90 GEMM (wgmma + TMA, kernels/gemm_sm90.cu) on every BERT (N, K) with M that is not a
 /// multiple of any tile (1, 77, 1000, 8191), every epilogue, residual on and off, with the tile
-/// ember picks and with each of the four tile kernels forced: against f64 (relative Frobenius
+/// ember picks and with each tile kernel forced (ping-pong ones included): against f64 (relative Frobenius
 /// error <= 2e-3, every output written) and against the sm80 path. Every case runs and every
 /// failure is listed (with where the wrong elements are) before the test fails: a first GPU run
 /// should show the whole picture. On a GPU that is not Hopper this checks the sm80 path alone.
@@ -282,20 +282,18 @@ fn mismatch_report(got: &HostMatrix, rows: &[usize], want: &[f64]) -> String {
 fn gemm_sm90_matches_f64_reference_and_sm80_path() {
     let Some(gpu) = gpu("gemm_sm90") else { return };
     use ember::backend::cuda::GemmChoice;
-    let tiles: &[Option<&str>] = if gpu.has_sm90_gemm() {
-        &[
-            None,
-            Some("128x256"),
-            Some("128x192"),
-            Some("128x128"),
-            Some("64x128"),
-        ]
+    use ember::backend::cuda::TILES;
+    let tiles: Vec<Option<&str>> = if gpu.has_sm90_gemm() {
+        // The automatic choice, then every tile kernel forced (the ping-pong ones included).
+        std::iter::once(None)
+            .chain(TILES.iter().map(|t| Some(&t.name["gemm_sm90_".len()..])))
+            .collect()
     } else {
         eprintln!(
             "gemm_sm90: {} has no sm90 GEMM (not compute capability 9.x, or EMBER_GEMM=sm80): checking the sm80 path only",
             gpu.device_name()
         );
-        &[None]
+        vec![None]
     };
     let mut rng = SplitMix64::new(0x5990);
     let (mut worst, mut failures, mut cases) = (0.0f64, Vec::new(), 0usize);
@@ -330,7 +328,7 @@ fn gemm_sm90_matches_f64_reference_and_sm80_path() {
             let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
             let all: Vec<usize> = (0..m).collect();
             gpu.set_gemm(GemmChoice::Auto);
-            for &tile in tiles {
+            for &tile in &tiles {
                 if gpu.has_sm90_gemm() {
                     gpu.force_gemm_tile(tile).unwrap();
                 }

@@ -48,6 +48,9 @@ pub struct Tile {
     pub bn: usize,
     pub consumers: usize,
     pub stages: usize,
+    /// Each consumer warpgroup takes whole tiles of its own, in turn (BM = 64), rather than 64 rows
+    /// of a shared one (BM = 64 x consumers).
+    pub pingpong: bool,
     /// Relative tensor-core efficiency of the shape at full occupancy (128x256 = 1): smaller
     /// tiles read more shared memory per flop and pay the epilogue more often. First guesses, to
     /// be replaced by H100 measurements (scripts/gpu_bench.py prints the tile of each shape).
@@ -59,21 +62,23 @@ impl Tile {
         128 * (self.consumers as u32 + 1)
     }
 
-    /// Stages of [BM + BN rows x 128 bytes], two 8-byte mbarriers per stage, 1024 bytes of slack
-    /// to round the dynamic shared memory base up to the swizzle period.
+    /// Stages of [BM + BN rows x 128 bytes], two 8-byte mbarriers per stage and two more (the
+    /// ping-pong turns), 1024 bytes of slack to round the dynamic shared memory base up to the
+    /// swizzle period.
     pub fn smem_bytes(&self) -> u32 {
-        (self.stages * (self.bm + self.bn) * 128 + 16 * self.stages + 1024) as u32
+        (self.stages * (self.bm + self.bn) * 128 + 16 * self.stages + 16 + 1024) as u32
     }
 }
 
 /// Every sm90 kernel, in the order of `Sm90::kernels`.
-pub const TILES: [Tile; 4] = [
+pub const TILES: [Tile; 6] = [
     Tile {
         name: "gemm_sm90_128x256",
         bm: 128,
         bn: 256,
         consumers: 2,
         stages: 4,
+        pingpong: false,
         efficiency: 1.0,
     },
     Tile {
@@ -82,6 +87,7 @@ pub const TILES: [Tile; 4] = [
         bn: 192,
         consumers: 2,
         stages: 5,
+        pingpong: false,
         efficiency: 0.97,
     },
     Tile {
@@ -90,6 +96,7 @@ pub const TILES: [Tile; 4] = [
         bn: 128,
         consumers: 2,
         stages: 6,
+        pingpong: false,
         efficiency: 0.9,
     },
     Tile {
@@ -98,11 +105,33 @@ pub const TILES: [Tile; 4] = [
         bn: 128,
         consumers: 1,
         stages: 8,
+        pingpong: false,
         efficiency: 0.7,
+    },
+    // Ping-pong: not in the automatic choice until a GPU run has shown them correct and faster
+    // (the GEMM table times every tile on every shape); EMBER_GEMM_TILE=pp_64x256 forces one.
+    Tile {
+        name: "gemm_sm90_pp_64x256",
+        bm: 64,
+        bn: 256,
+        consumers: 2,
+        stages: 5,
+        pingpong: true,
+        efficiency: 1.0,
+    },
+    Tile {
+        name: "gemm_sm90_pp_64x192",
+        bm: 64,
+        bn: 192,
+        consumers: 2,
+        stages: 6,
+        pingpong: true,
+        efficiency: 0.97,
     },
 ];
 
-/// The distinct tile heights BN of [`TILES`]: a weight gets one tensor map per height.
+/// The distinct tile heights BN of [`TILES`]: a weight gets one tensor map per height (and an
+/// activation one per BM: 128 or 64).
 const WEIGHT_BOXES: [usize; 3] = [256, 192, 128];
 
 /// Whether the sm90 kernels can take this shape at all.
@@ -126,7 +155,7 @@ pub fn choose_tile(m: usize, n: usize, k: usize, sms: usize) -> usize {
     let sms = sms.max(1);
     let mut best = (f64::INFINITY, 2);
     for (i, t) in TILES.iter().enumerate() {
-        if !n.is_multiple_of(t.bn) {
+        if t.pingpong || !n.is_multiple_of(t.bn) {
             continue;
         }
         let tiles = m.div_ceil(t.bm) * (n / t.bn);
@@ -431,7 +460,9 @@ mod tests {
         // 227 KiB of dynamic shared memory per block on sm_90.
         for t in &TILES {
             assert!(t.smem_bytes() <= 227 * 1024, "{}: {}", t.name, t.smem_bytes());
-            assert_eq!(t.bm, 64 * t.consumers, "{}", t.name);
+            let bm = if t.pingpong { 64 } else { 64 * t.consumers };
+            assert_eq!(t.bm, bm, "{}", t.name);
+            assert!(WEIGHT_BOXES.contains(&t.bn), "{}", t.name);
         }
     }
 }

@@ -134,9 +134,10 @@ impl CudaBackend {
         self.device.kernels.sm90.is_some()
     }
 
-    /// Makes the sm90 GEMM use one tile shape for every shape (`"128x256"`, `"128x192"`,
-    /// `"128x128"`, `"64x128"`, as `EMBER_GEMM_TILE` does), or go back to the per-shape choice
-    /// with `None`: for tests of every kernel and for tuning. An error without the sm90 GEMM.
+    /// Makes the sm90 GEMM use one tile shape for every shape (a name of [`TILES`] without its
+    /// `gemm_sm90_` prefix: `"128x256"`, `"pp_64x192"`, ..., as `EMBER_GEMM_TILE` does), or go
+    /// back to the per-shape choice with `None`: for tests of every kernel and for tuning. An
+    /// error without the sm90 GEMM.
     pub fn force_gemm_tile(&self, tile: Option<&str>) -> Result<()> {
         let sm90 = self.device.kernels.sm90.as_ref().ok_or_else(|| {
             error(
