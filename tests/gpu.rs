@@ -297,68 +297,79 @@ fn gemm_sm90_matches_f64_reference_and_sm80_path() {
     };
     let mut rng = SplitMix64::new(0x5990);
     let (mut worst, mut failures, mut cases) = (0.0f64, Vec::new(), 0usize);
-    for (i, &m) in [1usize, 77, 1000, 8191].iter().enumerate() {
-        for (j, &(n, k)) in BERT_GEMMS.iter().enumerate() {
-            // (i + j) runs through 12 consecutive values per M: every (activation, residual) pair.
-            let activation = ACTIVATIONS[(i + j) % ACTIVATIONS.len()];
-            let with_residual = (i + j) % 2 == 0;
-            let x = rounded(rng.matrix(m, k, 1.0));
-            let w = rounded(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
-            let bias = rng.values(n, 0.5);
-            let residual = with_residual.then(|| rounded(rng.matrix(m, n, 1.0)));
-            let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
-            let (x_gpu, residual_gpu) = (up(&gpu, &x), residual.as_ref().map(|r| up(&gpu, r)));
-            let what = format!("gemm [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}");
-            let rows = checked_rows(m);
-            let want = linear_f64(&x, &w, &bias, activation, residual.as_ref(), &rows);
-            let run = || {
-                gpu.download(
-                    &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
-                        .unwrap(),
-                )
-                .unwrap()
-            };
+    // First a few small cases that isolate the parts: one K-slice (descriptors, swizzle, fragment
+    // mapping, no pipeline), one tile with several slices, then stages wrapping around, a partial
+    // N-tile (N = 320) and several tiles per CTA. Then every BERT shape.
+    let small = [
+        (64, 256, 64),
+        (128, 256, 64),
+        (64, 192, 256),
+        (130, 320, 512),
+        (300, 256, 1024),
+    ];
+    let bert = [1usize, 77, 1000, 8191]
+        .iter()
+        .flat_map(|&m| BERT_GEMMS.iter().map(move |&(n, k)| (m, n, k)));
+    for (case, (m, n, k)) in small.into_iter().chain(bert).enumerate() {
+        // Any 10 consecutive cases (12 per M) make every (activation, residual) pair.
+        let activation = ACTIVATIONS[case % ACTIVATIONS.len()];
+        let with_residual = (case / ACTIVATIONS.len()).is_multiple_of(2);
+        let x = rounded(rng.matrix(m, k, 1.0));
+        let w = rounded(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
+        let bias = rng.values(n, 0.5);
+        let residual = with_residual.then(|| rounded(rng.matrix(m, n, 1.0)));
+        let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
+        let (x_gpu, residual_gpu) = (up(&gpu, &x), residual.as_ref().map(|r| up(&gpu, r)));
+        let what = format!("gemm [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}");
+        let rows = checked_rows(m);
+        let want = linear_f64(&x, &w, &bias, activation, residual.as_ref(), &rows);
+        let run = || {
+            gpu.download(
+                &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
+                    .unwrap(),
+            )
+            .unwrap()
+        };
 
-            gpu.set_gemm(GemmChoice::Sm80);
-            let sm80 = run();
-            let sm80_error = relative_frobenius(&sm80, &rows, &want);
-            if sm80_error > F16_TOLERANCE {
-                failures.push(format!("{what} (sm80): vs f64 {sm80_error:.3e}"));
-            }
-            let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
-            let all: Vec<usize> = (0..m).collect();
-            gpu.set_gemm(GemmChoice::Auto);
-            for &tile in &tiles {
-                if gpu.has_sm90_gemm() {
-                    gpu.force_gemm_tile(tile).unwrap();
-                }
-                let kernel = gpu.gemm_kernel(&layer, m);
-                if gpu.has_sm90_gemm() && !kernel.starts_with("gemm_sm90") {
-                    failures.push(format!("{what}: took {kernel}, not an sm90 kernel"));
-                }
-                let got = run();
-                cases += 1;
-                if !got.data.iter().all(|v| v.is_finite()) {
-                    let unwritten = got.data.iter().filter(|v| !v.is_finite()).count();
-                    failures.push(format!(
-                        "{what} ({kernel}): {unwritten} non-finite outputs (unwritten, NaN-poisoned?)"
-                    ));
-                    continue;
-                }
-                let error = relative_frobenius(&got, &rows, &want);
-                let agreement = relative_frobenius(&got, &all, &sm80_f64);
-                worst = worst.max(error);
-                eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
-                if error > F16_TOLERANCE || agreement > F16_TOLERANCE {
-                    failures.push(format!(
-                        "{what} ({kernel}): vs f64 {error:.3e}, vs sm80 {agreement:.3e}; {}",
-                        mismatch_report(&got, &rows, &want)
-                    ));
-                }
-            }
+        gpu.set_gemm(GemmChoice::Sm80);
+        let sm80 = run();
+        let sm80_error = relative_frobenius(&sm80, &rows, &want);
+        if sm80_error > F16_TOLERANCE {
+            failures.push(format!("{what} (sm80): vs f64 {sm80_error:.3e}"));
+        }
+        let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
+        let all: Vec<usize> = (0..m).collect();
+        gpu.set_gemm(GemmChoice::Auto);
+        for &tile in &tiles {
             if gpu.has_sm90_gemm() {
-                gpu.force_gemm_tile(None).unwrap();
+                gpu.force_gemm_tile(tile).unwrap();
             }
+            let kernel = gpu.gemm_kernel(&layer, m);
+            if gpu.has_sm90_gemm() && !kernel.starts_with("gemm_sm90") {
+                failures.push(format!("{what}: took {kernel}, not an sm90 kernel"));
+            }
+            let got = run();
+            cases += 1;
+            if !got.data.iter().all(|v| v.is_finite()) {
+                let unwritten = got.data.iter().filter(|v| !v.is_finite()).count();
+                failures.push(format!(
+                    "{what} ({kernel}): {unwritten} non-finite outputs (unwritten, NaN-poisoned?)"
+                ));
+                continue;
+            }
+            let error = relative_frobenius(&got, &rows, &want);
+            let agreement = relative_frobenius(&got, &all, &sm80_f64);
+            worst = worst.max(error);
+            eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
+            if error > F16_TOLERANCE || agreement > F16_TOLERANCE {
+                failures.push(format!(
+                    "{what} ({kernel}): vs f64 {error:.3e}, vs sm80 {agreement:.3e}; {}",
+                    mismatch_report(&got, &rows, &want)
+                ));
+            }
+        }
+        if gpu.has_sm90_gemm() {
+            gpu.force_gemm_tile(None).unwrap();
         }
     }
     eprintln!("gemm_sm90: {cases} runs, worst relative Frobenius deviation vs f64 {worst:.3e}");
