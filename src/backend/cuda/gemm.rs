@@ -9,7 +9,10 @@
 //!   anything else takes the sm80 path.
 //!
 //! `EMBER_GEMM=sm80` (or `CudaBackend::set_gemm`) forces the sm80 path, for A/B comparisons;
-//! `EMBER_GEMM_TILE=128x256` (a name of [`TILES`]) forces one sm90 tile shape, for tuning.
+//! `EMBER_GEMM_TILE=128x256` (a name of [`TILES`] without `gemm_sm90_`, or
+//! `CudaBackend::force_gemm_tile`) forces one sm90 tile shape, for tests and tuning. The automatic
+//! choice ([`choose_tile`]) takes the cooperative tiles only; the ping-pong ones wait for a GPU
+//! run that shows them right and faster.
 //!
 //! The sm90 kernels read x and w through TMA tensor maps (cuTensorMapEncodeTiled, a host-only
 //! driver call: no cuBLAS). A weight's maps are made once, at `load_linear`, one per tile height
