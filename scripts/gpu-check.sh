@@ -12,7 +12,9 @@
 #                   (scripts/trim_model.py: identical tokens and embeddings on those texts)
 #   gpu-run.sh, gpu_bench.py, ptx-report.txt, kernels/ (the sources: with nvcc there, a fix can be
 #                   tried without Rust: nvcc --ptx -arch=compute_80 -o ptx/gemm.ptx kernels/gemm.cu,
-#                   then EMBER_PTX_DIR=ptx makes the binaries load it instead of the embedded PTX)
+#                   then EMBER_PTX_DIR=ptx makes the binaries load it instead of the embedded PTX;
+#                   the Hopper GEMM: nvcc --ptx -gencode=arch=compute_90a,code=compute_90a
+#                   -o ptx/gemm_sm90.ptx kernels/gemm_sm90.cu)
 # Then prints how to run it there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +67,8 @@ cat <<MSG
 
 Copy gpu-bundle/ to the GPU machine and run there, from anywhere:
     bash gpu-bundle/gpu-run.sh            # results in gpu-bundle/results/, table printed last
-It runs every GPU test, an 'ember encode --device cuda' smoke test, then ember against PyTorch
-fp16 (sdpa) on bge-small/base/large-shaped random models, in about 5 minutes.
+It runs every GPU test, an 'ember encode --device cuda' smoke test, the GEMM table (ember's
+linear against torch.matmul on BERT shapes), then ember against PyTorch fp16 (sdpa) on
+bge-small/base/large-shaped random models, in about 6 to 7 minutes. EMBER_GPU_STEPS=tests,gemm
+(of tests, cli, gemm, models) runs a subset.
 MSG

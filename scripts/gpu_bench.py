@@ -22,6 +22,14 @@ Everything on the same card in the same run:
 Prints the tables last and writes them (markdown) to OUT/benchmarks.md with the card's name.
 The exit status is nonzero only when a cosine is below 0.9995 or ember fails; the issue's speed
 targets are printed as MET / MISSED lines.
+
+With --gemm instead: the GEMM table. For every BERT (N, K) of bge-small/base/large (fused QKV,
+output, FFN up, FFN down) and M in {1024, 8192, 16384}: ember's linear (the `gpu_bench gemm`
+mode of the ember binary: the path ember picks, sm90 on Hopper, and the sm80 path for A/B) next to
+torch.matmul (cuBLAS, f16 in and out) in the same run, TFLOP/s of both, their ratio, and each
+one's relative Frobenius error against float64 on 64 sampled rows of its own random inputs. Issue
+5's bar: ember >= 0.9x torch for M >= 8192, and >= 600 TFLOP/s at M=16384, N=4096, K=1024. The
+error bar (2e-3) decides the exit status; the speed bar is reported, not enforced.
 """
 import argparse
 import json
@@ -332,6 +340,108 @@ def targets(rows, attention):
     return "\n".join(out)
 
 
+# ---- the GEMM table (--gemm) ------------------------------------------------------------------
+
+GEMM_NK = [(1152, 384), (384, 384), (1536, 384), (384, 1536),
+           (2304, 768), (768, 768), (3072, 768), (768, 3072),
+           (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
+GEMM_M = (1024, 8192, 16384)
+GEMM_MAX_ERROR = 2e-3
+
+
+def sampled_rows(m):
+    return [(i * (m - 1)) // 63 for i in range(64)]
+
+
+@torch.inference_mode()
+def torch_gemm(m, n, k, min_ms):
+    """torch.matmul(x, w.T) in f16 on cuBLAS: seconds per call (CUDA events) and error vs f64."""
+    g = torch.Generator(device="cuda").manual_seed(m * 131 + n * 7 + k)
+    x = (torch.rand(m, k, device="cuda", generator=g) * 2 - 1).half()
+    w = ((torch.rand(n, k, device="cuda", generator=g) * 2 - 1) * (2 / math.sqrt(k))).half()
+    run = lambda: torch.matmul(x, w.t())  # noqa: E731
+    for _ in range(3):
+        out = run()
+    torch.cuda.synchronize()
+    reps, total, batch = 0, 0.0, 10
+    while total * 1e3 < min_ms or reps < 10:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(batch):
+            run()
+        end.record()
+        end.synchronize()
+        total += start.elapsed_time(end) / 1e3
+        reps += batch
+        batch = min(batch * 2, 2000)
+    rows = torch.tensor(sampled_rows(m), device="cuda")
+    ref = x[rows].double() @ w.double().t()
+    err = ((out[rows].double() - ref).norm() / ref.norm()).item()
+    del x, w, out
+    return total / reps, err
+
+
+def gemm_table(args, card):
+    shapes = [(m, n, k) for (n, k) in GEMM_NK for m in GEMM_M]
+    spec = ",".join(f"{m}x{n}x{k}" for m, n, k in shapes)
+    start = time.perf_counter()
+    try:
+        run = subprocess.run([args.ember_bench, "gemm", spec, str(args.gemm_min_ms)], capture_output=True,
+                             text=True, timeout=args.gemm_timeout)
+        stdout, stderr, rc = run.stdout, run.stderr, run.returncode
+    except subprocess.TimeoutExpired as e:  # keep the shapes it finished
+        as_text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+        stdout, stderr, rc = as_text(e.stdout), as_text(e.stderr), f"timeout after {args.gemm_timeout:g} s"
+    sys.stderr.write(stderr[-4000:])
+    ember = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            ember[(r["m"], r["n"], r["k"])] = r
+    print(f"ember gemm: {len(ember)} of {len(shapes)} shapes in {time.perf_counter() - start:.0f} s "
+          f"(exit {rc})", flush=True)
+    lines = [
+        f"GPU: {card}. GEMM out[M,N] = x[M,K]·w[N,K]ᵀ, f16 in/out, f32 accumulate; ember `linear` (bias, no "
+        f"activation) vs torch.matmul (cuBLAS, no bias); TFLOP/s = 2MNK / time per call (back-to-back calls, "
+        f">= {args.gemm_min_ms:g} ms each); error = relative Frobenius vs float64 on 64 sampled rows.",
+        "",
+        "| M | N | K | ember kernel | ember TFLOP/s | ember sm80 TFLOP/s | torch TFLOP/s | ember / torch | bar | "
+        "err ember | err torch | best sm90 tile |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    ok = rc == 0 and len(ember) == len(shapes)
+    raw = []
+    for m, n, k in shapes:
+        t_s, t_err = torch_gemm(m, n, k, args.gemm_min_ms)
+        t_tf = 2 * m * n * k / t_s / 1e12
+        e = ember.get((m, n, k))
+        raw.append((e or {"m": m, "n": n, "k": k}, t_tf, t_err))
+        if e is None:
+            lines.append(f"| {m} | {n} | {k} | (failed) | | | {t_tf:.0f} | | | | {t_err:.1e} | |")
+            continue
+        ratio = e["tflops"] / t_tf
+        bar = ""
+        if m >= 8192:
+            bar = "ok" if ratio >= 0.9 else "below 0.9x"
+        if (m, n, k) == (16384, 4096, 1024):
+            bar += ", " + ("ok" if e["tflops"] >= 600 else "below 600")
+        good = e["finite"] and e["rel_err"] <= GEMM_MAX_ERROR
+        ok = ok and good
+        tiles = e.get("tiles") or {}
+        best = max(tiles.items(), key=lambda kv: kv[1], default=None)
+        best = f"{best[0]} ({best[1]:.0f})" if best else ""
+        lines.append(f"| {m} | {n} | {k} | {e['kernel']} | {e['tflops']:.0f} | {e['sm80_tflops']:.0f} | {t_tf:.0f} | "
+                     f"{ratio:.2f} | {bar} | {e['rel_err']:.1e}{'' if good else ' FAIL'} | {t_err:.1e} | {best} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    open(os.path.join(args.out, "benchmarks.md"), "w").write(table + "\n")
+    # Every figure, per-tile timings included, for retuning the tile table (gemm.rs).
+    json.dump([dict(r, torch_tflops=tt, torch_err=te) for r, tt, te in raw], open(os.path.join(args.out, "gemm.json"), "w"),
+              indent=1)
+    print("\n" + table)
+    sys.exit(0 if ok else 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ember-bench", required=True, help="the gpu_bench test binary")
@@ -343,9 +453,14 @@ def main():
     ap.add_argument("--batch-tokens", type=int, default=16384, help="ember's token budget per batch")
     ap.add_argument("--torch-budgets", default="8192,16384,32768,65536", help="torch's padded-token budgets swept")
     ap.add_argument("--models", default=",".join(SHAPES))
+    ap.add_argument("--gemm", action="store_true", help="the GEMM table instead of the models")
+    ap.add_argument("--gemm-min-ms", type=float, default=40.0, help="timed milliseconds per shape and side")
+    ap.add_argument("--gemm-timeout", type=float, default=120.0, help="seconds for ember's side of the table")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     card = torch.cuda.get_device_name()
+    if args.gemm:
+        gemm_table(args, card)
     texts = corpora(args)
     for corpus, seqs in texts.items():
         lengths = sorted(map(len, seqs))

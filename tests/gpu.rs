@@ -151,6 +151,238 @@ fn linear_matches_reference_on_awkward_shapes() {
     }
 }
 
+/// The (N, K) of BERT's GEMMs: bge-small, base and large (fused QKV, output, FFN up, FFN down).
+const BERT_GEMMS: [(usize, usize); 12] = [
+    (1152, 384),
+    (384, 384),
+    (1536, 384),
+    (384, 1536),
+    (2304, 768),
+    (768, 768),
+    (3072, 768),
+    (768, 3072),
+    (3072, 1024),
+    (1024, 1024),
+    (4096, 1024),
+    (1024, 4096),
+];
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Relu,
+    Activation::Tanh,
+];
+
+fn activate_f64(x: f64, activation: Activation) -> f64 {
+    match activation {
+        Activation::Identity => x,
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+/// Rows of an M-row output that are compared with the f64 reference: all of them up to 1100,
+/// else the first 64, the last 192 (the partial last tile and the tiles before it) and every
+/// 97th, so that the reference stays cheap at M = 8191 with K = 4096.
+fn checked_rows(m: usize) -> Vec<usize> {
+    if m <= 1100 {
+        return (0..m).collect();
+    }
+    let mut rows: Vec<usize> = (0..64)
+        .chain((m - 192)..m)
+        .chain((64..m - 192).step_by(97))
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// act(x[r] · wᵀ + bias) (+ residual[r]) in f64 for each of `rows`, row after row.
+fn linear_f64(
+    x: &HostMatrix,
+    w: &HostMatrix,
+    bias: &[f32],
+    activation: Activation,
+    residual: Option<&HostMatrix>,
+    rows: &[usize],
+) -> Vec<f64> {
+    use rayon::prelude::*;
+    let (n, k) = (w.rows, w.cols);
+    rows.par_iter()
+        .flat_map_iter(|&r| {
+            let xr = &x.data[r * k..(r + 1) * k];
+            (0..n).map(move |c| {
+                let wc = &w.data[c * k..(c + 1) * k];
+                let dot: f64 = xr.iter().zip(wc).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let y = activate_f64(dot + bias[c] as f64, activation);
+                y + residual.map_or(0.0, |res| res.data[r * n + c] as f64)
+            })
+        })
+        .collect()
+}
+
+/// ‖got − want‖_F / ‖want‖_F over `rows` of `got`.
+fn relative_frobenius(got: &HostMatrix, rows: &[usize], want: &[f64]) -> f64 {
+    let n = got.cols;
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (i, &r) in rows.iter().enumerate() {
+        for c in 0..n {
+            let (g, w) = (got.data[r * n + c] as f64, want[i * n + c]);
+            diff += (g - w) * (g - w);
+            norm += w * w;
+        }
+    }
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// Where `got` differs from `want` (over `rows`) by more than 1e-2 of want's largest magnitude:
+/// how many elements, the first few, and how they spread over c % 8 and r % 8 (the phase of the
+/// 128-byte swizzle in w's and x's shared tiles: the pattern a wrong descriptor or swizzle would
+/// leave) and over (r % 128) / 16 (the warp of a 128-row tile: a wrong fragment mapping or
+/// consumer offset). For failure messages.
+fn mismatch_report(got: &HostMatrix, rows: &[usize], want: &[f64]) -> String {
+    let n = got.cols;
+    let scale = want.iter().fold(0.0f64, |a, &b| a.max(b.abs())).max(1e-30);
+    let (mut bad, mut first) = (0usize, Vec::new());
+    let (mut by_col8, mut by_row8, mut by_warp) = ([0usize; 8], [0usize; 8], [0usize; 8]);
+    for (i, &r) in rows.iter().enumerate() {
+        for c in 0..n {
+            let (g, w) = (got.data[r * n + c] as f64, want[i * n + c]);
+            if (g - w).abs() > 1e-2 * scale {
+                bad += 1;
+                by_col8[c % 8] += 1;
+                by_row8[r % 8] += 1;
+                by_warp[(r % 128) / 16] += 1;
+                if first.len() < 4 {
+                    first.push(format!("({r}, {c}): {g} vs {w:.4}"));
+                }
+            }
+        }
+    }
+    format!(
+        "{bad} of {} elements off by > 1e-2 of the max; first {}; by col % 8 {by_col8:?}, row % 8 {by_row8:?}, \
+         (row % 128) / 16 {by_warp:?}",
+        rows.len() * n,
+        first.join(", ")
+    )
+}
+
+/// The sm90 GEMM (wgmma + TMA, kernels/gemm_sm90.cu) on every BERT (N, K) with M that is not a
+/// multiple of any tile (1, 77, 1000, 8191), every epilogue, residual on and off, with the tile
+/// ember picks and with each tile kernel forced (ping-pong ones included): against f64 (relative Frobenius
+/// error <= 2e-3, every output written) and against the sm80 path. Every case runs and every
+/// failure is listed (with where the wrong elements are) before the test fails: a first GPU run
+/// should show the whole picture. On a GPU that is not Hopper this checks the sm80 path alone.
+#[test]
+fn gemm_sm90_matches_f64_reference_and_sm80_path() {
+    let Some(gpu) = gpu("gemm_sm90") else { return };
+    use ember::backend::cuda::GemmChoice;
+    use ember::backend::cuda::TILES;
+    let tiles: Vec<Option<&str>> = if gpu.has_sm90_gemm() {
+        // The automatic choice, then every tile kernel forced (the ping-pong ones included).
+        std::iter::once(None)
+            .chain(TILES.iter().map(|t| Some(&t.name["gemm_sm90_".len()..])))
+            .collect()
+    } else {
+        eprintln!(
+            "gemm_sm90: {} has no sm90 GEMM (not compute capability 9.x, or EMBER_GEMM=sm80): checking the sm80 path only",
+            gpu.device_name()
+        );
+        vec![None]
+    };
+    let mut rng = SplitMix64::new(0x5990);
+    let (mut worst, mut failures, mut cases) = (0.0f64, Vec::new(), 0usize);
+    // First a few small cases that isolate the parts: one K-slice (descriptors, swizzle, fragment
+    // mapping, no pipeline), one tile with several slices, then stages wrapping around, a partial
+    // N-tile (N = 320) and several tiles per CTA. Then every BERT shape.
+    let small = [
+        (64, 256, 64),
+        (128, 256, 64),
+        (64, 192, 256),
+        (130, 320, 512),
+        (300, 256, 1024),
+    ];
+    let bert = [1usize, 77, 1000, 8191]
+        .iter()
+        .flat_map(|&m| BERT_GEMMS.iter().map(move |&(n, k)| (m, n, k)));
+    for (case, (m, n, k)) in small.into_iter().chain(bert).enumerate() {
+        // Any 10 consecutive cases (12 per M) make every (activation, residual) pair.
+        let activation = ACTIVATIONS[case % ACTIVATIONS.len()];
+        let with_residual = (case / ACTIVATIONS.len()).is_multiple_of(2);
+        let x = rounded(rng.matrix(m, k, 1.0));
+        let w = rounded(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
+        let bias = rng.values(n, 0.5);
+        let residual = with_residual.then(|| rounded(rng.matrix(m, n, 1.0)));
+        let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
+        let (x_gpu, residual_gpu) = (up(&gpu, &x), residual.as_ref().map(|r| up(&gpu, r)));
+        let what = format!("gemm [{m}x{k}]·[{n}x{k}]ᵀ {activation:?} residual={with_residual}");
+        let rows = checked_rows(m);
+        let want = linear_f64(&x, &w, &bias, activation, residual.as_ref(), &rows);
+        let run = || {
+            gpu.download(
+                &gpu.linear(&x_gpu, &layer, activation, residual_gpu.as_ref())
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+
+        gpu.set_gemm(GemmChoice::Sm80);
+        let sm80 = run();
+        let sm80_error = relative_frobenius(&sm80, &rows, &want);
+        if sm80_error > F16_TOLERANCE {
+            failures.push(format!("{what} (sm80): vs f64 {sm80_error:.3e}"));
+        }
+        let sm80_f64: Vec<f64> = sm80.data.iter().map(|&v| v as f64).collect();
+        let all: Vec<usize> = (0..m).collect();
+        gpu.set_gemm(GemmChoice::Auto);
+        for &tile in &tiles {
+            if gpu.has_sm90_gemm() {
+                gpu.force_gemm_tile(tile).unwrap();
+            }
+            let kernel = gpu.gemm_kernel(&layer, m);
+            if gpu.has_sm90_gemm() && !kernel.starts_with("gemm_sm90") {
+                failures.push(format!("{what}: took {kernel}, not an sm90 kernel"));
+            }
+            let got = run();
+            cases += 1;
+            if !got.data.iter().all(|v| v.is_finite()) {
+                let unwritten = got.data.iter().filter(|v| !v.is_finite()).count();
+                failures.push(format!(
+                    "{what} ({kernel}): {unwritten} non-finite outputs (unwritten, NaN-poisoned?)"
+                ));
+                continue;
+            }
+            let error = relative_frobenius(&got, &rows, &want);
+            let agreement = relative_frobenius(&got, &all, &sm80_f64);
+            worst = worst.max(error);
+            eprintln!("{what}: {kernel}, vs f64 {error:.2e}, vs sm80 {agreement:.2e}");
+            if error > F16_TOLERANCE || agreement > F16_TOLERANCE {
+                failures.push(format!(
+                    "{what} ({kernel}): vs f64 {error:.3e}, vs sm80 {agreement:.3e}; {}",
+                    mismatch_report(&got, &rows, &want)
+                ));
+            }
+        }
+        if gpu.has_sm90_gemm() {
+            gpu.force_gemm_tile(None).unwrap();
+        }
+    }
+    eprintln!("gemm_sm90: {cases} runs, worst relative Frobenius deviation vs f64 {worst:.3e}");
+    for f in &failures {
+        eprintln!("gemm_sm90 FAILED: {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} GEMM runs failed (listed above)",
+        failures.len()
+    );
+}
+
 #[test]
 fn attention_matches_reference_on_packed_sequences() {
     let Some(gpu) = gpu("attention") else { return };

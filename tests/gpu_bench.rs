@@ -18,24 +18,136 @@
 //!   tokens, random q, k, v, and prints one JSON line with TFLOP/s (4 · seq² · head_dim per head
 //!   and sequence: Q Kᵀ and P V, no mask).
 
+//! usage: gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS]
+//! The GEMM table's ember side: for each shape, `linear` (identity, bias, no residual) on seeded
+//! random nonzero f16 data, timed on the path `linear` picks (sm90 on Hopper) and on the sm80
+//! path: a few launches to warm up, then back-to-back launches for at least MIN_MS (default 40)
+//! milliseconds of synchronized wall time. The error against f64 is measured on 64 sampled rows
+//! (the last one included). On Hopper every sm90 tile kernel is also timed, forced onto the shape
+//! (half the time each), so that one run shows which tile each shape should take. One JSON line
+//! per shape.
+
 use std::time::Instant;
 
-use ember::backend::cuda::CudaBackend;
-use ember::backend::{Backend, HostMatrix, PendingMatrix};
+use ember::backend::cpu::testutil::SplitMix64;
+use ember::backend::cuda::{CudaBackend, GemmChoice, TILES};
+use ember::backend::{Activation, Backend, HostMatrix, PendingMatrix};
 use ember::model::Model;
 use ember::{Batch, Pooling, Sequence};
+
+/// Seconds per launch of `run`, after warming up: back-to-back launches until `min_s` of
+/// synchronized wall time (at least 10 launches).
+fn time_launches(gpu: &CudaBackend, min_s: f64, mut run: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        run();
+    }
+    gpu.synchronize().expect("warm-up");
+    let (mut reps, mut total) = (0usize, 0.0f64);
+    let mut batch = 10usize;
+    while total < min_s || reps < 10 {
+        let start = Instant::now();
+        for _ in 0..batch {
+            run();
+        }
+        gpu.synchronize().expect("timed launches");
+        total += start.elapsed().as_secs_f64();
+        reps += batch;
+        batch = (batch * 2).min(2000);
+    }
+    total / reps as f64
+}
+
+fn gemm_table(shapes: &str, min_ms: f64) {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("gpu_bench gemm: {e}"));
+    let mut rng = SplitMix64::new(0x6e33);
+    for shape in shapes.split(',') {
+        let dims: Vec<usize> = shape.split('x').map(|d| d.parse().expect("MxNxK")).collect();
+        let [m, n, k] = dims[..] else {
+            panic!("{shape}: expected MxNxK")
+        };
+        let round =
+            |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() };
+        let x = round(rng.values(m * k, 1.0));
+        let w = round(rng.values(n * k, 2.0 / (k as f32).sqrt()));
+        let bias = rng.values(n, 0.5);
+        let x_gpu = gpu.upload_f16(&x, m, k).expect("upload");
+        let layer = gpu.load_linear(&w, &bias, n, k).expect("load_linear");
+        let flops = 2.0 * (m * n * k) as f64;
+        let timing = |choice| {
+            gpu.set_gemm(choice);
+            let kernel = gpu.gemm_kernel(&layer, m);
+            let s = time_launches(&gpu, min_ms / 1e3, || {
+                gpu.linear(&x_gpu, &layer, Activation::Identity, None)
+                    .expect("linear");
+            });
+            (kernel, s)
+        };
+        let (sm80_kernel, sm80_s) = timing(GemmChoice::Sm80);
+        let mut tiles = Vec::new();
+        if gpu.has_sm90_gemm() {
+            for tile in &TILES {
+                let name = &tile.name["gemm_sm90_".len()..];
+                gpu.force_gemm_tile(Some(name)).expect("force_gemm_tile");
+                let s = time_launches(&gpu, min_ms / 2e3, || {
+                    gpu.linear(&x_gpu, &layer, Activation::Identity, None)
+                        .expect("linear");
+                });
+                tiles.push(format!("\"{name}\": {}", flops / s / 1e12));
+            }
+            gpu.force_gemm_tile(None).expect("force_gemm_tile");
+        }
+        let (kernel, seconds) = timing(GemmChoice::Auto);
+        let out = gpu
+            .download(
+                &gpu.linear(&x_gpu, &layer, Activation::Identity, None)
+                    .expect("linear"),
+            )
+            .expect("download");
+        // 64 rows spread over M, the last one included (the partial last tile).
+        let rows: Vec<usize> = (0..64).map(|i| (i * (m - 1)) / 63).collect();
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for &r in &rows {
+            for c in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                    .sum::<f64>()
+                    + bias[c] as f64;
+                let got = out.data[r * n + c] as f64;
+                diff += (got - dot) * (got - dot);
+                norm += dot * dot;
+            }
+        }
+        let error = (diff / norm).sqrt();
+        let finite = out.data.iter().all(|v| v.is_finite());
+        println!(
+            "{{\"m\": {m}, \"n\": {n}, \"k\": {k}, \"kernel\": \"{kernel}\", \"seconds\": {seconds}, \
+             \"tflops\": {}, \"sm80_kernel\": \"{sm80_kernel}\", \"sm80_tflops\": {}, \"rel_err\": {error}, \
+             \"finite\": {finite}, \"tiles\": {{{}}}}}",
+            flops / seconds / 1e12,
+            flops / sm80_s / 1e12,
+            tiles.join(", ")
+        );
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if args.first().is_some_and(|a| a == "gemm") {
+        let shapes = args
+            .get(1)
+            .expect("usage: gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS]");
+        let min_ms: f64 = args.get(2).map_or(40.0, |v| v.parse().expect("MIN_MS"));
+        return gemm_table(shapes, min_ms);
+    }
     if args.first().is_some_and(|a| a == "attention") {
         return attention(&args[1..]);
     }
     if args.len() < 3 {
         eprintln!(
-            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...] | gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS)"
+            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...] | gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS | gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS])"
         );
         return;
     }

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
+use super::gemm::{GemmChoice, Sm90, TILES};
+
 use crate::error::{Error, Result};
 
 mod ptx {
@@ -41,16 +43,24 @@ pub(super) struct Kernels {
     pub pool: CudaFunction,
     pub l2_normalize: CudaFunction,
     pub fault_probe: CudaFunction,
+    /// kernels/gemm_sm90.cu, on compute capability 9.x only (its compute_90a PTX loads nowhere
+    /// else), and not with EMBER_GEMM=sm80.
+    pub sm90: Option<Sm90>,
 }
 
 impl Kernels {
-    fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Kernels> {
+    /// `hopper`: load the compute_90a modules too; `sms`: the multiprocessor count.
+    fn load(ctx: &Arc<CudaContext>, device: &str, hopper: bool, sms: usize) -> Result<Kernels> {
         let mut functions = HashMap::new();
         // EMBER_PTX_DIR=DIR loads DIR/<family>.ptx instead of the embedded PTX where present: a
         // kernel fix can then be tried on a GPU machine that has nvcc but no Rust
-        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`).
+        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`; for a *_sm90.cu file
+        // `nvcc --ptx -gencode=arch=compute_90a,code=compute_90a -o DIR/gemm_sm90.ptx ...`).
         let override_dir = std::env::var_os("EMBER_PTX_DIR").map(std::path::PathBuf::from);
-        for (family, embedded) in ptx::KERNELS {
+        for (family, target, embedded) in ptx::KERNELS {
+            if target.ends_with('a') && !hopper {
+                continue; // an sm_90a module: it would not JIT here
+            }
             let path = override_dir.as_ref().map(|d| d.join(format!("{family}.ptx")));
             let source = match path.filter(|p| p.exists()) {
                 Some(p) => std::fs::read_to_string(&p).map_err(|e| Error::Device {
@@ -77,7 +87,20 @@ impl Kernels {
                 message: format!("kernel {name} missing from kernels/{family}.cu: {e}"),
             })
         };
+        let sm90 = if hopper {
+            let kernels = TILES
+                .iter()
+                .map(|t| get("gemm_sm90", t.name))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Sm90::new(kernels, sms).map_err(|message| Error::Device {
+                device: device.to_string(),
+                message,
+            })?)
+        } else {
+            None
+        };
         Ok(Kernels {
+            sm90,
             gemm: get("gemm", "gemm_f16")?,
             gemm_simple: get("gemm", "gemm_f16_simple")?,
             attention_fa_d32: get("attention", "attention_fa_d32")?,
@@ -193,6 +216,8 @@ pub(super) struct Device {
     /// The kernels launched since the host last waited on the stream, in order and without
     /// repeats: an error that surfaces at the wait names these as the candidates.
     queued: Mutex<Vec<String>>,
+    /// The GEMM path `linear` may take (`GemmChoice` as u8: 0 Auto, 1 Sm80).
+    gemm_choice: std::sync::atomic::AtomicU8,
     // Kept last: dropped after everything that holds device memory.
     ctx: Arc<CudaContext>,
 }
@@ -237,7 +262,22 @@ impl Device {
         let copy_stream = ctx
             .new_stream()
             .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
-        let kernels = Kernels::load(&ctx, &label)?;
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_error(format!("cannot read the multiprocessor count: {e}")))?;
+        // EMBER_GEMM=sm80: the portable GEMM only (A/B comparisons); the sm90 module is then not
+        // even loaded. Any other value but `auto` / `sm90` is a mistake worth an error.
+        let choice = match std::env::var("EMBER_GEMM").as_deref() {
+            Err(_) | Ok("auto") | Ok("sm90") => GemmChoice::Auto,
+            Ok("sm80") => GemmChoice::Sm80,
+            Ok(other) => {
+                return Err(device_error(format!(
+                    "EMBER_GEMM={other}: expected sm80, sm90 or auto"
+                )))
+            }
+        };
+        let hopper = major == 9 && choice == GemmChoice::Auto;
+        let kernels = Kernels::load(&ctx, &label, hopper, sms.max(1) as usize)?;
         Ok(Device {
             name,
             label,
@@ -249,8 +289,31 @@ impl Device {
             launches: Default::default(),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
             queued: Mutex::new(Vec::new()),
+            gemm_choice: std::sync::atomic::AtomicU8::new(choice as u8),
             ctx,
         })
+    }
+
+    pub fn gemm_choice(&self) -> GemmChoice {
+        match self.gemm_choice.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => GemmChoice::Auto,
+            _ => GemmChoice::Sm80,
+        }
+    }
+
+    pub fn set_gemm_choice(&self, choice: GemmChoice) {
+        self.gemm_choice
+            .store(choice as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits for every queued kernel (timings).
+    pub fn synchronize(&self, op: &'static str) -> Result<()> {
+        self.stream.synchronize().map_err(|e| {
+            let queued = self.take_queued();
+            self.driver(op, &format!("synchronizing: {}", queued_failure(&queued)), e)
+        })?;
+        self.take_queued();
+        Ok(())
     }
 
     fn checked(&self) -> bool {
@@ -388,6 +451,22 @@ impl Device {
         block: u32,
         args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
     ) -> Result<()> {
+        self.launch_with_smem(op, kernel_name, kernel, grid, block, 0, args)
+    }
+
+    /// `launch` with `smem` bytes of dynamic shared memory (the kernel's limit must have been
+    /// raised to that beforehand when it is over 48 KiB).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_with_smem<'a>(
+        &'a self,
+        op: &'static str,
+        kernel_name: &str,
+        kernel: &'a CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -398,14 +477,16 @@ impl Device {
         let config = LaunchConfig {
             grid_dim: grid,
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         // SAFETY: each call site passes the arguments of the kernel's C signature in order, with
         // device pointers to buffers sized for the shapes it checked.
         unsafe { builder.launch(config) }.map_err(|e| {
             self.driver(
                 op,
-                &format!("launching kernel {kernel_name} (grid {grid:?}, block {block})"),
+                &format!(
+                    "launching kernel {kernel_name} (grid {grid:?}, block {block}, {smem} bytes shared)"
+                ),
                 e,
             )
         })?;

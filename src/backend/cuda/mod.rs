@@ -25,6 +25,7 @@
 
 mod attention;
 mod device;
+mod gemm;
 mod transfer;
 
 pub use attention::{AttentionKernel, SHORT_MAX_LEN};
@@ -36,6 +37,7 @@ use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNorm
 use crate::batch::Batch;
 use crate::error::Result;
 use device::{error, Device, DeviceBuffer};
+pub use gemm::{GemmChoice, Tile, TILES};
 
 /// A row-major f16 matrix `[rows, cols]` on the GPU.
 pub struct CudaTensor {
@@ -73,6 +75,8 @@ pub struct CudaLinear {
     in_features: usize,
     weight: DeviceBuffer,
     bias: DeviceBuffer,
+    /// The weight's TMA maps for the sm90 GEMM (None off Hopper or for shapes it does not take).
+    maps: Option<gemm::WeightMaps>,
 }
 
 /// A packed batch's index arrays on the GPU (u32 each), one after the other in one buffer.
@@ -170,6 +174,48 @@ impl CudaBackend {
         d.download_bytes(OP, &out, 32 * 4).map(|_| ())
     }
 
+    /// Chooses the GEMM path of `linear` (`EMBER_GEMM=sm80` sets `Sm80` at start): for A/B
+    /// comparisons of the sm90 kernels against the portable ones.
+    pub fn set_gemm(&self, choice: GemmChoice) {
+        self.device.set_gemm_choice(choice);
+    }
+
+    /// Whether the sm90 (wgmma + TMA) GEMM kernels are loaded: a GPU of compute capability 9.x,
+    /// without EMBER_GEMM=sm80.
+    pub fn has_sm90_gemm(&self) -> bool {
+        self.device.kernels.sm90.is_some()
+    }
+
+    /// Makes the sm90 GEMM use one tile shape for every shape (a name of [`TILES`] without its
+    /// `gemm_sm90_` prefix: `"128x256"`, `"pp_64x192"`, ..., as `EMBER_GEMM_TILE` does), or go
+    /// back to the per-shape choice with `None`: for tests of every kernel and for tuning. An
+    /// error without the sm90 GEMM.
+    pub fn force_gemm_tile(&self, tile: Option<&str>) -> Result<()> {
+        let sm90 = self.device.kernels.sm90.as_ref().ok_or_else(|| {
+            error(
+                "force_gemm_tile",
+                format!("{} has no sm90 GEMM", self.device.name),
+            )
+        })?;
+        sm90.force_tile(tile).map_err(|e| error("force_gemm_tile", e))
+    }
+
+    /// The kernel `linear` would launch for `layer` on `rows` rows, as the choice stands now.
+    pub fn gemm_kernel(&self, layer: &CudaLinear, rows: usize) -> &'static str {
+        gemm::kernel_name(
+            &self.device,
+            layer.maps.is_some(),
+            rows,
+            layer.out_features,
+            layer.in_features,
+        )
+    }
+
+    /// Waits until every queued kernel has finished (for timings).
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize("synchronize")
+    }
+
     /// Uploads a host matrix as f16 (what `Backend::upload` does; public for tests).
     pub fn upload_f16(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         if rows.checked_mul(cols) != Some(data.len()) {
@@ -245,11 +291,17 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
+        let weight = self.device.upload_bytes("load_linear", &f16_bytes(weight))?;
+        let maps = match &self.device.kernels.sm90 {
+            Some(sm90) => sm90.weight_maps(weight.ptr(), out_features, in_features)?,
+            None => None,
+        };
         Ok(CudaLinear {
             out_features,
             in_features,
-            weight: self.device.upload_bytes("load_linear", &f16_bytes(weight))?,
+            weight,
             bias: self.device.upload_bytes("load_linear", &f32_bytes(bias))?,
+            maps,
         })
     }
 
@@ -398,11 +450,6 @@ impl Backend for CudaBackend {
             r.check(OP, "residual", m, n)?;
         }
         let out = self.output(OP, m, n)?;
-        let (mi, ni, ki) = (
-            dim(OP, "rows", m)?,
-            dim(OP, "out_features", n)?,
-            dim(OP, "in_features", k)?,
-        );
         let act: i32 = match activation {
             Activation::Identity => 0,
             Activation::Gelu => 1,
@@ -410,32 +457,19 @@ impl Backend for CudaBackend {
             Activation::Relu => 3,
             Activation::Tanh => 4,
         };
-        let ptrs = [
-            x.buffer.ptr(),
-            layer.weight.ptr(),
-            layer.bias.ptr(),
-            residual.map_or(0, |r| r.buffer.ptr()),
-            out.buffer.ptr(),
-        ];
-        let kernels = &self.device.kernels;
-        let (kernel, name, grid, block) = if k % 8 == 0 {
-            // gemm.cu: 128 x 64 output tiles, 128 threads; K % 8 keeps every 16-byte copy aligned.
-            let grid = (n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1);
-            (&kernels.gemm, "gemm_f16", grid, 128)
-        } else {
-            (
-                &kernels.gemm_simple,
-                "gemm_f16_simple",
-                (m as u32, n.div_ceil(256) as u32, 1),
-                256,
-            )
+        // gemm.rs picks the path (sm90 on Hopper for BERT shapes, else gemm.cu) and the tile.
+        let args = gemm::GemmArgs {
+            x: x.buffer.ptr(),
+            w: layer.weight.ptr(),
+            bias: layer.bias.ptr(),
+            residual: residual.map_or(0, |r| r.buffer.ptr()),
+            out: out.buffer.ptr(),
+            m,
+            n,
+            k,
+            act,
         };
-        self.device.launch(OP, name, kernel, grid, block, |b| {
-            for p in &ptrs {
-                b.arg(p);
-            }
-            b.arg(&mi).arg(&ni).arg(&ki).arg(&act);
-        })?;
+        gemm::launch(&self.device, layer.maps.as_ref(), &args)?;
         Ok(out)
     }
 

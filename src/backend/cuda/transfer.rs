@@ -404,13 +404,3 @@ impl super::CudaBackend {
         )
     }
 }
-
-impl super::CudaBackend {
-    /// Waits for every queued kernel and copy (benchmarks time with it).
-    pub fn synchronize(&self) -> Result<()> {
-        self.device
-            .stream
-            .synchronize()
-            .map_err(|e| self.device.driver("synchronize", "waiting for the GPU", e))
-    }
-}
