@@ -15,38 +15,13 @@
 //   global memory.
 // gemm_f16_simple (any K; the fallback for K % 8 != 0): one thread per output, f32 accumulate;
 //   grid = (M, ceil(N / 256)), 256 threads along N.
-#include "common.cuh"
+#include "mma.cuh"
 
 #define BM 128
 #define BN 64
 #define BK 32
 #define STAGES 3
 #define PAD_K 40 // BK + 8 halves of padding per shared row
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// 16-byte async copy; `bytes` == 0 zero-fills the destination without reading `src`.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 struct Tiles {
     __half a[STAGES][BM][PAD_K];
@@ -143,13 +118,13 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16(const __half* __restr
             unsigned a[4][4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) // rows lane % 16, k half lane / 16 (the mma A layout)
-                ldmatrix_x4(a[i], &s.a[st][wm + i * 16 + (lane % 16)][kk + (lane / 16) * 8]);
+                ldsm_x4(a[i], &s.a[st][wm + i * 16 + (lane % 16)][kk + (lane / 16) * 8]);
             unsigned b[4][2];
 #pragma unroll
             for (int j = 0; j < 4; j += 2) { // matrices: (n 0-7, k 0-7) (n 0-7, k 8-15) (n 8-15, ...)
                 unsigned r[4];
                 const int mi = lane / 8;
-                ldmatrix_x4(r, &s.b[st][wn + j * 8 + (mi / 2) * 8 + (lane % 8)][kk + (mi % 2) * 8]);
+                ldsm_x4(r, &s.b[st][wn + j * 8 + (mi / 2) * 8 + (lane % 8)][kk + (mi % 2) * 8]);
                 b[j][0] = r[0];
                 b[j][1] = r[1];
                 b[j + 1][0] = r[2];
