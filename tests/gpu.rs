@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use ember::backend::cpu::reference;
 use ember::backend::cpu::testutil::{deviation, SplitMix64};
-use ember::backend::cuda::CudaBackend;
+use ember::backend::cuda::{AttentionKernel, CudaBackend, BERT_GEMM_SHAPES};
 use ember::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
 use ember::{Device, Embedder, EmbedderOptions, Error, Reranker, RerankerOptions};
 use half::f16;
@@ -150,22 +150,6 @@ fn linear_matches_reference_on_awkward_shapes() {
         }
     }
 }
-
-/// The (N, K) of BERT's GEMMs: bge-small, base and large (fused QKV, output, FFN up, FFN down).
-const BERT_GEMMS: [(usize, usize); 12] = [
-    (1152, 384),
-    (384, 384),
-    (1536, 384),
-    (384, 1536),
-    (2304, 768),
-    (768, 768),
-    (3072, 768),
-    (768, 3072),
-    (3072, 1024),
-    (1024, 1024),
-    (4096, 1024),
-    (1024, 4096),
-];
 
 const ACTIVATIONS: [Activation; 5] = [
     Activation::Identity,
@@ -309,7 +293,7 @@ fn gemm_sm90_matches_f64_reference_and_sm80_path() {
     ];
     let bert = [1usize, 77, 1000, 8191]
         .iter()
-        .flat_map(|&m| BERT_GEMMS.iter().map(move |&(n, k)| (m, n, k)));
+        .flat_map(|&m| BERT_GEMM_SHAPES.iter().map(move |&(n, k)| (m, n, k)));
     for (case, (m, n, k)) in small.into_iter().chain(bert).enumerate() {
         // Any 10 consecutive cases (12 per M) make every (activation, residual) pair.
         let activation = ACTIVATIONS[case % ACTIVATIONS.len()];
@@ -631,8 +615,6 @@ fn fixture_rerankers_match_cpu() {
 }
 
 // ---- Tensor-core attention (kernels/attention.cu: attention_fa_*, attention_short_*) ----------
-
-use ember::backend::cuda::AttentionKernel;
 
 /// Runs `kernel` on fresh random q, k, v (never zeros; `scale` sets how peaked the softmax is)
 /// and checks it against the f64 reference; returns the GPU output for further comparisons.

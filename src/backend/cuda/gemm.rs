@@ -413,29 +413,30 @@ pub fn launch(device: &Device, weight_maps: Option<&WeightMaps>, a: &GemmArgs) -
     })
 }
 
+/// The (N, K) of BERT's GEMMs that the tile table is made for: bge-small, base and large (fused
+/// QKV, attention output, FFN up, FFN down).
+pub const BERT_GEMM_SHAPES: [(usize, usize); 12] = [
+    (1152, 384),
+    (384, 384),
+    (1536, 384),
+    (384, 1536),
+    (2304, 768),
+    (768, 768),
+    (3072, 768),
+    (768, 3072),
+    (3072, 1024),
+    (1024, 1024),
+    (4096, 1024),
+    (1024, 4096),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The (N, K) of BERT's GEMMs (bge-small, base, large: QKV, output, FFN up, FFN down).
-    const BERT: [(usize, usize); 12] = [
-        (1152, 384),
-        (384, 384),
-        (1536, 384),
-        (384, 1536),
-        (2304, 768),
-        (768, 768),
-        (3072, 768),
-        (768, 3072),
-        (3072, 1024),
-        (1024, 1024),
-        (4096, 1024),
-        (1024, 4096),
-    ];
-
     #[test]
     fn every_bert_shape_takes_the_sm90_path_with_a_dividing_tile() {
-        for &(n, k) in &BERT {
+        for &(n, k) in &BERT_GEMM_SHAPES {
             for m in [1, 77, 1000, 1024, 8191, 8192, 16384, 65536] {
                 assert!(sm90_supports(m, n, k), "{m} {n} {k}");
                 let t = &TILES[choose_tile(m, n, k, 132)];

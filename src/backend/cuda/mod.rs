@@ -37,7 +37,7 @@ use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNorm
 use crate::batch::Batch;
 use crate::error::Result;
 use device::{error, Device, DeviceBuffer};
-pub use gemm::{GemmChoice, Tile, TILES};
+pub use gemm::{GemmChoice, Tile, BERT_GEMM_SHAPES, TILES};
 
 /// A row-major f16 matrix `[rows, cols]` on the GPU.
 pub struct CudaTensor {
