@@ -307,3 +307,35 @@ fn dtype_flag_selects_bf16_or_refuses_clearly() {
     let out = encode(&model, &input, &dir.join("bad.npy"), &["--dtype", "f64"]);
     assert_failed_cleanly(&out, "not a dtype", &dir.join("bad.npy"));
 }
+
+#[test]
+fn odd_option_values_are_errors_not_panics() {
+    let dir = scratch("odd-options");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "a\nb\n").unwrap();
+    let model = fixtures().join("tiny-bert-embed-f32");
+    let odd: [&[&str]; 12] = [
+        &["--checkpoint-secs=1e30"],
+        &["--checkpoint-secs=inf"],
+        &["--checkpoint-secs=nan"],
+        &["--checkpoint-secs=-1"],
+        &["--shard", "0/0"],
+        &["--shard", "5/3"],
+        &["--max-length", "0"],
+        &["--max-length", "99999999999999999999"],
+        &["--batch-tokens=-1"],
+        &["--device", "cuda:x"],
+        &["--dtype", "f64"],
+        &["--window", "99999999999999999999"],
+    ];
+    for args in odd {
+        let out = encode(&model, &input, &dir.join("out.npy"), args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            !err.contains("panicked") && out.status.code().is_some(),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.join("out.npy").exists(), "{args:?}");
+    }
+}

@@ -134,7 +134,7 @@ struct IoArgs {
     #[arg(long)]
     shard: Option<Shard>,
     /// Seconds between checkpoints (fsync of the output and its journal).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     checkpoint_secs: f64,
     /// Texts per length-sorted window.
     #[arg(long, default_value_t = 4096)]
@@ -419,7 +419,7 @@ fn plan(
         skip_invalid: io.skip_invalid,
         batch_tokens: run.batch_tokens,
         window: io.window.max(1),
-        checkpoint: Duration::from_secs_f64(io.checkpoint_secs.max(0.0)),
+        checkpoint: Duration::from_secs_f64(io.checkpoint_secs),
         total_lines: total,
         progress: !run.quiet && pipeline::stderr_is_terminal(),
         top_k,
@@ -502,6 +502,18 @@ fn finish_run(
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A number of seconds from 0 to a year (a Duration cannot hold infinity or NaN).
+fn seconds(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a number: {e}"))?;
+    if (0.0..=365.0 * 86_400.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("`{text}` is not between 0 and 31536000 seconds"))
     }
 }
 
