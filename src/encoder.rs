@@ -111,6 +111,7 @@ trait Engine: Send + Sync {
     fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix>;
     fn peak_device_bytes(&self) -> Option<usize>;
     fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>>;
+    fn classify_start(&self, batch: &Batch) -> Result<Option<PendingMatrix>>;
 }
 
 struct Loaded<B: Backend> {
@@ -144,6 +145,14 @@ impl<B: Backend> Engine for Loaded<B> {
         let batch = self.backend.upload_batch(batch)?;
         match self.model.classify(&self.backend, &batch)? {
             Some(logits) => self.backend.download(&logits).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn classify_start(&self, batch: &Batch) -> Result<Option<PendingMatrix>> {
+        let batch = self.backend.upload_batch(batch)?;
+        match self.model.classify(&self.backend, &batch)? {
+            Some(logits) => self.backend.download_start(&logits).map(Some),
             None => Ok(None),
         }
     }
@@ -276,15 +285,31 @@ impl Encoder {
     /// Classifier logits `[sequences, num_labels]`; an error for a model without a head.
     pub fn classify(&self, batch: &Batch) -> Result<HostMatrix> {
         self.check(batch)?;
-        self.fitting(batch, &|b| {
-            self.engine.classify(b)?.ok_or_else(|| Error::Option {
-                option: "model".into(),
-                message: format!(
-                    "{} has no classification head (its config.json names no *ForSequenceClassification architecture)",
-                    self.config.dir.display()
-                ),
-            })
-        })
+        self.fitting(batch, &|b| self.engine.classify(b)?.ok_or_else(|| self.no_head()))
+    }
+
+    /// [`Encoder::classify`] without waiting for the logits, as [`Encoder::embed_start`].
+    pub fn classify_start(&self, batch: &Batch) -> Result<PendingMatrix> {
+        self.check(batch)?;
+        let over_budget = batch.num_tokens() > self.token_budget.load(Ordering::Relaxed);
+        if !over_budget || batch.num_sequences() == 1 {
+            match self.engine.classify_start(batch) {
+                Err(Error::OutOfMemory { .. }) => {}
+                result => return result?.ok_or_else(|| self.no_head()),
+            }
+        }
+        self.fitting(batch, &|b| self.engine.classify(b)?.ok_or_else(|| self.no_head()))
+            .map(PendingMatrix::ready)
+    }
+
+    fn no_head(&self) -> Error {
+        Error::Option {
+            option: "model".into(),
+            message: format!(
+                "{} has no classification head (its config.json names no *ForSequenceClassification architecture)",
+                self.config.dir.display()
+            ),
+        }
     }
 
     /// Runs `run` on `batch`, or, when the batch is over the token budget or the device runs

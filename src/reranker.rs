@@ -95,7 +95,7 @@ impl Reranker {
     pub fn logits_of(&self, sequences: &[Sequence]) -> Result<HostMatrix> {
         let mut out = self
             .encoder
-            .run_batched(sequences, self.batch_tokens, Encoder::classify)?;
+            .run_pipelined(sequences, self.batch_tokens, Encoder::classify_start)?;
         out.cols = self.num_labels();
         Ok(out)
     }

@@ -68,6 +68,14 @@ impl PendingMatrix {
         PendingMatrix(PendingInner::Waiting(Box::new(finish)))
     }
 
+    /// This matrix, passed through `f` once it is ready.
+    pub fn map(self, f: impl FnOnce(HostMatrix) -> HostMatrix + Send + 'static) -> PendingMatrix {
+        match self.0 {
+            PendingInner::Ready(m) => PendingMatrix::ready(f(m)),
+            PendingInner::Waiting(finish) => PendingMatrix::waiting(move || finish().map(f)),
+        }
+    }
+
     /// Waits for the copy (and every kernel queued before it) and returns the matrix.
     pub fn wait(self) -> Result<HostMatrix> {
         match self.0 {

@@ -111,14 +111,19 @@ impl Engine for RerankEngine {
     }
 
     fn run(&self, batch: &Batch) -> Result<HostMatrix> {
-        let mut logits = self.reranker.encoder().classify(batch)?;
-        if self.sigmoid {
+        self.start(batch)?.wait()
+    }
+
+    fn start(&self, batch: &Batch) -> Result<PendingMatrix> {
+        let logits = self.reranker.encoder().classify_start(batch)?;
+        Ok(if self.sigmoid {
+            logits.map(|mut m| {
+                m.data.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+                m
+            })
+        } else {
             logits
-                .data
-                .iter_mut()
-                .for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
-        }
-        Ok(logits)
+        })
     }
 
     fn cols(&self) -> usize {
