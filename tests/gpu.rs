@@ -283,13 +283,20 @@ fn gemm_sm90_matches_f64_reference_and_sm80_path() {
     let (mut worst, mut failures, mut cases) = (0.0f64, Vec::new(), 0usize);
     // First a few small cases that isolate the parts: one K-slice (descriptors, swizzle, fragment
     // mapping, no pipeline), one tile with several slices, then stages wrapping around, a partial
-    // N-tile (N = 320) and several tiles per CTA. Then every BERT shape.
+    // N-tile (N = 320) and several tiles per CTA. Then N = 64, below every tile's BN (w's box
+    // is mostly past the tensor: TMA must still complete the whole box's bytes), and many tiles
+    // per CTA with fewer K-slices than stages (K = 64, 128: one or two slices per tile, so the
+    // ring's phases turn over within a few tiles and the ping-pong turns alternate every
+    // tile, on every tile kernel; the BERT shapes all have K >= 384). Then every BERT shape.
     let small = [
         (64, 256, 64),
         (128, 256, 64),
         (64, 192, 256),
         (130, 320, 512),
         (300, 256, 1024),
+        (77, 64, 128),
+        (20000, 512, 64),
+        (20000, 768, 128),
     ];
     let bert = [1usize, 77, 1000, 8191]
         .iter()

@@ -459,6 +459,39 @@ mod tests {
         assert_eq!(TILES[choose_tile(1024, 384, 384, 132)].name, "gemm_sm90_64x128");
     }
 
+    /// TILES restates each GEMM_SM90(NAME, BN, CONSUMERS, STAGES, PINGPONG) line of
+    /// kernels/gemm_sm90.cu by hand, and a disagreement would fail silently on the GPU: the
+    /// kernel arms full[s] with its own (BM + BN) * 128 bytes while TMA delivers the host's boxes
+    /// (a hang until the watchdog traps), and a host `smem_bytes` below the kernel's
+    /// SmemLayout::TOTAL puts the barriers past the end of shared memory. Checked here, on the CPU.
+    #[test]
+    fn tiles_match_the_kernels_gemm_sm90_lines() {
+        let source = include_str!("../../../kernels/gemm_sm90.cu");
+        let lines: Vec<Vec<&str>> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("GEMM_SM90(")?.strip_suffix(')'))
+            .map(|args| args.split(',').map(str::trim).collect())
+            .collect();
+        assert_eq!(lines.len(), TILES.len(), "GEMM_SM90 lines vs TILES");
+        for args in &lines {
+            let [name, bn, consumers, stages, pingpong] = args[..] else {
+                panic!("GEMM_SM90 line with {} arguments: {args:?}", args.len())
+            };
+            let t = TILES
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap_or_else(|| panic!("{name} is not in TILES"));
+            assert_eq!(t.bn.to_string(), bn, "{name}: BN");
+            assert_eq!(t.consumers.to_string(), consumers, "{name}: CONSUMERS");
+            assert_eq!(t.stages.to_string(), stages, "{name}: STAGES");
+            assert_eq!(t.pingpong.to_string(), pingpong, "{name}: PINGPONG");
+            // SmemLayout<BM, BN, STAGES>::TOTAL, with the kernel's BM.
+            let bm = if t.pingpong { 64 } else { 64 * t.consumers };
+            let total = t.stages * (bm + t.bn) * 128 + 2 * t.stages * 8 + 16 + 1024;
+            assert_eq!(t.smem_bytes() as usize, total, "{name}: shared memory");
+        }
+    }
+
     #[test]
     fn shared_memory_fits_an_h100() {
         // 227 KiB of dynamic shared memory per block on sm_90.
