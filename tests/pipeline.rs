@@ -305,15 +305,7 @@ fn bad_line_keeps_earlier_rows_and_skip_invalid_lists_lines() {
     std::fs::write(&input, &body).unwrap();
     let output = dir.join("out.npy");
     let model = embed_model();
-    let base = [
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-    ];
+    let base = [&encode_base(&model, &input)[..], &["--output", s(&output)]].concat();
     let small = ["--window", "64", "--checkpoint-secs", "0"];
     let out = ember(&[&base[..], &small[..]].concat());
     assert!(!out.status.success());
@@ -396,15 +388,7 @@ fn devices_parse_and_fail_clearly_without_cuda() {
     write_lines(&input, &mixed_corpus(3));
     let output = dir.join("out.npy");
     let model = embed_model();
-    let base = [
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-    ];
+    let base = [&encode_base(&model, &input)[..], &["--output", s(&output)]].concat();
     for device in ["cuda", "cuda:1", "cuda:0,1", "cuda:0,cuda:1"] {
         let out = ember(&[&base[..], &["--device", device]].concat());
         assert!(!out.status.success());
