@@ -71,12 +71,9 @@ fn a_kernel_fault_names_the_kernel() {
 #[test]
 #[ignore = "a child of a_kernel_fault_names_the_kernel"]
 fn child_runs_the_fault_probe() {
-    if !is_child() {
-        return;
-    }
-    // Only reached where `have_gpu` found one, which needs the CUDA backend.
+    // Only started where `have_gpu` found a GPU, which needs the CUDA backend.
     #[cfg(feature = "cuda")]
-    {
+    if is_child() {
         let gpu = ember::backend::cuda::CudaBackend::new(0).unwrap();
         let err = gpu.fault_probe().unwrap_err().to_string();
         println!("error: {err}");
