@@ -269,17 +269,9 @@ impl Encoder {
     /// ([`Encoder::run_pipelined`] does this). On the CPU the work is done before it returns.
     pub fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix> {
         self.check(batch)?;
-        let over_budget = batch.num_tokens() > self.token_budget.load(Ordering::Relaxed);
-        if !over_budget || batch.num_sequences() == 1 {
-            match self.engine.embed_start(batch, pooling, normalize) {
-                Err(Error::OutOfMemory { .. }) => {}
-                result => return result,
-            }
-        }
-        // Out of memory, now or on an earlier batch: the waiting path halves the batch until
-        // each part fits.
-        self.fitting(batch, &|b| self.engine.embed(b, pooling, normalize))
-            .map(PendingMatrix::ready)
+        self.fitting_start(batch, &|b| self.engine.embed_start(b, pooling, normalize), &|b| {
+            self.engine.embed(b, pooling, normalize)
+        })
     }
 
     /// Classifier logits `[sequences, num_labels]`; an error for a model without a head.
@@ -291,15 +283,11 @@ impl Encoder {
     /// [`Encoder::classify`] without waiting for the logits, as [`Encoder::embed_start`].
     pub fn classify_start(&self, batch: &Batch) -> Result<PendingMatrix> {
         self.check(batch)?;
-        let over_budget = batch.num_tokens() > self.token_budget.load(Ordering::Relaxed);
-        if !over_budget || batch.num_sequences() == 1 {
-            match self.engine.classify_start(batch) {
-                Err(Error::OutOfMemory { .. }) => {}
-                result => return result?.ok_or_else(|| self.no_head()),
-            }
-        }
-        self.fitting(batch, &|b| self.engine.classify(b)?.ok_or_else(|| self.no_head()))
-            .map(PendingMatrix::ready)
+        self.fitting_start(
+            batch,
+            &|b| self.engine.classify_start(b)?.ok_or_else(|| self.no_head()),
+            &|b| self.engine.classify(b)?.ok_or_else(|| self.no_head()),
+        )
     }
 
     fn no_head(&self) -> Error {
@@ -316,19 +304,9 @@ impl Encoder {
     /// out of memory on it, on its two halves (recursively), and joins the rows in order.
     fn fitting(&self, batch: &Batch, run: &dyn Fn(&Batch) -> Result<HostMatrix>) -> Result<HostMatrix> {
         let (tokens, sequences) = (batch.num_tokens(), batch.num_sequences());
-        if tokens <= self.token_budget.load(Ordering::Relaxed) || sequences == 1 {
+        if self.within_budget(batch) {
             match run(batch) {
-                Err(Error::OutOfMemory { device, op, message }) if sequences == 1 => {
-                    return Err(Error::OutOfMemory {
-                        device,
-                        op,
-                        message: format!("{message}; a single sequence of {tokens} tokens does not fit"),
-                    })
-                }
-                Err(Error::OutOfMemory { .. }) => {
-                    self.token_budget
-                        .fetch_min((tokens / 2).max(1), Ordering::Relaxed);
-                }
+                Err(e @ Error::OutOfMemory { .. }) => self.out_of_memory(e, tokens, sequences)?,
                 result => return result,
             }
         }
@@ -340,6 +318,48 @@ impl Encoder {
         first.rows += second.rows;
         first.data.extend_from_slice(&second.data);
         Ok(first)
+    }
+
+    /// [`Encoder::fitting`] for a `start` that does not wait for its rows: a batch within the
+    /// budget is started whole; one over it, or one the device runs out of memory starting,
+    /// goes through `run` and the halving of [`Encoder::fitting`].
+    fn fitting_start(
+        &self,
+        batch: &Batch,
+        start: &dyn Fn(&Batch) -> Result<PendingMatrix>,
+        run: &dyn Fn(&Batch) -> Result<HostMatrix>,
+    ) -> Result<PendingMatrix> {
+        if self.within_budget(batch) {
+            match start(batch) {
+                Err(e @ Error::OutOfMemory { .. }) => {
+                    self.out_of_memory(e, batch.num_tokens(), batch.num_sequences())?
+                }
+                result => return result,
+            }
+        }
+        self.fitting(batch, run).map(PendingMatrix::ready)
+    }
+
+    /// Whether a batch may be tried whole: within the token budget, or a single sequence.
+    fn within_budget(&self, batch: &Batch) -> bool {
+        batch.num_tokens() <= self.token_budget.load(Ordering::Relaxed) || batch.num_sequences() == 1
+    }
+
+    /// The answer to running out of memory on a batch: for several sequences, lower the budget
+    /// to half its tokens (the caller then halves the batch); for one, the error, saying so.
+    fn out_of_memory(&self, error: Error, tokens: usize, sequences: usize) -> Result<()> {
+        match error {
+            Error::OutOfMemory { device, op, message } if sequences == 1 => Err(Error::OutOfMemory {
+                device,
+                op,
+                message: format!("{message}; a single sequence of {tokens} tokens does not fit"),
+            }),
+            _ => {
+                self.token_budget
+                    .fetch_min((tokens / 2).max(1), Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// Runs `sequences` in batches of at most `batch_tokens` tokens through `run` (one of the
