@@ -91,6 +91,12 @@ pub struct Output {
     finished: bool,
 }
 
+/// `map_err` for an I/O error on `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |e| Error::io(path, e)
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
@@ -111,10 +117,6 @@ impl Output {
     ) -> Result<(Output, Checkpoint)> {
         let partial = with_suffix(target, ".partial");
         let journal_path = with_suffix(target, ".journal");
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| Error::io(p, e)
-        };
         let header_len = if format == OutputFormat::Npy {
             NPY_HEADER_LEN as u64
         } else {
@@ -227,6 +229,7 @@ impl Output {
                 bytes.extend_from_slice(b"}\n");
             }
         }
+        // Per row: the path is copied only on failure.
         self.file
             .write_all(&bytes)
             .map_err(|e| Error::io(&self.partial, e))?;
@@ -241,10 +244,6 @@ impl Output {
         if self.written == self.committed {
             return Ok(());
         }
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| Error::io(p, e)
-        };
         self.file.flush().map_err(io(&self.partial))?;
         self.file.get_ref().sync_data().map_err(io(&self.partial))?;
         let w = self.written;
@@ -256,10 +255,6 @@ impl Output {
 
     /// Writes the real header (for .npy), makes the file durable and renames it into place.
     pub fn finish(mut self, cols: usize) -> Result<()> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| Error::io(p, e)
-        };
         self.file.flush().map_err(io(&self.partial))?;
         if self.format == OutputFormat::Npy {
             let header = npy_header(self.written.rows, cols, self.dtype, self.kind);
@@ -310,10 +305,6 @@ fn reopen(
     checkpoint: Checkpoint,
     complete_len: u64,
 ) -> Result<(BufWriter<File>, File)> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::io(p, e)
-    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
