@@ -308,12 +308,19 @@ impl Device {
 
     /// Waits for every queued kernel (timings).
     pub fn synchronize(&self, op: &'static str) -> Result<()> {
-        self.stream.synchronize().map_err(|e| {
-            let queued = self.take_queued();
-            self.driver(op, &format!("synchronizing: {}", queued_failure(&queued)), e)
-        })?;
-        self.take_queued();
-        Ok(())
+        self.waited(op, "synchronizing", self.stream.synchronize())
+    }
+
+    /// The result of a wait on the stream. The kernels queued before it are forgotten either
+    /// way; a failure names them, since one of them is the cause.
+    fn waited<T>(
+        &self,
+        op: &'static str,
+        what: &str,
+        result: std::result::Result<T, cudarc::driver::DriverError>,
+    ) -> Result<T> {
+        let queued = self.take_queued();
+        result.map_err(|e| self.driver(op, &format!("{what}: {}", queued_failure(&queued)), e))
     }
 
     fn checked(&self) -> bool {
@@ -411,16 +418,11 @@ impl Device {
     /// The first `bytes` bytes of a buffer, after every queued kernel has finished.
     pub fn download_bytes(&self, op: &'static str, buffer: &DeviceBuffer, bytes: usize) -> Result<Vec<u8>> {
         let view = buffer.slice().slice(0..bytes);
-        let host = self
+        let copied = self
             .stream
             .clone_dtoh(&view)
-            .and_then(|host| self.stream.synchronize().map(|()| host))
-            .map_err(|e| {
-                let queued = self.take_queued();
-                self.driver(op, &format!("copying back: {}", queued_failure(&queued)), e)
-            })?;
-        self.take_queued();
-        Ok(host)
+            .and_then(|host| self.stream.synchronize().map(|()| host));
+        self.waited(op, "copying back", copied)
     }
 
     /// The kernels launched since the last copy back (see `queued`), forgetting them.
