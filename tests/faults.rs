@@ -229,24 +229,13 @@ fn the_cli_cuts_batches_when_memory_runs_out_and_says_so() {
     let input = dir.join("in.txt");
     write_lines(&input, &mixed_corpus(600));
     let model = embed_model();
-    let args = |output: &Path| {
-        [
-            "encode",
-            "--model",
-            s(&model),
-            "--input",
-            s(&input),
-            "--output",
-            s(output),
-        ]
-        .map(String::from)
-    };
     let whole = dir.join("whole.npy");
-    ok(ember(&args(&whole).each_ref().map(String::as_str)));
+    ok(encode(&model, &input, &whole, &[]));
     let output = dir.join("out.npy");
     let run = |limit: &str| {
         ember_command()
-            .args(args(&output))
+            .args(encode_base(&model, &input))
+            .args(["--output", s(&output)])
             .env("EMBER_FAULT_ALLOC_LIMIT", limit)
             .output()
             .unwrap()
