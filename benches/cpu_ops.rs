@@ -50,7 +50,7 @@ fn gemm_one_thread(c: &mut Criterion) {
         let bias = rng.values(n, 0.1);
         let mut out = vec![0.0; m * n];
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        for isa in matmul::Isa::available() {
+        for isa in matmul::Isa::available_f32() {
             let id = BenchmarkId::new(isa.name(), format!("m{m}_n{n}_k{k}"));
             group.bench_function(id, |b| {
                 b.iter(|| matmul::gemm_with(isa, &a, k, m, &w, Some(&bias), &mut out, n))

@@ -54,6 +54,59 @@ mod kernels {
         _mm512_reduce_add_ps(total)
     }
 
+    /// The AMX tile multiply `tdpbf16ps` (16 x 16 x 32 multiply-adds each) on four independent
+    /// accumulator tiles, 12 per iteration as the loops above. Returns one value of the result.
+    /// The tile configuration is loaded and released here.
+    ///
+    /// # Safety
+    /// AMX present and permitted by the OS (`Isa::Amx.is_available()`).
+    pub unsafe fn amx_bf16(iterations: u64) -> f32 {
+        use std::arch::asm;
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        #[repr(C, align(64))]
+        struct Tile([u16; 512]);
+        let ones = Tile([0x3f80; 512]); // bf16 1.0
+        let mut out = Tile([0; 512]);
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{p} + {s} * 1]",
+            "tileloadd tmm5, [{p} + {s} * 1]",
+            p = in(reg) ones.0.as_ptr(),
+            s = in(reg) 64usize,
+        );
+        for _ in 0..iterations {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tdpbf16ps tmm1, tmm4, tmm5",
+                "tdpbf16ps tmm2, tmm4, tmm5",
+                "tdpbf16ps tmm3, tmm4, tmm5",
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tdpbf16ps tmm1, tmm4, tmm5",
+                "tdpbf16ps tmm2, tmm4, tmm5",
+                "tdpbf16ps tmm3, tmm4, tmm5",
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tdpbf16ps tmm1, tmm4, tmm5",
+                "tdpbf16ps tmm2, tmm4, tmm5",
+                "tdpbf16ps tmm3, tmm4, tmm5",
+                options(nostack, nomem)
+            );
+        }
+        asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
+        asm!("tilerelease");
+        f32::from_bits(u32::from(out.0[0]) | (u32::from(out.0[1]) << 16))
+    }
+
     /// The same with 8-lane AVX2 FMAs.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2(iterations: u64) -> f32 {
@@ -95,8 +148,14 @@ fn measure(name: &str, lanes: u64, threads: usize, run: fn(u64) -> f32) -> f64 {
     best
 }
 
-/// Best-of-`runs` GFLOP/s of the one-thread bf16 GEMM, against the bf16 peak.
-fn gemm_bf16(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+/// Best-of-`runs` GFLOP/s of the one-thread bf16 GEMM of `isa`, against `peak`, the rate of its
+/// own instruction.
+fn gemm_bf16(
+    isa: ember::backend::cpu::matmul::Isa,
+    peak: f64,
+    (m, n, k): (usize, usize, usize),
+    runs: usize,
+) {
     use ember::backend::cpu::bf16;
     use ember::backend::cpu::testutil::SplitMix64;
     let mut rng = SplitMix64::new(5);
@@ -107,12 +166,13 @@ fn gemm_bf16(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
     let mut best = 0.0f64;
     for _ in 0..runs {
         let start = Instant::now();
-        bf16::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
+        bf16::gemm_panels_with(isa, &a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
         best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
     }
     std::hint::black_box(&out);
     println!(
-        "gemm 1 thread bf16     m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of the 1-thread bf16 peak",
+        "gemm 1 thread {:<11} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of its instruction's 1-thread peak",
+        isa.name(),
         100.0 * best / peak
     );
 }
@@ -126,7 +186,7 @@ fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
     let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
     let bias = rng.values(n, 0.1);
     let mut out = vec![0.0; m * n];
-    for isa in matmul::Isa::available() {
+    for isa in matmul::Isa::available_f32() {
         let mut best = 0.0f64;
         for _ in 0..runs {
             let start = Instant::now();
@@ -181,11 +241,19 @@ fn main() {
         for (m, n, k) in shapes {
             gemm(one_thread_peak, m, n, k, runs);
         }
-        if is_x86_feature_detected!("avx512bf16") {
+        use ember::backend::cpu::matmul::Isa;
+        if Isa::Avx512Bf16.is_available() {
             // SAFETY: the CPU has AVX512-BF16 (checked just above).
             let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
-            for (m, n, k) in shapes {
-                gemm_bf16(peak, m, n, k, runs);
+            for shape in shapes {
+                gemm_bf16(Isa::Avx512Bf16, peak, shape, runs);
+            }
+        }
+        if Isa::Amx.is_available() {
+            // SAFETY: AMX is present and permitted (checked just above).
+            let peak = measure("tdpbf16", 16 * 16 * 32, 1, |n| unsafe { kernels::amx_bf16(n) });
+            for shape in shapes {
+                gemm_bf16(Isa::Amx, peak, shape, runs);
             }
         }
     }

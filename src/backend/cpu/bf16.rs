@@ -1,14 +1,16 @@
 //! The bf16 linear layers: weights stored as bfloat16, activations rounded to bf16 as they are
-//! packed, products accumulated in f32 by AVX512-BF16's `vdpbf16ps` (each instruction does 16
-//! lanes x 2 products: twice the multiply-adds of an f32 FMA, on half the weight bytes).
+//! packed, products accumulated in f32. Two kernels share the packed weights:
+//! - AMX ([`super::amx`], level [`Isa::Amx`]): `tdpbf16ps` on 16 x 16 tiles;
+//! - AVX512-BF16 (this file, level [`Isa::Avx512Bf16`]): `vdpbf16ps`, 16 lanes x 2 products per
+//!   instruction, twice the multiply-adds of an f32 FMA on half the weight bytes (on Zen 4; a
+//!   Xeon with two 512-bit FMA units runs f32 FMAs as fast, which is why AMX matters there).
 //!
-//! Only AVX512-BF16 is implemented. AMX (the tile unit of Sapphire Rapids and later) would be
-//! the next level, but no machine this was developed on has it, and untested kernels are not
-//! shipped: a CPU without AVX512-BF16 gets a clear error from [`check_supported`].
+//! A CPU without either gets a clear error from [`check_supported`].
 //!
-//! Layouts (pairs of consecutive k, as `vdpbf16ps` multiplies pairs):
+//! Layouts (pairs of consecutive k, as both instructions multiply pairs):
 //! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
-//!   for `q < ceil(k / 2)`, zero past `n` and past `k`; 64-byte aligned.
+//!   for `q` below `ceil(k / 32) * 16` (whole AMX k steps), zero past `n` and past `k`; 64-byte
+//!   aligned.
 //! - A: per K block and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
 //!   `bf16(A[i][2q])` in its low half and `bf16(A[i][2q + 1])` in its high half (zero past `m`
 //!   and past `k`), broadcast to all 16 lanes by the kernel.
@@ -22,31 +24,35 @@ use std::cell::RefCell;
 use half::bf16;
 
 use super::matmul::{check_operands, KC, MC};
-use super::microkernel::{Tile, MR, NR};
+use super::microkernel::{Isa, Tile, MR, NR};
 
-/// Whether this CPU runs the bf16 kernels.
+/// Whether this process runs the bf16 kernels: the level of [`Isa::detected`] has AMX or
+/// AVX512-BF16.
 pub fn is_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detected().has_bf16()
 }
 
 /// `Ok` when [`is_supported`], else the error message to show.
 pub fn check_supported() -> std::result::Result<(), String> {
     if is_supported() {
-        Ok(())
-    } else {
-        Err(
-            "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 or \
-             later); this CPU does not have it. Use f32."
-                .into(),
-        )
+        return Ok(());
     }
+    if Isa::Avx512Bf16.is_available() {
+        return Err(format!(
+            "bf16 on the CPU needs AVX512-BF16 or AMX, which EMBER_CPU_ISA={} rules out",
+            Isa::detected().name()
+        ));
+    }
+    Err(
+        "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 or \
+         later); this CPU does not have it. Use f32."
+            .into(),
+    )
+}
+
+/// Pairs of k stored per panel: whole AMX k steps of 16 pairs.
+fn stored_pairs(k: usize) -> usize {
+    k.div_ceil(32) * 16
 }
 
 /// Rounds to the nearest bf16, ties to even (as PyTorch's `.to(torch.bfloat16)`).
@@ -71,7 +77,7 @@ impl PackedBf16 {
     /// If `src` holds fewer than `n * k` values.
     pub fn from_rows(src: &[f32], n: usize, k: usize) -> Self {
         assert!(src.len() >= n * k, "PackedBf16: source too short");
-        let pairs = k.div_ceil(2);
+        let pairs = stored_pairs(k);
         let len = n.div_ceil(NR) * NR * pairs * 2;
         // 32 spare values: room to start the panels on a 64-byte boundary.
         let mut data = vec![0u16; len + 32];
@@ -105,8 +111,8 @@ impl PackedBf16 {
     }
 
     /// The values of pairs `q0..q0 + count` of panel `index`.
-    fn panel_pairs(&self, index: usize, q0: usize, count: usize) -> &[u16] {
-        let pairs = self.k.div_ceil(2);
+    pub(super) fn panel_pairs(&self, index: usize, q0: usize, count: usize) -> &[u16] {
+        let pairs = stored_pairs(self.k);
         &self.data[self.offset + index * pairs * NR * 2 + q0 * NR * 2..][..count * NR * 2]
     }
 }
@@ -175,10 +181,11 @@ fn bf16_pairs_inline(row: &[f32], out: &mut [u32]) {
 }
 
 /// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread; column 0 of `c`
-/// is column `panels.start * NR` of the full product (as `matmul::gemm_panels`).
+/// is column `panels.start * NR` of the full product (as `matmul::gemm_panels`), with the kernel
+/// of [`Isa::detected`].
 ///
 /// # Panics
-/// If the CPU lacks AVX512-BF16, or a slice is too short for its stride and extent.
+/// If that level has no bf16 kernel, or a slice is too short for its stride and extent.
 #[allow(clippy::too_many_arguments)] // a BLAS-style signature: strides and extents are the point
 pub fn gemm_panels(
     a: &[f32],
@@ -190,7 +197,49 @@ pub fn gemm_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(is_supported(), "bf16 GEMM on a CPU without AVX512-BF16");
+    gemm_panels_with(Isa::detected(), a, lda, m, w, panels, bias, c, ldc);
+}
+
+/// [`gemm_panels`] with the kernel of `isa`: AMX for [`Isa::Amx`], `vdpbf16ps` for
+/// [`Isa::Avx512Bf16`] (tests run both where the CPU has them).
+///
+/// # Panics
+/// If `isa` has no bf16 kernel or is not available, or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_panels_with(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedBf16,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => super::amx::gemm_panels(a, lda, m, w, panels, bias, c, ldc),
+        Isa::Avx512Bf16 => gemm_panels_avx512bf16(a, lda, m, w, panels, bias, c, ldc),
+        other => panic!("no bf16 GEMM at level {}", other.name()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_panels_avx512bf16(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedBf16,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        Isa::Avx512Bf16.is_available(),
+        "bf16 GEMM on a CPU without AVX512-BF16"
+    );
     let (n, k) = (w.n, w.k);
     if m == 0 || panels.is_empty() {
         return;

@@ -173,7 +173,7 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $inner($($arg),*)
                 }
-                match isa {
+                match isa.f32_kernels() {
                     Isa::Avx512 => {
                         assert!(isa.is_available(), "AVX-512 code on a CPU without it");
                         // SAFETY: the CPU has the features (checked just above).
@@ -184,7 +184,7 @@ macro_rules! multiversion {
                         // SAFETY: as above.
                         return unsafe { avx2($($arg),*) };
                     }
-                    Isa::Portable => {}
+                    Isa::Amx | Isa::Avx512Bf16 | Isa::Portable => {}
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]

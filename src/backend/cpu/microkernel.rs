@@ -17,8 +17,9 @@
 //!   multiply and add are separate roundings there, the SIMD kernels use fused multiply-adds.
 //!
 //! The kernel is chosen once per process ([`Isa::detected`]), from the CPU's features; the
-//! environment variable `EMBER_CPU_ISA=avx512|avx2|portable` forces a lower level (for benches
-//! and comparisons; a level the CPU lacks is refused with a warning and the detected one kept).
+//! environment variable `EMBER_CPU_ISA=amx|avx512-bf16|avx512|avx2|portable` forces a level (for
+//! benches, comparisons and tests; a level the CPU lacks is refused with a warning and the
+//! detected one kept).
 
 use std::sync::OnceLock;
 
@@ -32,10 +33,16 @@ pub const NR: usize = 32;
 #[derive(Clone, Copy)]
 pub struct Tile(pub [f32; MR * NR]);
 
-/// The instruction-set level of the f32 kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The instruction-set level of the CPU kernels, best first. The f32 code has three variants
+/// (AVX-512, AVX2, portable); the two levels above AVX-512 only change the bf16 linear layers
+/// (see [`Isa::f32_kernels`] and `super::bf16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
-    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA.
+    /// AMX-BF16 tiles (`tdpbf16ps`) for the bf16 linear layers, AVX-512 for everything else.
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps`) for the bf16 linear layers, AVX-512 for everything else.
+    Avx512Bf16,
+    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA; no bf16 arithmetic.
     Avx512,
     /// AVX2 + FMA.
     Avx2,
@@ -44,17 +51,40 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Every level, best first.
+    pub const ALL: [Isa; 5] = [Isa::Amx, Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// The name `EMBER_CPU_ISA` takes.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "amx",
+            Isa::Avx512Bf16 => "avx512-bf16",
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
             Isa::Portable => "portable",
         }
     }
 
-    /// Whether this CPU can run the level.
+    /// The level whose f32 kernels this level runs: the bf16 levels run AVX-512 f32 code.
+    pub fn f32_kernels(self) -> Isa {
+        match self {
+            Isa::Amx | Isa::Avx512Bf16 => Isa::Avx512,
+            other => other,
+        }
+    }
+
+    /// Whether this level has bf16 linear layers (AMX or AVX512-BF16).
+    pub fn has_bf16(self) -> bool {
+        self <= Isa::Avx512Bf16
+    }
+
+    /// Whether this CPU (and, for AMX, the operating system) can run the level.
     pub fn is_available(self) -> bool {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512Bf16.is_available() && super::amx::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 // BW/DQ/VL too: the multiversioned elementwise code is compiled with them (every
@@ -69,21 +99,28 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx512 | Isa::Avx2 => false,
+            Isa::Amx | Isa::Avx512Bf16 | Isa::Avx512 | Isa::Avx2 => false,
             Isa::Portable => true,
         }
     }
 
     /// Every level this CPU can run, best first (tests run each of them).
     pub fn available() -> Vec<Isa> {
-        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        Isa::ALL.into_iter().filter(|isa| isa.is_available()).collect()
+    }
+
+    /// The distinct f32 kernel levels this CPU can run, best first: [`Isa::available`] without
+    /// the bf16 levels, whose f32 code is AVX-512's.
+    pub fn available_f32() -> Vec<Isa> {
+        Isa::available()
             .into_iter()
-            .filter(|isa| isa.is_available())
+            .filter(|isa| isa.f32_kernels() == *isa)
             .collect()
     }
 
-    /// The level every kernel of this process uses: the best available, or a lower one named by
-    /// `EMBER_CPU_ISA`. Decided on the first call and cached.
+    /// The level every kernel of this process uses: the best available, or the one named by
+    /// `EMBER_CPU_ISA` (`amx`, `avx512-bf16`, `avx512`, `avx2`, `portable`). Decided on the first
+    /// call and cached.
     pub fn detected() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
@@ -91,14 +128,16 @@ impl Isa {
             let Ok(wanted) = std::env::var("EMBER_CPU_ISA") else {
                 return best;
             };
-            match [Isa::Avx512, Isa::Avx2, Isa::Portable]
-                .into_iter()
-                .find(|isa| isa.name() == wanted)
-            {
+            match Isa::ALL.into_iter().find(|isa| isa.name() == wanted) {
                 Some(isa) if isa.is_available() => isa,
                 _ => {
                     eprintln!(
-                        "ember: EMBER_CPU_ISA={wanted} is not available here; using {}",
+                        "ember: EMBER_CPU_ISA={wanted} is not available here (levels: {}); using {}",
+                        Isa::available()
+                            .iter()
+                            .map(|isa| isa.name())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         best.name()
                     );
                     best
@@ -125,7 +164,7 @@ pub fn run(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, 
         ldc >= NR && c.len() >= (MR - 1) * ldc + NR,
         "microkernel: tile too short"
     );
-    match isa {
+    match isa.f32_kernels() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             assert!(isa.is_available(), "AVX-512F kernel on a CPU without it");

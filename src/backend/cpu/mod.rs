@@ -9,13 +9,16 @@
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
-//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), AVX512-BF16 only.
+//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16.
 //!
-//! [`microkernel::Isa::detected`] picks AVX-512, AVX2 or portable code once per process.
+//! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
+//! AVX-512 for f32 code), AVX-512, AVX2 or portable.
 //!
 //! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
 //! [`testutil`] the seeded random inputs and the error measure the tests use.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 mod attention;
 pub mod bf16;
 mod buffers;
@@ -296,7 +299,7 @@ impl Backend for CpuBackend {
         let gamma = norm_vector(OP, "gamma", &norm.gamma, hidden)?;
         let beta = norm_vector(OP, "beta", &norm.beta, hidden)?;
         let tokens = batch.token_ids.len();
-        let mut out = buffers::zeroed(OP, tokens * hidden)?;
+        let mut out = buffers::for_overwrite(OP, tokens * hidden)?;
         let slices = rowwise::Tables {
             word: &tables.word.data,
             position: &tables.position.data,
@@ -328,7 +331,7 @@ impl Backend for CpuBackend {
         if let Some(r) = residual {
             r.check(OP, "residual", m, n)?;
         }
-        let mut out = buffers::zeroed(OP, m * n)?;
+        let mut out = buffers::for_overwrite(OP, m * n)?;
         let epilogue = |first_row: usize, block: &mut [f32]| {
             let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
             math::epilogue(activation, block, r);
@@ -350,7 +353,7 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("{heads} heads of dimension {head_dim}")));
         };
         qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
-        let mut out = buffers::zeroed(OP, qkv.rows * hidden)?;
+        let mut out = buffers::for_overwrite(OP, qkv.rows * hidden)?;
         attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
         CpuTensor::new(qkv.rows, hidden, out)
     }
@@ -363,7 +366,7 @@ impl Backend for CpuBackend {
         }
         let gamma = norm_vector(OP, "gamma", &norm.gamma, x.cols)?;
         let beta = norm_vector(OP, "beta", &norm.beta, x.cols)?;
-        let mut out = buffers::zeroed(OP, x.data.len())?;
+        let mut out = buffers::for_overwrite(OP, x.data.len())?;
         rowwise::layer_norm(&x.data, gamma, beta, norm.eps, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }
@@ -376,7 +379,7 @@ impl Backend for CpuBackend {
             return Err(error(OP, format!("sequence {s} is empty")));
         }
         let sequences = batch.cu_seqlens.len() - 1;
-        let mut out = buffers::zeroed(OP, sequences * hidden.cols)?;
+        let mut out = buffers::for_overwrite(OP, sequences * hidden.cols)?;
         rowwise::pool(&hidden.data, hidden.cols, &batch.cu_seqlens, mode, &mut out);
         CpuTensor::new(sequences, hidden.cols, out)
     }
@@ -384,7 +387,7 @@ impl Backend for CpuBackend {
     fn l2_normalize(&self, x: &CpuTensor) -> Result<CpuTensor> {
         const OP: &str = "l2_normalize";
         x.check_consistent(OP, "input")?;
-        let mut out = buffers::zeroed(OP, x.data.len())?;
+        let mut out = buffers::for_overwrite(OP, x.data.len())?;
         rowwise::l2_normalize(&x.data, x.cols, &mut out);
         CpuTensor::new(x.rows, x.cols, out)
     }

@@ -449,7 +449,7 @@ fn gemm_matches_reference_at_every_isa_level() {
         (200, 65, 800),
         (12, 32, 0),
     ];
-    for isa in matmul::Isa::available() {
+    for isa in matmul::Isa::available_f32() {
         for &(m, n, k) in &shapes {
             let (lda, ldc) = (k + 3, n + 5);
             let a = rng.values(m * lda, 1.0);
@@ -493,7 +493,7 @@ fn gemm_rows_do_not_depend_on_their_neighbours_at_any_isa_level() {
     let a = rng.values(m * k, 1.0);
     let packed = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);
     let bias = rng.values(n, 0.5);
-    for isa in matmul::Isa::available() {
+    for isa in matmul::Isa::available_f32() {
         let mut all = vec![0.0; m * n];
         matmul::gemm_with(isa, &a, k, m, &packed, Some(&bias), &mut all, n);
         for i in [0, 11, 12, 25, 28] {
@@ -517,7 +517,7 @@ fn elementwise_code_is_bit_identical_at_every_isa_level() {
     let residual = rng.values(1000, 1.0);
     let (gamma, beta) = (rng.values(1000, 1.0), rng.values(1000, 1.0));
     let portable = matmul::Isa::Portable;
-    for isa in matmul::Isa::available() {
+    for isa in matmul::Isa::available_f32() {
         for activation in ACTIVATIONS {
             let (mut x, mut y) = (values.clone(), values.clone());
             math::epilogue_with(isa, activation, &mut x, Some(&residual));
@@ -532,7 +532,7 @@ fn elementwise_code_is_bit_identical_at_every_isa_level() {
 }
 
 #[test]
-fn bf16_gemm_matches_reference_on_bf16_rounded_inputs() {
+fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
     if !bf16::is_supported() {
         // Refusal is the contract there: the backend must say so, not fall back.
         assert!(CpuBackend::with_dtype(CpuDtype::Bf16).is_err());
@@ -540,47 +540,66 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs() {
     }
     let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
     let mut rng = SplitMix64::new(14);
-    // Odd k (a half-filled last pair), k over one 384 block, row and column tails.
-    for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (29, 70, 777), (97, 32, 384), (12, 5, 0)] {
-        let (lda, ldc) = (k + 3, n + 5);
-        let a = rng.values(m * lda, 1.0);
-        let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
-        let bias = rng.values(n, 0.5);
-        let packed = bf16::PackedBf16::from_rows(&w, n, k);
-        let sentinel = 12345.0;
-        let mut c = vec![sentinel; m * ldc];
-        bf16::gemm_panels(&a, lda, m, &packed, 0..packed.panels(), Some(&bias), &mut c, ldc);
-        // The products of bf16 values are exact in f32: only the f32 accumulation rounds, so
-        // the f64 result on the rounded inputs is matched as closely as the f32 GEMM's.
-        let want = gemm_reference(&round(&a), lda, m, &round(&w), n, k, &bias);
-        for i in 0..m {
-            assert!(
-                c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == sentinel),
-                "wrote outside C"
-            );
-            for j in 0..n {
-                let (got, want) = (c[i * ldc + j] as f64, want[i * n + j]);
+    // Odd k (a half-filled last pair), k around the 32-wide AMX step and over one 384 block, rows
+    // around the 16-row tile, the 32-row AMX block and the 96-row M block, column tails.
+    let shapes = [
+        (1, 1, 1),
+        (13, 33, 7),
+        (29, 70, 777),
+        (97, 32, 384),
+        (12, 5, 0),
+        (33, 64, 31),
+        (17, 95, 33),
+        (200, 40, 65),
+    ];
+    let levels: Vec<_> = matmul::Isa::available()
+        .into_iter()
+        .filter(|i| i.has_bf16())
+        .collect();
+    for isa in levels {
+        for &(m, n, k) in &shapes {
+            let (lda, ldc) = (k + 3, n + 5);
+            let a = rng.values(m * lda, 1.0);
+            let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
+            let bias = rng.values(n, 0.5);
+            let packed = bf16::PackedBf16::from_rows(&w, n, k);
+            let sentinel = 12345.0;
+            let mut c = vec![sentinel; m * ldc];
+            let all = 0..packed.panels();
+            bf16::gemm_panels_with(isa, &a, lda, m, &packed, all.clone(), Some(&bias), &mut c, ldc);
+            // The products of bf16 values are exact in f32: only the f32 accumulation rounds, so
+            // the f64 result on the rounded inputs is matched as closely as the f32 GEMM's.
+            let want = gemm_reference(&round(&a), lda, m, &round(&w), n, k, &bias);
+            for i in 0..m {
                 assert!(
-                    (got - want).abs() < 2e-5,
-                    "bf16 {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                    c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == sentinel),
+                    "{isa:?}: wrote outside C"
                 );
+                for j in 0..n {
+                    let (got, want) = (c[i * ldc + j] as f64, want[i * n + j]);
+                    assert!(
+                        (got - want).abs() < 2e-5,
+                        "{isa:?} bf16 {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                    );
+                }
             }
-        }
-        // Batching invariance holds for bf16 as for f32: a row alone gives the same bits.
-        if m > 0 && n > 0 {
-            let i = m - 1;
-            let mut alone = vec![0.0; n];
-            bf16::gemm_panels(
-                &a[i * lda..],
-                lda,
-                1,
-                &packed,
-                0..packed.panels(),
-                Some(&bias),
-                &mut alone,
-                n,
-            );
-            assert_eq!(&c[i * ldc..i * ldc + n], &alone[..], "bf16 row {i} alone");
+            // Batching invariance holds for bf16 as for f32: a row alone gives the same bits.
+            if m > 0 && n > 0 {
+                let i = m - 1;
+                let mut alone = vec![0.0; n];
+                bf16::gemm_panels_with(
+                    isa,
+                    &a[i * lda..],
+                    lda,
+                    1,
+                    &packed,
+                    all,
+                    Some(&bias),
+                    &mut alone,
+                    n,
+                );
+                assert_eq!(&c[i * ldc..i * ldc + n], &alone[..], "{isa:?} bf16 row {i} alone");
+            }
         }
     }
 }
