@@ -3,7 +3,8 @@
 //! starts (as the PyTorch and ONNX Runtime scripts time `encode` only). Prints one line of JSON
 //! like scripts/bench_torch.py, for scripts/compare-cpu.sh.
 //!
-//! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16] [--threads N] [--repeat 3]`
+//! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16] [--threads N] [--repeat 3]
+//! [--batch-tokens N]`
 
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use ember::{Dtype, Embedder, EmbedderOptions};
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (mut model, mut corpus, mut dtype, mut threads, mut repeat) = (None, None, Dtype::F32, 0, 3);
+    let mut batch_tokens = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
@@ -20,6 +22,7 @@ fn main() {
             "--dtype" => dtype = value().parse().expect("dtype"),
             "--threads" => threads = value().parse().expect("threads"),
             "--repeat" => repeat = value().parse().expect("repeat"),
+            "--batch-tokens" => batch_tokens = Some(value().parse().expect("batch tokens")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -36,7 +39,14 @@ fn main() {
     let text = std::fs::read_to_string(&corpus).unwrap();
     let texts: Vec<&str> = text.lines().collect();
     pool.install(|| {
-        let embedder = Embedder::load_with_dtype(&model, EmbedderOptions::default(), dtype)
+        let embedder = Embedder::load_with_dtype(
+            &model,
+            EmbedderOptions {
+                batch_tokens,
+                ..Default::default()
+            },
+            dtype,
+        )
             .unwrap_or_else(|e| panic!("{e}"));
         let tokens: usize = embedder
             .tokenize(&texts, false)

@@ -16,9 +16,6 @@ pub const BGE_QUERY_INSTRUCTION_EN: &str = "Represent this sentence for searchin
 /// The instruction bge Chinese models put before retrieval queries.
 pub const BGE_QUERY_INSTRUCTION_ZH: &str = "为这个句子生成表示以用于检索相关文章：";
 
-/// Tokens per forward pass unless the caller says otherwise.
-pub const DEFAULT_BATCH_TOKENS: usize = 16_384;
-
 /// Overrides of the model's own configuration; `None` keeps the model's default.
 #[derive(Debug, Clone)]
 pub struct EmbedderOptions {
@@ -28,8 +25,9 @@ pub struct EmbedderOptions {
     /// Put before each text by [`Embedder::encode_queries`] (not by [`Embedder::encode`]).
     pub query_instruction: Option<String>,
     pub device: Device,
-    /// The most tokens in one forward pass.
-    pub batch_tokens: usize,
+    /// The most tokens in one forward pass; `None`: the device's own default
+    /// ([`Encoder::default_batch_tokens`]).
+    pub batch_tokens: Option<usize>,
 }
 
 impl Default for EmbedderOptions {
@@ -40,7 +38,7 @@ impl Default for EmbedderOptions {
             max_length: None,
             query_instruction: None,
             device: Device::Cpu,
-            batch_tokens: DEFAULT_BATCH_TOKENS,
+            batch_tokens: None,
         }
     }
 }
@@ -79,10 +77,17 @@ impl Embedder {
             normalize: options.normalize.unwrap_or(config.defaults.normalize),
             max_length,
             query_instruction: options.query_instruction,
-            batch_tokens: options.batch_tokens,
+            batch_tokens: options
+                .batch_tokens
+                .unwrap_or_else(|| encoder.default_batch_tokens()),
             encoder,
             tokenizer,
         })
+    }
+
+    /// The most tokens in one forward pass (the option, or the device's default).
+    pub fn batch_tokens(&self) -> usize {
+        self.batch_tokens
     }
 
     /// Embeds each text as it is.

@@ -158,6 +158,13 @@ impl<B: Backend> Engine for Loaded<B> {
     }
 }
 
+/// Tokens per forward pass on a GPU unless the caller says otherwise.
+pub const GPU_BATCH_TOKENS: usize = 16_384;
+
+/// The size the CPU's default batch gives its widest activation (see
+/// [`Encoder::default_batch_tokens`]).
+pub const CPU_ACTIVATION_BYTES: usize = 6 << 20;
+
 /// A model folder loaded onto a device: config, weights and the forward pass, no tokenizer.
 pub struct Encoder {
     config: ModelConfig,
@@ -236,6 +243,27 @@ impl Encoder {
     /// Packs tokenized sequences with this model's position ids.
     pub fn pack(&self, sequences: &[&Sequence]) -> Result<Batch> {
         Batch::pack(sequences, self.config.position_offset() as u32)
+    }
+
+    /// Tokens per forward pass when the caller does not say. On a GPU, [`GPU_BATCH_TOKENS`]: work
+    /// enough to fill it. On the CPU, as many as keep the widest activation (the FFN's,
+    /// `tokens x intermediate` f32) near [`CPU_ACTIVATION_BYTES`], so that each op's output is
+    /// still in the caches when the next op reads it. Measured on MiniLM (Xeon with AMX, CPU
+    /// time of 1,024 texts): in bf16, batches of 1,024 tokens took 13 % less time than batches
+    /// of 16,384, whose 100 MB activations go through memory between every two ops; in f32,
+    /// whose GEMM is 6x slower and hides the memory traffic, 4 % more.
+    pub fn default_batch_tokens(&self) -> usize {
+        match self.device {
+            Device::Cpu => {
+                let widest = self
+                    .config
+                    .intermediate_size
+                    .max(3 * self.config.hidden_size)
+                    .max(1);
+                (CPU_ACTIVATION_BYTES / (4 * widest)).clamp(256, GPU_BATCH_TOKENS)
+            }
+            Device::Cuda(_) => GPU_BATCH_TOKENS,
+        }
     }
 
     /// The token budget that running out of device memory has imposed, if it has: batches of

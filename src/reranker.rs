@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::backend::HostMatrix;
 use crate::batch::Sequence;
 use crate::config::Head;
-use crate::embedder::{resolve_max_length, DEFAULT_BATCH_TOKENS};
+use crate::embedder::resolve_max_length;
 use crate::encoder::{Device, Dtype, Encoder};
 use crate::error::{Error, Result};
 use crate::tokenize::TextTokenizer;
@@ -19,7 +19,9 @@ pub struct RerankerOptions {
     /// `None` keeps the model's default (512, or what its files say, clipped to its positions).
     pub max_length: Option<usize>,
     pub device: Device,
-    pub batch_tokens: usize,
+    /// The most tokens in one forward pass; `None`: the device's own default
+    /// ([`Encoder::default_batch_tokens`]).
+    pub batch_tokens: Option<usize>,
 }
 
 impl Default for RerankerOptions {
@@ -27,7 +29,7 @@ impl Default for RerankerOptions {
         RerankerOptions {
             max_length: None,
             device: Device::Cpu,
-            batch_tokens: DEFAULT_BATCH_TOKENS,
+            batch_tokens: None,
         }
     }
 }
@@ -63,10 +65,12 @@ impl Reranker {
         let tokenizer = TextTokenizer::load(dir, config.vocab_size, config.type_vocab_size)?;
         let max_length = resolve_max_length(&encoder, &tokenizer, options.max_length)?;
         Ok(Reranker {
+            batch_tokens: options
+                .batch_tokens
+                .unwrap_or_else(|| encoder.default_batch_tokens()),
             encoder,
             tokenizer,
             max_length,
-            batch_tokens: options.batch_tokens,
         })
     }
 

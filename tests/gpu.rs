@@ -535,7 +535,7 @@ fn embedder_matches_cpu(what: &str, dir: PathBuf) {
         &dir,
         EmbedderOptions {
             device: Device::Cuda(0),
-            batch_tokens: 1,
+            batch_tokens: Some(1),
             ..Default::default()
         },
     )

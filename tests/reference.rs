@@ -196,7 +196,7 @@ fn results_do_not_depend_on_batching() {
     let small_batches = Embedder::load(
         &dir,
         EmbedderOptions {
-            batch_tokens: 300,
+            batch_tokens: Some(300),
             ..Default::default()
         },
     )

@@ -127,6 +127,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }));
     }
     let load_s = load.elapsed().as_secs_f64();
+    let batch_tokens = args
+        .run
+        .batch_tokens
+        .unwrap_or_else(|| engines[0].encoder().default_batch_tokens());
     let texts = match &args.corpus {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| ember::Error::io(path, e))?
@@ -172,7 +176,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .iter()
         .flat_map(|w| {
             let lengths: Vec<usize> = w.iter().map(Sequence::len).collect();
-            ember::batch::plan_batches(&lengths, args.run.batch_tokens.max(1), usize::MAX)
+            ember::batch::plan_batches(&lengths, batch_tokens.max(1), usize::MAX)
                 .into_iter()
                 .map(move |members| members.iter().map(|&i| &w[i]).collect::<Vec<_>>())
         })
@@ -221,7 +225,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 range: LineRange { start: 0, end: None },
                 done_lines: 0,
                 skip_invalid: false,
-                batch_tokens: args.run.batch_tokens,
+                batch_tokens,
                 window: args.window.max(1),
                 checkpoint: Duration::from_secs(2),
                 total_lines: None,
@@ -279,7 +283,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             devices.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             texts.len(),
             tokens as f64 / texts.len().max(1) as f64,
-            args.run.batch_tokens,
+            batch_tokens,
             rayon::current_num_threads(),
         );
     }
