@@ -4,7 +4,7 @@
 //! like scripts/bench_torch.py, for scripts/compare-cpu.sh.
 //!
 //! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16] [--threads N] [--repeat 3]
-//! [--batch-tokens N]`
+//! [--batch-tokens N] [--max-length N]`
 
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use ember::{Dtype, Embedder, EmbedderOptions};
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (mut model, mut corpus, mut dtype, mut threads, mut repeat) = (None, None, Dtype::F32, 0, 3);
-    let mut batch_tokens = None;
+    let (mut batch_tokens, mut max_length) = (None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
@@ -23,6 +23,7 @@ fn main() {
             "--threads" => threads = value().parse().expect("threads"),
             "--repeat" => repeat = value().parse().expect("repeat"),
             "--batch-tokens" => batch_tokens = Some(value().parse().expect("batch tokens")),
+            "--max-length" => max_length = Some(value().parse().expect("max length")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -43,6 +44,7 @@ fn main() {
             &model,
             EmbedderOptions {
                 batch_tokens,
+                max_length,
                 ..Default::default()
             },
             dtype,
@@ -66,7 +68,10 @@ fn main() {
         let seconds = times[times.len() / 2];
         println!(
             "{{\"engine\": \"ember {dtype} ({} kernels)\", \"texts\": {}, \"tokens\": {tokens}, \"seconds\": {seconds}, \"tokens_per_s\": {}}}",
-            ember::backend::cpu::matmul::Isa::detected().name(),
+            {
+                let isa = ember::backend::cpu::matmul::Isa::detected();
+                if dtype == Dtype::F32 { isa.f32_kernels() } else { isa }.name()
+            },
             texts.len(),
             tokens as f64 / seconds
         );
