@@ -135,8 +135,13 @@ unsafe fn pack_a(a: &[f32], lda: usize, m: usize, k: usize, pack: &mut Vec<ATile
     for i in 0..m {
         let row = &a[i * lda..i * lda + k];
         let (strip, r) = (i / TILE_ROWS, i % TILE_ROWS);
+        // The row after next, one line per k step: the loads of A stalled this loop in a
+        // profile (activations just written by the previous op, often on the other core).
+        let ahead = a.as_ptr().wrapping_add((i + 2).min(m - 1) * lda);
         for t in 0..steps {
             let k0 = t * TILE_K;
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0 + 16) as *const i8);
             let width = TILE_K.min(k - k0);
             let lo_mask: __mmask16 = if width >= 16 { 0xffff } else { (1u16 << width) - 1 };
             let hi_mask: __mmask16 = if width >= 32 {
@@ -213,13 +218,13 @@ pub fn gemm_panels(
 
 /// # Safety
 /// AMX present and permitted.
-unsafe fn load_tile_config() {
+pub(super) unsafe fn load_tile_config() {
     std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, preserves_flags, readonly));
 }
 
 /// # Safety
 /// AMX present and permitted.
-unsafe fn release_tiles() {
+pub(super) unsafe fn release_tiles() {
     std::arch::asm!("tilerelease", options(nostack, preserves_flags, nomem));
 }
 

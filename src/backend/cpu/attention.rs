@@ -17,8 +17,34 @@
 
 use rayon::prelude::*;
 
+use super::attention_amx;
 use super::math;
 use super::matmul::{gemm, PackedMatrix};
+
+/// How the products of one head are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKernel {
+    /// f32 throughout, through the packed f32 GEMM.
+    F32,
+    /// Q, K, V and the probabilities in bf16 on AMX tiles, f32 accumulation and softmax
+    /// (`attention_amx`); for the bf16 path, head dimensions that are multiples of 32.
+    Amx,
+}
+
+impl HeadKernel {
+    /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 where
+    /// the level is AMX and the head dimension fits, f32 otherwise.
+    pub fn choose(dtype: super::CpuDtype, head_dim: usize) -> HeadKernel {
+        let amx = dtype == super::CpuDtype::Bf16
+            && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
+            && attention_amx::supports(head_dim);
+        if amx {
+            HeadKernel::Amx
+        } else {
+            HeadKernel::F32
+        }
+    }
+}
 
 /// Query rows per score block: 64 x 512 scores are 128 KiB, within L2.
 const QUERY_BLOCK: usize = 64;
@@ -32,13 +58,21 @@ struct Scratch {
     keys: PackedMatrix,
     values: PackedMatrix,
     scores: Vec<f32>,
+    amx: attention_amx::Scratch,
 }
 
 /// Writes the context for every token into `out` (`[tokens, heads * head_dim]`).
 ///
 /// Callers check: `qkv.len() == tokens * 3 * heads * head_dim`, `out.len() == tokens * heads *
 /// head_dim`, `cu_seqlens` starts at 0, never decreases and ends at `tokens`.
-pub fn attention(qkv: &[f32], cu_seqlens: &[u32], heads: usize, head_dim: usize, out: &mut [f32]) {
+pub fn attention(
+    qkv: &[f32],
+    cu_seqlens: &[u32],
+    heads: usize,
+    head_dim: usize,
+    kernel: HeadKernel,
+    out: &mut [f32],
+) {
     let hidden = heads * head_dim;
     // Carve `out` into one disjoint slice per sequence.
     let mut parts = Vec::with_capacity(cu_seqlens.len().saturating_sub(1));
@@ -53,16 +87,18 @@ pub fn attention(qkv: &[f32], cu_seqlens: &[u32], heads: usize, head_dim: usize,
     // private blocks to allocate and copy); with few, only head subtasks keep every core busy.
     let split_heads = parts.len() < 4 * rayon::current_num_threads();
     parts.into_par_iter().for_each(|(start, len, out)| {
-        attend_sequence(qkv, start, len, heads, head_dim, split_heads, out);
+        attend_sequence(qkv, start, len, heads, head_dim, kernel, split_heads, out);
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attend_sequence(
     qkv: &[f32],
     start: usize,
     len: usize,
     heads: usize,
     head_dim: usize,
+    kernel: HeadKernel,
     split_heads: bool,
     out: &mut [f32],
 ) {
@@ -75,7 +111,9 @@ fn attend_sequence(
             .into_par_iter()
             .map_init(Scratch::default, |scratch, h| {
                 let mut block = vec![0.0; len * head_dim];
-                attend_head(rows, len, heads, head_dim, h, scratch, &mut block, head_dim);
+                attend_head(
+                    rows, len, heads, head_dim, h, kernel, scratch, &mut block, head_dim,
+                );
                 block
             })
             .collect();
@@ -93,6 +131,7 @@ fn attend_sequence(
                 heads,
                 head_dim,
                 h,
+                kernel,
                 &mut scratch,
                 &mut out[h * head_dim..],
                 hidden,
@@ -110,10 +149,15 @@ fn attend_head(
     heads: usize,
     head_dim: usize,
     h: usize,
+    kernel: HeadKernel,
     scratch: &mut Scratch,
     out: &mut [f32],
     ldo: usize,
 ) {
+    if kernel == HeadKernel::Amx {
+        attention_amx::attend_head(rows, len, heads, head_dim, h, &mut scratch.amx, out, ldo);
+        return;
+    }
     let hidden = heads * head_dim;
     let ld = 3 * hidden;
     let (q_offset, k_offset, v_offset) = (h * head_dim, hidden + h * head_dim, 2 * hidden + h * head_dim);
@@ -154,7 +198,7 @@ fn attend_head(
 math::multiversion! {
     /// Replaces raw scores `s` by `exp(scale * (s - max s))` and returns their sum. Subtracting
     /// the maximum keeps every exponent at most 0, so nothing overflows whatever the scores.
-    fn softmax_numerators / softmax_numerators_with(row: &mut [f32], scale: f32) -> f32
+    pub(super) fn softmax_numerators / softmax_numerators_with(row: &mut [f32], scale: f32) -> f32
         => softmax_numerators_inline
 }
 

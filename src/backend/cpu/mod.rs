@@ -19,7 +19,9 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
-mod attention;
+pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_amx;
 pub mod bf16;
 mod buffers;
 pub mod math;
@@ -354,7 +356,8 @@ impl Backend for CpuBackend {
         };
         qkv.check(OP, "qkv", batch.token_ids.len(), 3 * hidden)?;
         let mut out = buffers::for_overwrite(OP, qkv.rows * hidden)?;
-        attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, &mut out);
+        let kernel = attention::HeadKernel::choose(self.dtype, head_dim);
+        attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, kernel, &mut out);
         CpuTensor::new(qkv.rows, hidden, out)
     }
 

@@ -250,6 +250,58 @@ fn attention_matches_reference() {
 }
 
 #[test]
+fn bf16_attention_matches_reference_and_batching() {
+    // The bf16 backend's attention: on AMX (head dimensions 32 and 64), Q, K, V and the
+    // probabilities in bf16; elsewhere, and at head dimension 33, the f32 kernel.
+    let Ok(backend) = CpuBackend::with_dtype(CpuDtype::Bf16) else {
+        return; // refusal is checked by the bf16 GEMM test
+    };
+    let amx = matmul::Isa::detected() == matmul::Isa::Amx;
+    let mut rng = SplitMix64::new(17);
+    for (heads, head_dim) in [(6, 64), (12, 32), (5, 33)] {
+        let kernel = attention::HeadKernel::choose(CpuDtype::Bf16, head_dim);
+        assert_eq!(kernel == attention::HeadKernel::Amx, amx && head_dim.is_multiple_of(32));
+        // Lengths around the 16-query and 16/32-key blocks, and one long sequence.
+        let batch = rng.batch(&[1, 15, 16, 17, 33, 512, 70], 10, 1);
+        let qkv = rng.matrix(batch.num_tokens(), 3 * heads * head_dim, 2.0);
+        let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
+        for threads in [1, 3] {
+            let got = with_threads(threads, || {
+                backend.attention(&tensor(&qkv), &batch, heads, head_dim).unwrap()
+            });
+            // bf16 keeps 8 significant bits: Q and K rounded (2^-9 relative each) move scaled
+            // scores of up to ~10 by a few 1e-2 at worst, and P and V rounded add 2^-9 relative
+            // per term of the context: 4e-3 of the output scale measured. An indexing error, a
+            // missing key block or a wrong mask is of order 1.
+            let what = format!("bf16 attention {heads}x{head_dim} ({kernel:?}), {threads} threads");
+            assert_close(&what, &host(&got), &want, 1e-2);
+        }
+        // Batching invariance: each sequence alone gives the same bits.
+        let together = backend.attention(&tensor(&qkv), &batch, heads, head_dim).unwrap();
+        let hidden = heads * head_dim;
+        for s in [0, 3, 5] {
+            let range = batch.range(s);
+            let cols = qkv.cols;
+            let alone_qkv = CpuTensor::new(
+                range.len(),
+                cols,
+                qkv.data[range.start * cols..range.end * cols].to_vec(),
+            )
+            .unwrap();
+            let alone_batch = rng.batch(&[range.len()], 10, 1);
+            let alone = backend
+                .attention(&alone_qkv, &alone_batch, heads, head_dim)
+                .unwrap();
+            assert_eq!(
+                alone.data,
+                together.data[range.start * hidden..range.end * hidden],
+                "bf16 {head_dim}: sequence {s}"
+            );
+        }
+    }
+}
+
+#[test]
 fn attention_does_not_leak_across_sequences() {
     let mut rng = SplitMix64::new(7);
     let (heads, head_dim) = (4, 32);
