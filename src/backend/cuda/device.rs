@@ -270,6 +270,9 @@ impl Device {
     /// first call that could take the sm90 path). Err: `EMBER_GEMM=sm90` cannot be honoured, or
     /// the self-check left the context unusable.
     pub fn gemm_path(&self, op: &'static str) -> Result<GemmPath> {
+        if let Some(path) = self.gemm.cached() {
+            return Ok(path); // every linear asks: no label to format
+        }
         self.gemm
             .path(&self.describe(), &|| self.run_self_check())
             .map_err(|why| error(op, why))

@@ -230,16 +230,23 @@ impl GemmState {
         self.inputs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The path last decided, if nothing has changed since (the launch path's cheap read).
+    pub fn cached(&self) -> Option<GemmPath> {
+        match self.cached.load(Ordering::Acquire) {
+            1 => Some(GemmPath::Sm80),
+            2 => Some(GemmPath::Sm90),
+            _ => None,
+        }
+    }
+
     /// The path now: from the cache, else decided (running the self-check once if needed, with
     /// the lock held so that two threads do not both run it). `label` names the device in the
     /// warning. Err: a refused `EMBER_GEMM=sm90`, or a self-check that left the device unusable.
     pub fn path(&self, label: &str, self_check: SelfCheckRunner) -> Result<GemmPath, String> {
-        match self.cached.load(Ordering::Acquire) {
-            1 => return Ok(GemmPath::Sm80),
-            2 => return Ok(GemmPath::Sm90),
-            _ => {}
+        match self.cached() {
+            Some(path) => Ok(path),
+            None => self.resolve(label, self_check).map(|(path, _)| path),
         }
-        self.resolve(label, self_check).map(|(path, _)| path)
     }
 
     /// The path and why (running the self-check if it has not run).
