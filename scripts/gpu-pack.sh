@@ -5,7 +5,7 @@
 #                                                         unpacks them with Python's lzma)
 #   BUNDLE/fixtures/, BUNDLE/minilm/                      the test models and texts
 #   BUNDLE/gpu-run.sh, gpu_bench.py, gpu_torch.py         the device side
-#   BUNDLE/ptx/*.ptx                                      the embedded PTX (the device's own
+#   BUNDLE/ptx/*.ptx.xz                                   the embedded PTX (the device's own
 #                                                         ptxas reads it in the pre-flight)
 #   BUNDLE/kernels/                                       the sources (a fix can be tried there
 #                                                         with nvcc and EMBER_PTX_DIR)
@@ -29,6 +29,7 @@ cp -r fixtures "$bundle/fixtures"
 cp -r "$minilm" "$bundle/minilm"
 cp scripts/gpu-run.sh scripts/gpu_bench.py scripts/gpu_torch.py "$bundle/"
 cp "$ptx_dir"/*.ptx "$bundle/ptx/"
+xz -T2 -9 "$bundle"/ptx/*.ptx  # 5 MiB of text, a tenth of it compressed
 cp -r kernels "$bundle/kernels"
 git log -1 --format='%h %s' > "$bundle/COMMIT" 2>/dev/null || echo "not a git checkout" > "$bundle/COMMIT"
 size=$(du -sb "$bundle" | cut -f1)

@@ -258,7 +258,7 @@ tests_passed() { [ "$failed" -eq 0 ] && [ "$not_run" -eq 0 ] && [ "$passed" -gt 
 per_test_cap() { echo $((deadline * 120 / 1000)); }
 
 step_preflight() {
-    local dir=$1 real stubs ptxas ptx rc name
+    local dir=$1 real stubs ptxas ptx rc name loaded
     # The GPU, as the driver's tool sees it.
     limited 15 "$dir/nvidia-smi.log" nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
         --format=csv,noheader
@@ -306,9 +306,15 @@ step_preflight() {
     ptxas=$(command -v ptxas || ls "${CUDA_HOME:-/usr/local/cuda}/bin/ptxas" 2>/dev/null || true)
     local ptxas_key="no ptxas here"
     if [ -n "$ptxas" ] && [ -d "$here/ptx" ]; then
-        for ptx in "$here"/ptx/*.ptx; do
-            name=$(basename "$ptx" .ptx)
-            limited 30 "$dir/ptxas-$name.log" "$ptxas" -arch=sm_90a -v -o /dev/null "$ptx"
+        mkdir -p "$work/ptx"
+        # The unproven sm90 GEMM first.
+        for ptx in "$here"/ptx/gemm_sm90.ptx.xz $(ls "$here"/ptx/*.ptx.xz | grep -v /gemm_sm90.ptx.xz); do
+            [ -f "$ptx" ] || continue
+            name=$(basename "$ptx" .ptx.xz)
+            "$python" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+                "$ptx" "$work/ptx/$name.ptx" || continue
+            ptx=$work/ptx/$name.ptx
+            limited 30 "$dir/ptxas-$name.log" "$ptxas" -arch=sm_90a -v -o "$work/ptx/$name.cubin" "$ptx"
             case $? in
                 0 | 125) ;;
                 *) fail_lines "preflight: the device's ptxas on $name.ptx failed" "$dir/ptxas-$name.log" ;;
@@ -322,7 +328,9 @@ step_preflight() {
             ptxas_key="the device's ptxas did not report (see results.tgz)"
         fi
     fi
-    step_key="backend ${cold:-?} cold, ${warm:-?} warm; GEMM ${gemm:-?}; $ptxas_key; libcuda ${real:-not found}"
+    # The libcuda the backend loaded, as `ember info` read it from /proc/self/maps.
+    loaded=$(grep -m1 '^ *driver ' "$dir/ember-info-cold.log" | sed 's/^ *driver *//' | cut -c1-120)
+    step_key="backend ${cold:-?} cold, ${warm:-?} warm; GEMM ${gemm:-?}; ${loaded:-libcuda ${real:-not found}}; $ptxas_key"
     [ "$rc" -eq 0 ] && [[ "${gpu_line:-nvidia-smi}" != nvidia-smi* ]] && step_status=PASS
 }
 
