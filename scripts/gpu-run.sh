@@ -68,7 +68,7 @@ write_summary() {
         fi
         if [ -s "$res/failures.txt" ]; then
             echo "first failure lines:"
-            head -20 "$res/failures.txt" | cut -c1-220
+            head -20 "$res/failures.txt" | cut -c1-260
         fi
     } > "$work/summary.txt"
     cp "$work/summary.txt" "$res/summary.txt"
@@ -90,20 +90,29 @@ publish() {
 
 # record STATUS STEP SECONDS KEY: one line of the summary.
 record() {
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(echo "$4" | cut -c1-400)" >> "$res/steps.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(echo "$4" | cut -c1-320)" >> "$res/steps.tsv"
     say "$1 $2 ($3 s): $4"
 }
 
-# fail_lines WHAT LOG: a failure's headline, then the first telling lines of its log (a panic,
-# an error), or else its last lines (where a process that timed out was).
+# fail_lines WHAT LOG: a failure's headline, then at most two telling lines of its log: the
+# first case a test lists as FAILED (the sm90 tests list every failed case), else a panic and
+# its message, a Python exception, the first error or FAILED line of gpu_bench.py, or else the
+# last lines (where a process that timed out was).
 fail_lines() {
     echo "$1" >> "$res/failures.txt"
     [ -f "$2" ] || return 0
     local body telling
-    body=$(grep -v -e '^\$ ' -e 'gpu-run.sh: line [0-9]*: ' -e '^not started' "$2")
-    telling=$(echo "$body" | grep -m3 -E "panicked|FAILED|[Ee]rror|Traceback")
-    [ -n "$telling" ] || telling=$(echo "$body" | grep -v '^ *$' | tail -2)
-    [ -z "$telling" ] || echo "$telling" | cut -c1-200 | sed 's/^/    /' >> "$res/failures.txt"
+    body=$(grep -v -e '^\$ ' -e 'gpu-run.sh: line [0-9]*: ' -e '^not started' -e '^test result: ' -e '^FAILED$' \
+        -e '^failures:$' -e '^---- .* stdout ----$' "$2")
+    if echo "$body" | grep -q '^Traceback'; then
+        telling=$(echo "$body" | grep -v '^ *$' | tail -1)
+    else
+        telling=$(echo "$body" | grep -m1 ' FAILED: ')
+        [ -n "$telling" ] || telling=$(echo "$body" | awk '/panicked at/ { print; if (getline > 0) print; exit }')
+        [ -n "$telling" ] || telling=$(echo "$body" | grep -m2 -E "^FAILED |[Ee]rror")
+        [ -n "$telling" ] || telling=$(echo "$body" | grep -v '^ *$' | tail -2)
+    fi
+    [ -z "$telling" ] || echo "$telling" | head -2 | cut -c1-250 | sed 's/^/    /' >> "$res/failures.txt"
 }
 
 finish() {

@@ -157,8 +157,12 @@ def last_words(log_path):
     else its last line that is not a row."""
     lines = [l.strip() for l in open(log_path, errors="replace")
              if l.strip() and not l.startswith(("$ ", "# ", "{"))]
-    telling = [l for l in lines if "panicked" in l or "rror" in l]
-    return (telling[:1] or lines[-1:] or ["nothing but rows"])[0][:200]
+    for i, line in enumerate(lines):
+        if "panicked at" in line:  # Rust puts the message on the next line
+            return " ".join(lines[i:i + 2])[:240]
+        if "rror" in line:
+            return line[:240]
+    return (lines[-1:] or ["nothing but rows"])[0][:240]
 
 
 def write(path, text):
@@ -299,9 +303,14 @@ def gemm_table(args, deadline):
     rows.add(dict(got[0], kind="status") if got else {"kind": "status-failed", "error": f"gemm-status {status}"})
     # 2. sm80 on every shape, before any sm90 tile.
     ember_process("sm80", env_with(EMBER_GEMM="sm80"), args.gemm_min_ms)
-    # 3. torch on every shape.
-    import gpu_torch
-    for m, n, k in gemm_shapes():
+    # 3. torch on every shape (without torch, the ember columns still come).
+    try:
+        import gpu_torch
+    except Exception as e:  # noqa: BLE001 - any failure to bring torch up
+        print(f"FAILED torch: {type(e).__name__}: {e}", flush=True)
+        rows.add({"kind": "process", "path": "torch", "status": f"{type(e).__name__}: {e}"[:120], "shapes": 0})
+        gpu_torch = None
+    for m, n, k in gemm_shapes() if gpu_torch else []:
         if deadline.left() < 10:
             break
         seconds, err = gpu_torch.gemm(m, n, k, args.gemm_min_ms)
