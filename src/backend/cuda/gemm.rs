@@ -49,7 +49,8 @@ pub struct Tile {
     pub pingpong: bool,
     /// Relative tensor-core efficiency of the shape at full occupancy (128x256 = 1): smaller
     /// tiles read more shared memory per flop and pay the epilogue more often. First guesses, to
-    /// be replaced by H100 measurements (scripts/gpu_bench.py prints the tile of each shape).
+    /// be replaced by H100 measurements (the GEMM table of scripts/gpu_bench.py times every tile
+    /// on every shape).
     pub efficiency: f64,
 }
 
