@@ -171,7 +171,8 @@ pub(super) fn run(device: &Device, sm90: &Sm90) -> Result<SelfCheck, String> {
 fn judge(got: &[f64], want: &[f64], perturb: bool) -> Option<String> {
     let mut got = got.to_vec();
     if perturb {
-        got[0] += 1.0 + want[0].abs();
+        // A tenth of the whole output's norm on one element: a relative error of 0.1.
+        got[0] += 0.1 * want.iter().map(|w| w * w).sum::<f64>().sqrt();
     }
     let unwritten = got.iter().filter(|v| !v.is_finite()).count();
     if unwritten > 0 {

@@ -219,8 +219,8 @@ impl CudaBackend {
             (
                 "gpu",
                 format!(
-                    "{} ({}), compute capability {}.{}, {} multiprocessors",
-                    d.name, d.label, d.capability.0, d.capability.1, d.sms
+                    "{}, compute capability {}.{}, {} multiprocessors",
+                    d.name, d.capability.0, d.capability.1, d.sms
                 ),
             ),
             ("driver", d.driver.clone()),
