@@ -51,11 +51,10 @@ fn main() {
             .unwrap();
         group.throughput(Throughput::Elements((2 * M * n * k) as u64));
         for choice in [GemmChoice::Auto, GemmChoice::Sm80] {
-            gpu.set_gemm(choice);
-            let kernel = gpu.gemm_kernel(&layer, M);
+            gpu.set_gemm(choice).unwrap();
+            let kernel = gpu.gemm_kernel(&layer, M).unwrap();
             group.bench_function(BenchmarkId::new(kernel, format!("m{M}_n{n}_k{k}")), |b| {
                 b.iter(|| {
-                    gpu.set_gemm(choice);
                     let out = gpu.linear(&x, &layer, Activation::Identity, None).unwrap();
                     gpu.synchronize().unwrap();
                     out
@@ -63,7 +62,7 @@ fn main() {
             });
         }
     }
-    gpu.set_gemm(GemmChoice::Auto);
+    gpu.set_gemm(GemmChoice::Auto).unwrap();
     group.finish();
     c.final_summary();
 }

@@ -104,6 +104,35 @@ pub fn compiled_devices() -> &'static [&'static str] {
     }
 }
 
+/// What `ember info --device cuda:N` prints about GPU `ordinal`: "key, value" pairs (the GPU,
+/// its driver, which GEMM `linear` runs there and why, and how long opening it took, kernel
+/// loading and JIT compilation included). Opens the GPU, which decides its GEMM path (on Hopper,
+/// the sm90 GEMM's self-check runs). An error when the GPU cannot be used, or in a build without
+/// the CUDA backend.
+pub fn describe_gpu(ordinal: usize) -> Result<Vec<(&'static str, String)>> {
+    #[cfg(feature = "cuda")]
+    {
+        let start = std::time::Instant::now();
+        let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+        let opened = start.elapsed().as_secs_f64();
+        let mut lines = backend.describe()?;
+        lines.push((
+            "opened in",
+            format!("{opened:.2} s (kernels loaded; the driver JIT-compiles what its cache lacks)"),
+        ));
+        lines.push((
+            "decided in",
+            format!("{:.2} s (open and GEMM decision)", start.elapsed().as_secs_f64()),
+        ));
+        Ok(lines)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(Error::Device {
+        device: Device::Cuda(ordinal).to_string(),
+        message: "this build of ember has no CUDA backend (build with `--features cuda`)".into(),
+    })
+}
+
 /// A model loaded on one device, as a trait object.
 trait Engine: Send + Sync {
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix>;

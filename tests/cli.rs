@@ -339,3 +339,34 @@ fn odd_option_values_are_errors_not_panics() {
         assert!(!dir.join("out.npy").exists(), "{args:?}");
     }
 }
+
+/// `ember info --device cuda` opens the GPU and says which GEMM runs there and why; where no GPU
+/// can be used (no driver, or a build without the CUDA backend) it fails with an error naming
+/// the device and the reason, after describing the model.
+#[test]
+fn info_describes_the_gpu_and_its_gemm_or_says_why_not() {
+    let model = common::cli::embed_model();
+    let out = ember(&["info", "--model", common::cli::s(&model), "--device", "cuda"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("architecture   BertModel"), "{stdout}");
+    if out.status.success() {
+        let gemm = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("gemm"))
+            .unwrap_or_else(|| panic!("no gemm line: {stdout}"));
+        assert!(gemm.contains("sm80: ") || gemm.contains("sm90: "), "{gemm}");
+        assert!(stdout.contains("cuda:0 "), "{stdout}");
+    } else {
+        let err = stderr(&out);
+        // The two reasons a GPU-less machine has; on a GPU machine info must succeed.
+        assert!(
+            err.contains("device cuda:0")
+                && (err.contains("no CUDA backend") || err.contains("no CUDA driver")),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // --device cpu adds nothing and opens nothing.
+    let out = ember(&["info", "--model", common::cli::s(&model), "--device", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -18,19 +18,24 @@
 //!   tokens, random q, k, v, and prints one JSON line with TFLOP/s (4 · seq² · head_dim per head
 //!   and sequence: Q Kᵀ and P V, no mask).
 
-//! usage: gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS]
-//! The GEMM table's ember side: for each shape, `linear` (identity, bias, no residual) on seeded
-//! random nonzero f16 data, timed on the path `linear` picks (sm90 on Hopper) and on the sm80
-//! path: a few launches to warm up, then back-to-back launches for at least MIN_MS (default 40)
-//! milliseconds of synchronized wall time. The error against f64 is measured on 64 sampled rows
-//! (the last one included). On Hopper every sm90 tile kernel is also timed, forced onto the shape
-//! (half the time each), so that one run shows which tile each shape should take. One JSON line
-//! per shape.
+//! usage: gpu_bench gemm PATH MxNxK[,MxNxK...] [MIN_MS]
+//!   The GEMM table's ember side, one path per process (scripts/gpu_bench.py runs sm80 first,
+//!   then each sm90 tile in a process of its own, cooperative tiles first, ping-pong last: a
+//!   trap in one tile kernel leaves the others' figures). PATH: `sm80`, an sm90 tile name of
+//!   TILES without `gemm_sm90_` (`128x256`, ..., `pp_64x192`: the sm90 path forced, no
+//!   self-check), or `auto` (the device's own decision). For each shape, `linear` (identity,
+//!   bias, no residual) on random nonzero f16 data seeded by the shape (every process times the
+//!   same data): a few launches to warm up, then back-to-back launches for at least MIN_MS
+//!   (default 40) milliseconds of synchronized wall time; the error against f64 on 64 sampled
+//!   rows (the last one included). One JSON line per shape, printed as soon as it is measured,
+//!   with the tile the automatic choice would give the shape.
+//! usage: gpu_bench gemm-status
+//!   One JSON line: the GPU, which GEMM `linear` runs there and why (the self-check runs here).
 
 use std::time::Instant;
 
 use ember::backend::cpu::testutil::SplitMix64;
-use ember::backend::cuda::{CudaBackend, GemmChoice, TILES};
+use ember::backend::cuda::{CudaBackend, GemmChoice};
 use ember::backend::{Activation, Backend, HostMatrix, PendingMatrix};
 use ember::model::Model;
 use ember::{Batch, Pooling, Sequence};
@@ -57,75 +62,93 @@ fn time_launches(gpu: &CudaBackend, min_s: f64, mut run: impl FnMut()) -> f64 {
     total / reps as f64
 }
 
-fn gemm_table(shapes: &str, min_ms: f64) {
+/// Seeded data of one shape: x [m, k], w [n, k] (both f16-rounded) and the bias.
+fn gemm_inputs(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = SplitMix64::new(0x6e33 ^ ((m as u64) << 40) ^ ((n as u64) << 20) ^ k as u64);
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() };
+    let x = round(rng.values(m * k, 1.0));
+    let w = round(rng.values(n * k, 2.0 / (k as f32).sqrt()));
+    let bias = rng.values(n, 0.5);
+    (x, w, bias)
+}
+
+/// Relative Frobenius error of `out` against f64 over 64 rows spread over M, the last one
+/// included (the partial last tile).
+fn sampled_error(out: &[f32], x: &[f32], w: &[f32], bias: &[f32], (m, n, k): (usize, usize, usize)) -> f64 {
+    use rayon::prelude::*;
+    let rows: Vec<usize> = (0..64).map(|i| (i * (m - 1)) / 63).collect();
+    let (diff, norm) = rows
+        .par_iter()
+        .map(|&r| {
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for c in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                    .sum::<f64>()
+                    + bias[c] as f64;
+                let got = out[r * n + c] as f64;
+                diff += (got - dot) * (got - dot);
+                norm += dot * dot;
+            }
+            (diff, norm)
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (diff / norm).sqrt()
+}
+
+fn gemm_status() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("gpu_bench gemm-status: {e}"));
+    let (path, why) = gpu
+        .gemm_decision()
+        .unwrap_or_else(|e| panic!("gpu_bench gemm-status: {e}"));
+    println!(
+        "{{\"device\": {:?}, \"gemm\": \"{}\", \"why\": {:?}}}",
+        gpu.device_name(),
+        path.name(),
+        why
+    );
+}
+
+fn gemm_table(path: &str, shapes: &str, min_ms: f64) {
     let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("gpu_bench gemm: {e}"));
-    let mut rng = SplitMix64::new(0x6e33);
+    match path {
+        "sm80" => gpu.set_gemm(GemmChoice::Sm80),
+        "auto" => gpu.set_gemm(GemmChoice::Auto),
+        tile => gpu
+            .set_gemm(GemmChoice::Sm90)
+            .and_then(|()| gpu.force_gemm_tile(Some(tile))),
+    }
+    .unwrap_or_else(|e| panic!("gpu_bench gemm {path}: {e}"));
     for shape in shapes.split(',') {
         let dims: Vec<usize> = shape.split('x').map(|d| d.parse().expect("MxNxK")).collect();
         let [m, n, k] = dims[..] else {
             panic!("{shape}: expected MxNxK")
         };
-        let round =
-            |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() };
-        let x = round(rng.values(m * k, 1.0));
-        let w = round(rng.values(n * k, 2.0 / (k as f32).sqrt()));
-        let bias = rng.values(n, 0.5);
+        let (x, w, bias) = gemm_inputs(m, n, k);
         let x_gpu = gpu.upload_f16(&x, m, k).expect("upload");
         let layer = gpu.load_linear(&w, &bias, n, k).expect("load_linear");
-        let flops = 2.0 * (m * n * k) as f64;
-        let timing = |choice| {
-            gpu.set_gemm(choice);
-            let kernel = gpu.gemm_kernel(&layer, m);
-            let s = time_launches(&gpu, min_ms / 1e3, || {
-                gpu.linear(&x_gpu, &layer, Activation::Identity, None)
-                    .expect("linear");
-            });
-            (kernel, s)
-        };
-        let (sm80_kernel, sm80_s) = timing(GemmChoice::Sm80);
-        let mut tiles = Vec::new();
-        if gpu.has_sm90_gemm() {
-            for tile in &TILES {
-                let name = &tile.name["gemm_sm90_".len()..];
-                gpu.force_gemm_tile(Some(name)).expect("force_gemm_tile");
-                let s = time_launches(&gpu, min_ms / 2e3, || {
-                    gpu.linear(&x_gpu, &layer, Activation::Identity, None)
-                        .expect("linear");
-                });
-                tiles.push(format!("\"{name}\": {}", flops / s / 1e12));
-            }
-            gpu.force_gemm_tile(None).expect("force_gemm_tile");
-        }
-        let (kernel, seconds) = timing(GemmChoice::Auto);
+        let kernel = gpu.gemm_kernel(&layer, m).expect("gemm_kernel");
+        let seconds = time_launches(&gpu, min_ms / 1e3, || {
+            gpu.linear(&x_gpu, &layer, Activation::Identity, None)
+                .expect("linear");
+        });
         let out = gpu
             .download(
                 &gpu.linear(&x_gpu, &layer, Activation::Identity, None)
                     .expect("linear"),
             )
             .expect("download");
-        // 64 rows spread over M, the last one included (the partial last tile).
-        let rows: Vec<usize> = (0..64).map(|i| (i * (m - 1)) / 63).collect();
-        let (mut diff, mut norm) = (0.0f64, 0.0f64);
-        for &r in &rows {
-            for c in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
-                    .sum::<f64>()
-                    + bias[c] as f64;
-                let got = out.data[r * n + c] as f64;
-                diff += (got - dot) * (got - dot);
-                norm += dot * dot;
-            }
-        }
-        let error = (diff / norm).sqrt();
+        let error = sampled_error(&out.data, &x, &w, &bias, (m, n, k));
         let finite = out.data.iter().all(|v| v.is_finite());
+        let auto_tile = gpu
+            .auto_gemm_tile(m, n, k)
+            .map_or("null".to_string(), |t| format!("\"{t}\""));
         println!(
-            "{{\"m\": {m}, \"n\": {n}, \"k\": {k}, \"kernel\": \"{kernel}\", \"seconds\": {seconds}, \
-             \"tflops\": {}, \"sm80_kernel\": \"{sm80_kernel}\", \"sm80_tflops\": {}, \"rel_err\": {error}, \
-             \"finite\": {finite}, \"tiles\": {{{}}}}}",
-            flops / seconds / 1e12,
-            flops / sm80_s / 1e12,
-            tiles.join(", ")
+            "{{\"m\": {m}, \"n\": {n}, \"k\": {k}, \"path\": \"{path}\", \"kernel\": \"{kernel}\", \
+             \"seconds\": {seconds}, \"tflops\": {}, \"rel_err\": {error}, \"finite\": {finite}, \
+             \"auto_tile\": {auto_tile}}}",
+            2.0 * (m * n * k) as f64 / seconds / 1e12,
         );
     }
 }
@@ -136,18 +159,20 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if args.first().is_some_and(|a| a == "gemm") {
-        let shapes = args
-            .get(1)
-            .expect("usage: gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS]");
-        let min_ms: f64 = args.get(2).map_or(40.0, |v| v.parse().expect("MIN_MS"));
-        return gemm_table(shapes, min_ms);
+        let usage = "usage: gpu_bench gemm sm80|auto|TILE MxNxK[,MxNxK...] [MIN_MS]";
+        let (path, shapes) = (args.get(1).expect(usage), args.get(2).expect(usage));
+        let min_ms: f64 = args.get(3).map_or(40.0, |v| v.parse().expect("MIN_MS"));
+        return gemm_table(path, shapes, min_ms);
+    }
+    if args.first().is_some_and(|a| a == "gemm-status") {
+        return gemm_status();
     }
     if args.first().is_some_and(|a| a == "attention") {
         return attention(&args[1..]);
     }
     if args.len() < 3 {
         eprintln!(
-            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...] | gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS | gpu_bench gemm MxNxK[,MxNxK...] [MIN_MS])"
+            "gpu_bench: nothing to do (usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...] | gpu_bench attention SEQ HEADS HEAD_DIM SEQUENCES REPEATS | gpu_bench gemm sm80|auto|TILE MxNxK[,MxNxK...] [MIN_MS] | gpu_bench gemm-status)"
         );
         return;
     }
@@ -167,6 +192,8 @@ fn main() {
     let model = Model::load(&gpu, config, &weights).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     drop(weights);
     let load_s = load.elapsed().as_secs_f64();
+    // Which GEMM the rows below ran on, and why (the table says so beside each row).
+    let (gemm, gemm_why) = gpu.gemm_decision().unwrap_or_else(|e| panic!("{e}"));
     gpu.set_timing(true);
 
     for (ids_path, out_path) in jobs {
@@ -200,12 +227,13 @@ fn main() {
         ember::npy::write_f32(&mut out, embeddings.rows, embeddings.cols, &embeddings.data)
             .expect("writing OUT.npy");
         println!(
-            "{{\"ids\": {ids_path:?}, \"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"gpu_busy_s\": {busy}, \"host_queue_s\": {queueing}, \"launches_per_batch\": {}, \"batches_per_pass\": {}, \"peak_device_bytes_after_warmup\": {peak_after_warmup}, \"peak_device_bytes\": {}, \"load_s\": {load_s}}}",
+            "{{\"ids\": {ids_path:?}, \"sequences\": {}, \"tokens\": {tokens}, \"seconds\": {best}, \"tokens_per_s\": {}, \"gpu_busy_s\": {busy}, \"host_queue_s\": {queueing}, \"launches_per_batch\": {}, \"batches_per_pass\": {}, \"peak_device_bytes_after_warmup\": {peak_after_warmup}, \"peak_device_bytes\": {}, \"load_s\": {load_s}, \"gemm\": \"{}\", \"gemm_why\": {gemm_why:?}}}",
             sequences.len(),
             tokens as f64 / best,
             (launches1 - launches0) as f64 / (batches1 - batches0).max(1) as f64,
             (batches1 - batches0) / passes.max(1) as u64,
             gpu.peak_device_bytes(),
+            gemm.name(),
         );
     }
 }

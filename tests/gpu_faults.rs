@@ -95,3 +95,116 @@ fn a_gpu_that_is_not_there_is_an_error_not_a_cpu_fallback() {
         }
     }
 }
+
+/// The sm90 GEMM's fallback (src/backend/cuda/gemm_choice.rs) on a real GPU: each failure it
+/// answers, injected with EMBER_FAULT_SM90 in a child process (the setting is read once per
+/// process), leaves a working backend on the sm80 GEMM, a warning naming the cause, and
+/// `gemm_decision` saying why; with EMBER_GEMM=sm90 the same failure is an error instead. On a
+/// GPU that is not Hopper the children check that the sm80 GEMM runs and the decision says why.
+#[test]
+fn each_sm90_failure_falls_back_to_the_sm80_gemm() {
+    if !have_gpu("each_sm90_failure_falls_back_to_the_sm80_gemm") {
+        return;
+    }
+    for fault in ["setup", "tensor-map", "self-check"] {
+        let out = child(
+            "child_falls_back_to_sm80",
+            &[("EMBER_FAULT_SM90", fault.to_string())],
+        );
+        assert!(out.status.success(), "EMBER_FAULT_SM90={fault}: {}", report(&out));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        if stdout.contains("fallback tested: yes") {
+            let warnings = stderr.matches("ember: warning: ").count();
+            assert_eq!(
+                warnings,
+                1,
+                "EMBER_FAULT_SM90={fault}: one warning expected: {}",
+                report(&out)
+            );
+        }
+    }
+    let out = child(
+        "child_refuses_a_forced_sm90_that_cannot_run",
+        &[
+            ("EMBER_FAULT_SM90", "setup".to_string()),
+            ("EMBER_GEMM", "sm90".to_string()),
+        ],
+    );
+    assert!(out.status.success(), "{}", report(&out));
+}
+
+#[test]
+#[ignore = "a child of each_sm90_failure_falls_back_to_the_sm80_gemm"]
+fn child_falls_back_to_sm80() {
+    #[cfg(feature = "cuda")]
+    if is_child() {
+        use ember::backend::cpu::reference;
+        use ember::backend::cpu::testutil::{deviation, SplitMix64};
+        use ember::backend::cuda::{CudaBackend, GemmPath};
+        use ember::backend::{Activation, Backend, HostMatrix};
+
+        let fault = std::env::var("EMBER_FAULT_SM90").unwrap();
+        let gpu = CudaBackend::new(0).unwrap();
+        if let Ok(forced) = std::env::var("EMBER_GEMM") {
+            println!("fallback tested: no (EMBER_GEMM={forced} is set)");
+            return;
+        }
+        let hopper = gpu.compute_capability().0 == 9;
+        println!(
+            "fallback tested: {}",
+            if hopper { "yes" } else { "no (not Hopper)" }
+        );
+        // bge-small's fused QKV on 77 tokens: a shape the sm90 GEMM takes.
+        let (m, n, k) = (77, 1152, 384);
+        let mut rng = SplitMix64::new(0xfa11);
+        let round = |h: HostMatrix| HostMatrix {
+            data: h.data.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+            ..h
+        };
+        let x = round(rng.matrix(m, k, 1.0));
+        let w = round(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
+        let bias = rng.values(n, 0.5);
+        let layer = gpu.load_linear(&w.data, &bias, n, k).unwrap();
+        let x_gpu = gpu.upload(&x.data, m, k).unwrap();
+        let got = gpu
+            .download(&gpu.linear(&x_gpu, &layer, Activation::Gelu, None).unwrap())
+            .unwrap();
+        let want = reference::linear(&x, &w, &bias, Activation::Gelu, None);
+        let d = deviation(&got, &want);
+        assert!(d.relative_to_max <= 2e-3, "{d:?}");
+        let (path, why) = gpu.gemm_decision().unwrap();
+        let kernel = gpu.gemm_kernel(&layer, m).unwrap();
+        println!("EMBER_FAULT_SM90={fault}: {} ({why}), {kernel}", path.name());
+        assert_eq!(path, GemmPath::Sm80, "{why}");
+        assert_eq!(kernel, "gemm_f16");
+        if hopper {
+            let cause = match fault.as_str() {
+                "self-check" => "failed its self-check",
+                other => other,
+            };
+            assert!(why.contains(cause), "EMBER_FAULT_SM90={fault}: {why}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "a child of each_sm90_failure_falls_back_to_the_sm80_gemm"]
+fn child_refuses_a_forced_sm90_that_cannot_run() {
+    #[cfg(feature = "cuda")]
+    if is_child() {
+        let err = match ember::backend::cuda::CudaBackend::new(0) {
+            Ok(_) => panic!("EMBER_GEMM=sm90 with a failed sm90 setup opened a backend"),
+            Err(e) => e.to_string(),
+        };
+        println!("error: {err}");
+        // Hopper: the injected setup failure; any other GPU: its compute capability.
+        assert!(
+            err.contains("EMBER_GEMM=sm90")
+                && (err.contains("EMBER_FAULT_SM90=setup") || err.contains("compute capability")),
+            "{err}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
-//! The device side of the CUDA backend: the context and its streams, the kernels (PTX embedded
-//! by build.rs, loaded once), device buffers with a reuse pool, and checked launches.
+//! The device side of the CUDA backend: the driver and the context, its streams, the kernels
+//! (modules.rs), the GEMM path's state (gemm_choice.rs), device buffers with a reuse pool, and
+//! checked launches.
 //!
 //! Two streams: `stream` runs every kernel in order; `copy_stream` only copies batches in
 //! (transfer.rs), ordered against `stream` with events, so that batch i + 1 is copied while
@@ -11,13 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
-use super::gemm::{GemmChoice, Sm90, TILES};
+use super::gemm::forced_tile_from_env;
+use super::gemm_choice::{
+    injected_sm90_fault_setting, GemmChoice, GemmPath, GemmState, SelfCheck, Sm90Setup,
+};
+use super::modules::Kernels;
 
 use crate::error::{Error, Result};
-
-mod ptx {
-    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
-}
 
 pub(super) fn error(op: &'static str, message: impl Into<String>) -> Error {
     Error::Backend {
@@ -27,94 +28,47 @@ pub(super) fn error(op: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
-/// Every kernel the backend launches, by its `extern "C"` name in kernels/*.cu.
-pub(super) struct Kernels {
-    pub gemm: CudaFunction,
-    pub gemm_simple: CudaFunction,
-    // attention.cu (see its header): tensor-core tiled, short-sequence, CUDA-core reference.
-    pub attention_fa_d32: CudaFunction,
-    pub attention_fa_d64: CudaFunction,
-    pub attention_short_d32: CudaFunction,
-    pub attention_short_d64: CudaFunction,
-    pub attention_reference_d32: CudaFunction,
-    pub attention_reference_d64: CudaFunction,
-    pub layer_norm: CudaFunction,
-    pub embed: CudaFunction,
-    pub pool: CudaFunction,
-    pub l2_normalize: CudaFunction,
-    pub fault_probe: CudaFunction,
-    /// kernels/gemm_sm90.cu, on compute capability 9.x only (its compute_90a PTX loads nowhere
-    /// else), and not with EMBER_GEMM=sm80.
-    pub sm90: Option<Sm90>,
+/// The path of the libcuda this process loaded (from /proc/self/maps), if any.
+pub(super) fn loaded_libcuda() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            file.starts_with("libcuda.so")
+        })
+        .map(str::to_string)
 }
 
-impl Kernels {
-    /// `hopper`: load the compute_90a modules too; `sms`: the multiprocessor count.
-    fn load(ctx: &Arc<CudaContext>, device: &str, hopper: bool, sms: usize) -> Result<Kernels> {
-        let mut functions = HashMap::new();
-        // EMBER_PTX_DIR=DIR loads DIR/<family>.ptx instead of the embedded PTX where present: a
-        // kernel fix can then be tried on a GPU machine that has nvcc but no Rust
-        // (`nvcc --ptx -arch=compute_80 -o DIR/gemm.ptx kernels/gemm.cu`; for a *_sm90.cu file
-        // `nvcc --ptx -gencode=arch=compute_90a,code=compute_90a -o DIR/gemm_sm90.ptx ...`).
-        let override_dir = std::env::var_os("EMBER_PTX_DIR").map(std::path::PathBuf::from);
-        for (family, target, embedded) in ptx::KERNELS {
-            if target.ends_with('a') && !hopper {
-                continue; // an sm_90a module: it would not JIT here
-            }
-            let path = override_dir.as_ref().map(|d| d.join(format!("{family}.ptx")));
-            let source = match path.filter(|p| p.exists()) {
-                Some(p) => std::fs::read_to_string(&p).map_err(|e| Error::Device {
-                    device: device.to_string(),
-                    message: format!("EMBER_PTX_DIR: {}: {e}", p.display()),
-                })?,
-                None => embedded.to_string(),
-            };
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(source))
-                .map_err(|e| Error::Device {
-                    device: device.to_string(),
-                    message: format!("loading the PTX of kernels/{family}.cu failed: {e} (the driver may be older than the PTX ISA of NVRTC 12.9)"),
-                })?;
-            functions.insert(*family, module);
+/// A driver call's failure as an error message. The CUDA toolkit ships a stub libcuda.so (for
+/// linking) that answers every call with CUDA_ERROR_STUB_LIBRARY; cudarc asks for `libcuda.so`
+/// before `libcuda.so.1`, so a stubs folder on LD_LIBRARY_PATH shadows the real driver. Say so.
+fn driver_failure(what: &str, e: cudarc::driver::DriverError) -> String {
+    if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+        let path = loaded_libcuda().unwrap_or_else(|| "libcuda.so".into());
+        return format!(
+            "{what}: {path} is the CUDA toolkit's stub library, not the driver: take its folder off \
+             LD_LIBRARY_PATH (or put the driver's libcuda.so.1 first)"
+        );
+    }
+    format!("{what}: {e}")
+}
+
+/// "CUDA 13.0 driver, /usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05": the version the driver
+/// reports and the file it was loaded from (`ember info`, the GPU run's pre-flight).
+fn driver_description() -> String {
+    let mut version = 0i32;
+    // SAFETY: writes one int; the driver library is loaded (is_culib_present was asked first).
+    let result = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    let version = match result {
+        cudarc::driver::sys::CUresult::CUDA_SUCCESS => {
+            format!("CUDA {}.{} driver", version / 1000, (version % 1000) / 10)
         }
-        let get = |family: &str, name: &str| -> Result<CudaFunction> {
-            let module = functions.get(family).ok_or_else(|| Error::Device {
-                device: device.to_string(),
-                message: format!("no kernels/{family}.cu was compiled into this build"),
-            })?;
-            module.load_function(name).map_err(|e| Error::Device {
-                device: device.to_string(),
-                message: format!("kernel {name} missing from kernels/{family}.cu: {e}"),
-            })
-        };
-        let sm90 = if hopper {
-            let kernels = TILES
-                .iter()
-                .map(|t| get("gemm_sm90", t.name))
-                .collect::<Result<Vec<_>>>()?;
-            Some(Sm90::new(kernels, sms).map_err(|message| Error::Device {
-                device: device.to_string(),
-                message,
-            })?)
-        } else {
-            None
-        };
-        Ok(Kernels {
-            sm90,
-            gemm: get("gemm", "gemm_f16")?,
-            gemm_simple: get("gemm", "gemm_f16_simple")?,
-            attention_fa_d32: get("attention", "attention_fa_d32")?,
-            attention_fa_d64: get("attention", "attention_fa_d64")?,
-            attention_short_d32: get("attention", "attention_short_d32")?,
-            attention_short_d64: get("attention", "attention_short_d64")?,
-            attention_reference_d32: get("attention", "attention_reference_d32")?,
-            attention_reference_d64: get("attention", "attention_reference_d64")?,
-            layer_norm: get("layernorm", "layer_norm")?,
-            embed: get("layernorm", "embed")?,
-            pool: get("layernorm", "pool")?,
-            l2_normalize: get("layernorm", "l2_normalize")?,
-            fault_probe: get("fault_probe", "fault_probe")?,
-        })
+        other => format!("driver version unknown ({other:?})"),
+    };
+    match loaded_libcuda() {
+        Some(path) => format!("{version}, {path}"),
+        None => version,
     }
 }
 
@@ -206,6 +160,12 @@ pub(super) struct Device {
     /// Host-to-device copies of batches only (transfer.rs).
     pub copy_stream: Arc<CudaStream>,
     pub kernels: Kernels,
+    /// Which GEMM `linear` runs, and why (gemm_choice.rs).
+    pub gemm: GemmState,
+    /// Compute capability, multiprocessor count, and the driver as `ember info` shows it.
+    pub capability: (i32, i32),
+    pub sms: usize,
+    pub driver: String,
     free: FreeLists,
     pub memory: Arc<MemoryCount>,
     /// Kernels launched (the bench divides by batches: launches per batch).
@@ -216,8 +176,6 @@ pub(super) struct Device {
     /// The kernels launched since the host last waited on the stream, in order and without
     /// repeats: an error that surfaces at the wait names these as the candidates.
     queued: Mutex<Vec<String>>,
-    /// The GEMM path `linear` may take (`GemmChoice` as u8: 0 Auto, 1 Sm80).
-    gemm_choice: std::sync::atomic::AtomicU8,
     // Kept last: dropped after everything that holds device memory.
     ctx: Arc<CudaContext>,
 }
@@ -236,13 +194,18 @@ impl Device {
                 "no CUDA driver on this machine (libcuda.so not found): use --device cpu, or run on a machine with an NVIDIA GPU and driver".into(),
             ));
         }
+        // Settings read before any work, so that a mistake is an error, not a surprise later.
+        let request =
+            GemmChoice::from_env(std::env::var("EMBER_GEMM").ok().as_deref()).map_err(&device_error)?;
+        let forced_tile = forced_tile_from_env().map_err(&device_error)?;
+        injected_sm90_fault_setting().map_err(&device_error)?;
         let count =
-            CudaContext::device_count().map_err(|e| device_error(format!("cannot count GPUs: {e}")))?;
+            CudaContext::device_count().map_err(|e| device_error(driver_failure("cannot count GPUs", e)))?;
         if ordinal >= count.max(0) as usize {
             return Err(device_error(format!("this machine has {count} CUDA device(s)")));
         }
-        let ctx =
-            CudaContext::new(ordinal).map_err(|e| device_error(format!("cannot create a context: {e}")))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| device_error(driver_failure("cannot create a context", e)))?;
         // SAFETY: every buffer is used on `stream` only, except the batch slots of transfer.rs,
         // which order `copy_stream` against `stream` with their own events; cudarc's per-buffer
         // events would add a wait to every launch for nothing.
@@ -264,46 +227,85 @@ impl Device {
             .map_err(|e| device_error(format!("cannot create a stream: {e}")))?;
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| device_error(format!("cannot read the multiprocessor count: {e}")))?;
-        // EMBER_GEMM=sm80: the portable GEMM only (A/B comparisons); the sm90 module is then not
-        // even loaded. Any other value but `auto` / `sm90` is a mistake worth an error.
-        let choice = match std::env::var("EMBER_GEMM").as_deref() {
-            Err(_) | Ok("auto") | Ok("sm90") => GemmChoice::Auto,
-            Ok("sm80") => GemmChoice::Sm80,
-            Ok(other) => {
-                return Err(device_error(format!(
-                    "EMBER_GEMM={other}: expected sm80, sm90 or auto"
-                )))
-            }
-        };
-        let hopper = major == 9 && choice == GemmChoice::Auto;
-        let kernels = Kernels::load(&ctx, &label, hopper, sms.max(1) as usize)?;
-        Ok(Device {
-            name,
-            label,
+            .map_err(|e| device_error(format!("cannot read the multiprocessor count: {e}")))?
+            .max(1) as usize;
+        // The sm90 module is not even loaded with EMBER_GEMM=sm80 (A/B runs, and a way around a
+        // module that breaks the driver).
+        let hopper = major == 9 && request != GemmChoice::Sm80;
+        let (kernels, setup) = Kernels::load(&ctx, &label, hopper, sms, forced_tile)?;
+        let setup = setup.unwrap_or(match major {
+            9 => Sm90Setup::NotLoaded,
+            _ => Sm90Setup::NotHopper { major, minor },
+        });
+        let gemm = GemmState::new(request, setup);
+        let device = Device {
+            label: label.clone(),
             stream,
             copy_stream,
             kernels,
+            gemm,
+            capability: (major, minor),
+            sms,
+            driver: driver_description(),
             free: Arc::new(Mutex::new(HashMap::new())),
             memory: Arc::default(),
             launches: Default::default(),
             checked: std::sync::atomic::AtomicBool::new(std::env::var_os("EMBER_CUDA_CHECKED").is_some()),
             queued: Mutex::new(Vec::new()),
-            gemm_choice: std::sync::atomic::AtomicU8::new(choice as u8),
             ctx,
-        })
+            name,
+        };
+        // A failed sm90 setup is a warning now (or, with EMBER_GEMM=sm90, an error), not at the
+        // first GEMM; a pending self-check waits for that first GEMM.
+        device.gemm.settle(&device.describe()).map_err(device_error)?;
+        Ok(device)
     }
 
-    pub fn gemm_choice(&self) -> GemmChoice {
-        match self.gemm_choice.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => GemmChoice::Auto,
-            _ => GemmChoice::Sm80,
+    /// "cuda:0 (NVIDIA H100 80GB HBM3)", for warnings.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.label, self.name)
+    }
+
+    /// The GEMM path `linear` takes now, deciding it first if needed (the self-check runs at the
+    /// first call that could take the sm90 path). Err: `EMBER_GEMM=sm90` cannot be honoured, or
+    /// the self-check left the context unusable.
+    pub fn gemm_path(&self, op: &'static str) -> Result<GemmPath> {
+        if let Some(path) = self.gemm.cached() {
+            return Ok(path); // every linear asks: no label to format
+        }
+        self.gemm
+            .path(&self.describe(), &|| self.run_self_check())
+            .map_err(|why| error(op, why))
+    }
+
+    /// [`Device::gemm_path`] and why.
+    pub fn gemm_decision(&self, op: &'static str) -> Result<(GemmPath, String)> {
+        self.gemm
+            .resolve(&self.describe(), &|| self.run_self_check())
+            .map_err(|why| error(op, why))
+    }
+
+    fn run_self_check(&self) -> std::result::Result<SelfCheck, String> {
+        match &self.kernels.sm90 {
+            Some(sm90) => super::gemm_self_check::run(self, sm90),
+            None => Ok(SelfCheck::Failed("the sm90 kernels are not loaded".into())),
         }
     }
 
-    pub fn set_gemm_choice(&self, choice: GemmChoice) {
-        self.gemm_choice
-            .store(choice as u8, std::sync::atomic::Ordering::Relaxed);
+    /// Records that the sm90 GEMM broke after the device was opened (a tensor map the driver
+    /// refused): a warning, and the sm80 GEMM from now on; Err with EMBER_GEMM=sm90.
+    pub fn sm90_broke(&self, op: &'static str, why: String) -> Result<()> {
+        self.gemm.sm90_failed(why);
+        self.gemm
+            .settle(&self.describe())
+            .map(|_| ())
+            .map_err(|why| error(op, why))
+    }
+
+    pub fn set_gemm_choice(&self, choice: GemmChoice) -> Result<()> {
+        self.gemm
+            .set_request(choice)
+            .map_err(|why| error("set_gemm", why))
     }
 
     /// Waits for every queued kernel (timings).
@@ -348,20 +350,28 @@ impl Device {
             None => self.allocate(op, class)?,
         };
         let ptr = raw_ptr(&self.stream, &slice);
-        if self.checked() {
-            self.ctx
-                .bind_to_thread()
-                .map_err(|e| self.driver(op, "binding the context to this thread", e))?;
-            // SAFETY: `ptr` is a live allocation of `class` bytes owned by `slice`.
-            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, class, self.stream.cu_stream()) }
-                .map_err(|e| self.driver(op, "poisoning an output", e))?;
-        }
-        Ok(DeviceBuffer {
+        let buffer = DeviceBuffer {
             slice: Some(slice),
             pool: Some(self.free.clone()),
             ptr,
             memory: None,
-        })
+        };
+        if self.checked() {
+            self.poison(op, &buffer)?;
+        }
+        Ok(buffer)
+    }
+
+    /// Fills the whole buffer with 0xFF bytes (NaN as f16) on the stream, so that an element a
+    /// kernel leaves unwritten is seen.
+    pub fn poison(&self, op: &'static str, buffer: &DeviceBuffer) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.driver(op, "binding the context to this thread", e))?;
+        let bytes = buffer.slice().len();
+        // SAFETY: `buffer.ptr()` is a live allocation of `bytes` bytes owned by `buffer`.
+        unsafe { cudarc::driver::result::memset_d8_async(buffer.ptr(), 0xFF, bytes, self.stream.cu_stream()) }
+            .map_err(|e| self.driver(op, "poisoning an output", e))
     }
 
     /// A fresh allocation of `bytes`. When the driver refuses, the buffers kept for reuse

@@ -8,7 +8,8 @@
 //!   capability 9.x only (its PTX is compute_90a), K % 64 == 0 and N % 64 == 0 (every BERT shape);
 //!   anything else takes the sm80 path.
 //!
-//! `EMBER_GEMM=sm80` (or `CudaBackend::set_gemm`) forces the sm80 path, for A/B comparisons;
+//! Which path runs is gemm_choice.rs's decision (a self-check on first use, a fallback to sm80
+//! when the sm90 setup fails; `EMBER_GEMM=sm80|sm90` or `CudaBackend::set_gemm` forces one);
 //! `EMBER_GEMM_TILE=128x256` (a name of [`TILES`] without `gemm_sm90_`, or
 //! `CudaBackend::force_gemm_tile`) forces one sm90 tile shape, for tests and tuning. The automatic
 //! choice ([`choose_tile`]) takes the cooperative tiles only; the ping-pong ones wait for a GPU
@@ -31,16 +32,8 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaFunction, DeviceRepr, PushKernelArg};
 
 use super::device::{error, Device};
+use super::gemm_choice::{injected_sm90_fault, GemmPath, InjectedSm90Fault};
 use crate::error::Result;
-
-/// Which GEMM kernels `linear` may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GemmChoice {
-    /// The sm90 kernels where the GPU and the shape allow, else sm80.
-    Auto,
-    /// Always kernels/gemm.cu (`EMBER_GEMM=sm80`).
-    Sm80,
-}
 
 /// One sm90 tile shape: a kernel of kernels/gemm_sm90.cu and the constants it was compiled with
 /// (its GEMM_SM90(...) line; `smem_bytes` must match its SmemLayout<..>::TOTAL).
@@ -56,7 +49,8 @@ pub struct Tile {
     pub pingpong: bool,
     /// Relative tensor-core efficiency of the shape at full occupancy (128x256 = 1): smaller
     /// tiles read more shared memory per flop and pay the epilogue more often. First guesses, to
-    /// be replaced by H100 measurements (scripts/gpu_bench.py prints the tile of each shape).
+    /// be replaced by H100 measurements (the GEMM table of scripts/gpu_bench.py times every tile
+    /// on every shape).
     pub efficiency: f64,
 }
 
@@ -184,6 +178,11 @@ unsafe impl DeviceRepr for TensorMap {}
 /// (64 halves = one 128-byte row, the widest box the 128-byte swizzle allows) and written to
 /// shared memory with that swizzle; rows past the end read as zeros.
 fn encode(ptr: u64, rows: usize, cols: usize, box_rows: usize) -> std::result::Result<TensorMap, String> {
+    if injected_sm90_fault() == Some(InjectedSm90Fault::TensorMap) {
+        return Err(format!(
+            "cuTensorMapEncodeTiled ([{rows}, {cols}], box [{box_rows}, 64]) failed on purpose (EMBER_FAULT_SM90=tensor-map)"
+        ));
+    }
     if !ptr.is_multiple_of(16) || !cols.is_multiple_of(8) {
         return Err(format!(
             "TMA needs 16-byte aligned rows (address {ptr:#x}, {cols} columns)"
@@ -221,7 +220,7 @@ fn encode(ptr: u64, rows: usize, cols: usize, box_rows: usize) -> std::result::R
 pub struct WeightMaps([TensorMap; 3]);
 
 impl WeightMaps {
-    fn for_bn(&self, bn: usize) -> &TensorMap {
+    pub(super) fn for_bn(&self, bn: usize) -> &TensorMap {
         let i = WEIGHT_BOXES.iter().position(|&b| b == bn).unwrap_or(0);
         &self.0[i]
     }
@@ -232,6 +231,16 @@ impl WeightMaps {
 const MAX_CACHED_MAPS: usize = 1024;
 
 const NO_TILE: usize = usize::MAX;
+
+/// The tile `EMBER_GEMM_TILE` forces (None: unset); a name that is no tile is an error.
+pub fn forced_tile_from_env() -> std::result::Result<Option<usize>, String> {
+    match std::env::var("EMBER_GEMM_TILE") {
+        Ok(name) => tile_named(&name)
+            .map(Some)
+            .map_err(|e| format!("EMBER_GEMM_TILE: {e}")),
+        Err(_) => Ok(None),
+    }
+}
 
 /// The index of the tile called `name` ("128x256" or "gemm_sm90_128x256").
 fn tile_named(name: &str) -> std::result::Result<usize, String> {
@@ -255,7 +264,12 @@ pub struct Sm90 {
 
 impl Sm90 {
     /// `kernels` in the order of [`TILES`]; raises each one's dynamic shared memory limit.
-    pub fn new(kernels: Vec<CudaFunction>, sms: usize) -> std::result::Result<Sm90, String> {
+    /// `forced_tile`: an index of [`TILES`] every shape takes (EMBER_GEMM_TILE), if any.
+    pub fn new(
+        kernels: Vec<CudaFunction>,
+        sms: usize,
+        forced_tile: Option<usize>,
+    ) -> std::result::Result<Sm90, String> {
         for (kernel, tile) in kernels.iter().zip(&TILES) {
             kernel
                 .set_attribute(
@@ -270,14 +284,10 @@ impl Sm90 {
                     )
                 })?;
         }
-        let forced_tile = match std::env::var("EMBER_GEMM_TILE") {
-            Ok(name) => tile_named(&name).map_err(|e| format!("EMBER_GEMM_TILE: {e}"))?,
-            Err(_) => NO_TILE,
-        };
         Ok(Sm90 {
             kernels,
             sms,
-            forced_tile: AtomicUsize::new(forced_tile),
+            forced_tile: AtomicUsize::new(forced_tile.unwrap_or(NO_TILE)),
             x_maps: Mutex::new(HashMap::new()),
         })
     }
@@ -290,6 +300,16 @@ impl Sm90 {
         }
     }
 
+    /// The tile the automatic choice takes for this shape, whatever is forced.
+    pub fn auto_tile(&self, m: usize, n: usize, k: usize) -> usize {
+        choose_tile(m, n, k, self.sms)
+    }
+
+    /// The forced tile, if one is (EMBER_GEMM_TILE or `force_tile`).
+    pub fn forced(&self) -> Option<usize> {
+        Some(self.forced_tile.load(Ordering::Relaxed)).filter(|&t| t != NO_TILE)
+    }
+
     /// Makes every shape take the tile called `name` (None: back to the per-shape choice).
     pub fn force_tile(&self, name: Option<&str>) -> std::result::Result<(), String> {
         let tile = name.map_or(Ok(NO_TILE), tile_named)?;
@@ -297,28 +317,39 @@ impl Sm90 {
         Ok(())
     }
 
-    /// The maps of a weight [n, k] at `ptr`, or `None` when the sm90 path cannot take it.
-    pub fn weight_maps(&self, ptr: u64, n: usize, k: usize) -> Result<Option<WeightMaps>> {
+    /// The maps of a weight [n, k] at `ptr`, or `None` when the sm90 path cannot take it. Err:
+    /// the driver refused a map (the caller turns the sm90 GEMM off).
+    pub fn weight_maps(
+        &self,
+        ptr: u64,
+        n: usize,
+        k: usize,
+    ) -> std::result::Result<Option<WeightMaps>, String> {
         if !sm90_supports(1, n, k) {
             return Ok(None);
         }
         let mut maps = [None; 3];
         for (slot, &bn) in maps.iter_mut().zip(&WEIGHT_BOXES) {
-            *slot = Some(encode(ptr, n, k, bn).map_err(|e| error("load_linear", e))?);
+            *slot = Some(encode(ptr, n, k, bn)?);
         }
         Ok(Some(WeightMaps(maps.map(|m| m.expect("filled above")))))
     }
 
-    fn x_map(&self, ptr: u64, rows: usize, cols: usize, bm: usize) -> Result<TensorMap> {
+    /// The map of an activation [rows, cols] at `ptr` for tiles of `bm` rows (cached).
+    pub(super) fn x_map(
+        &self,
+        ptr: u64,
+        rows: usize,
+        cols: usize,
+        bm: usize,
+    ) -> std::result::Result<TensorMap, String> {
         let key = (ptr, rows, cols, bm);
-        let mut cache = self
-            .x_maps
-            .lock()
-            .map_err(|_| error("linear", "the tensor-map cache was poisoned by a panic"))?;
+        // The cache holds plain values, valid whatever a panicking holder was doing.
+        let mut cache = self.x_maps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(map) = cache.get(&key) {
             return Ok(*map);
         }
-        let map = encode(ptr, rows, cols, bm).map_err(|e| error("linear", e))?;
+        let map = encode(ptr, rows, cols, bm)?;
         if cache.len() >= MAX_CACHED_MAPS {
             cache.clear();
         }
@@ -342,59 +373,103 @@ pub struct GemmArgs {
     pub act: i32,
 }
 
-/// The kernel `launch` will run for this shape: a name of [`TILES`] or of kernels/gemm.cu.
-pub fn kernel_name(device: &Device, has_weight_maps: bool, m: usize, n: usize, k: usize) -> &'static str {
-    match sm90_for(device, has_weight_maps, m, n, k) {
+/// The kernel `launch` will run for this shape: a name of [`TILES`] or of kernels/gemm.cu
+/// (deciding the path first, which may run the self-check).
+pub fn kernel_name(
+    device: &Device,
+    has_weight_maps: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<&'static str> {
+    Ok(match sm90_for(device, has_weight_maps, m, n, k)? {
         Some(sm90) => TILES[sm90.tile_for(m, n, k)].name,
         None if k.is_multiple_of(8) => "gemm_f16",
         None => "gemm_f16_simple",
-    }
+    })
 }
 
-fn sm90_for(device: &Device, has_weight_maps: bool, m: usize, n: usize, k: usize) -> Option<&Sm90> {
-    let sm90 = device.kernels.sm90.as_ref()?;
-    let wanted = device.gemm_choice() == GemmChoice::Auto;
-    (wanted && has_weight_maps && sm90_supports(m, n, k)).then_some(sm90)
+/// The sm90 kernels when this shape takes them: loaded, the weight has maps, the shape fits,
+/// and the device's decision is sm90.
+fn sm90_for(device: &Device, has_weight_maps: bool, m: usize, n: usize, k: usize) -> Result<Option<&Sm90>> {
+    let Some(sm90) = device.kernels.sm90.as_ref() else {
+        return Ok(None);
+    };
+    if !has_weight_maps || !sm90_supports(m, n, k) {
+        return Ok(None);
+    }
+    Ok((device.gemm_path("linear")? == GemmPath::Sm90).then_some(sm90))
 }
 
 /// Launches out = act(x · wᵀ + bias) (+ residual) on the path and tile chosen for the shape.
+/// An activation whose tensor map the driver refuses turns the sm90 GEMM off on this device (a
+/// warning), and this call runs on sm80 (unless EMBER_GEMM=sm90 forbids: then an error).
 pub fn launch(device: &Device, weight_maps: Option<&WeightMaps>, a: &GemmArgs) -> Result<()> {
-    const OP: &str = "linear";
-    let dim = |what: &str, v: usize| {
-        i32::try_from(v).map_err(|_| error(OP, format!("{what} = {v} is past the kernels' 32-bit indices")))
-    };
-    let (mi, ni, ki) = (
-        dim("rows", a.m)?,
-        dim("out_features", a.n)?,
-        dim("in_features", a.k)?,
-    );
-    let ptrs = [a.bias, a.residual, a.out];
     if let (Some(sm90), Some(maps)) = (
-        sm90_for(device, weight_maps.is_some(), a.m, a.n, a.k),
+        sm90_for(device, weight_maps.is_some(), a.m, a.n, a.k)?,
         weight_maps,
     ) {
         let t = sm90.tile_for(a.m, a.n, a.k);
-        let tile = &TILES[t];
-        let map_x = sm90.x_map(a.x, a.m, a.k, tile.bm)?;
-        let map_w = *maps.for_bn(tile.bn);
-        let tiles = a.m.div_ceil(tile.bm) * a.n.div_ceil(tile.bn);
-        let grid = (tiles.min(sm90.sms.max(1)) as u32, 1, 1);
-        return device.launch_with_smem(
-            OP,
-            tile.name,
-            &sm90.kernels[t],
-            grid,
-            tile.threads(),
-            tile.smem_bytes(),
-            |b| {
-                b.arg(&map_x).arg(&map_w);
-                for p in &ptrs {
-                    b.arg(p);
-                }
-                b.arg(&mi).arg(&ni).arg(&ki).arg(&a.act);
-            },
-        );
+        match sm90.x_map(a.x, a.m, a.k, TILES[t].bm) {
+            Ok(map_x) => return launch_sm90(device, sm90, t, &map_x, maps.for_bn(TILES[t].bn), a),
+            Err(why) => device.sm90_broke("linear", why)?,
+        }
     }
+    launch_sm80(device, a)
+}
+
+/// The 32-bit M, N, K the kernels take.
+fn dims(a: &GemmArgs) -> Result<(i32, i32, i32)> {
+    let dim = |what: &str, v: usize| {
+        i32::try_from(v).map_err(|_| {
+            error(
+                "linear",
+                format!("{what} = {v} is past the kernels' 32-bit indices"),
+            )
+        })
+    };
+    Ok((
+        dim("rows", a.m)?,
+        dim("out_features", a.n)?,
+        dim("in_features", a.k)?,
+    ))
+}
+
+/// One sm90 GEMM with tile `t` of [`TILES`] (the shape must be one [`sm90_supports`]).
+pub(super) fn launch_sm90(
+    device: &Device,
+    sm90: &Sm90,
+    t: usize,
+    map_x: &TensorMap,
+    map_w: &TensorMap,
+    a: &GemmArgs,
+) -> Result<()> {
+    let (mi, ni, ki) = dims(a)?;
+    let ptrs = [a.bias, a.residual, a.out];
+    let tile = &TILES[t];
+    let tiles = a.m.div_ceil(tile.bm) * a.n.div_ceil(tile.bn);
+    let grid = (tiles.min(sm90.sms.max(1)) as u32, 1, 1);
+    device.launch_with_smem(
+        "linear",
+        tile.name,
+        &sm90.kernels[t],
+        grid,
+        tile.threads(),
+        tile.smem_bytes(),
+        |b| {
+            b.arg(map_x).arg(map_w);
+            for p in &ptrs {
+                b.arg(p);
+            }
+            b.arg(&mi).arg(&ni).arg(&ki).arg(&a.act);
+        },
+    )
+}
+
+/// One GEMM of kernels/gemm.cu (any shape).
+pub(super) fn launch_sm80(device: &Device, a: &GemmArgs) -> Result<()> {
+    let (mi, ni, ki) = dims(a)?;
+    let ptrs = [a.bias, a.residual, a.out];
     let kernels = &device.kernels;
     let (kernel, name, grid, block) = if a.k.is_multiple_of(8) {
         // gemm.cu: 128 x 64 output tiles, 128 threads; K % 8 keeps every 16-byte copy aligned.
@@ -404,7 +479,7 @@ pub fn launch(device: &Device, weight_maps: Option<&WeightMaps>, a: &GemmArgs) -
         let grid = (a.m as u32, a.n.div_ceil(256) as u32, 1);
         (&kernels.gemm_simple, "gemm_f16_simple", grid, 256)
     };
-    device.launch(OP, name, kernel, grid, block, |b| {
+    device.launch("linear", name, kernel, grid, block, |b| {
         b.arg(&a.x).arg(&a.w);
         for p in &ptrs {
             b.arg(p);

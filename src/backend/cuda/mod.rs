@@ -26,6 +26,9 @@
 mod attention;
 mod device;
 mod gemm;
+mod gemm_choice;
+mod gemm_self_check;
+mod modules;
 mod transfer;
 
 pub use attention::{AttentionKernel, SHORT_MAX_LEN};
@@ -37,7 +40,8 @@ use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNorm
 use crate::batch::Batch;
 use crate::error::Result;
 use device::{error, Device, DeviceBuffer};
-pub use gemm::{GemmChoice, Tile, BERT_GEMM_SHAPES, TILES};
+pub use gemm::{Tile, BERT_GEMM_SHAPES, TILES};
+pub use gemm_choice::{decide, GemmChoice, GemmPath, SelfCheck, Sm90Setup, Verdict};
 
 /// A row-major f16 matrix `[rows, cols]` on the GPU.
 pub struct CudaTensor {
@@ -145,6 +149,11 @@ impl CudaBackend {
         })
     }
 
+    /// The GPU's compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.device.capability
+    }
+
     /// The GPU's name as the driver reports it.
     pub fn device_name(&self) -> &str {
         &self.device.name
@@ -174,16 +183,49 @@ impl CudaBackend {
         d.download_bytes(OP, &out, 32 * 4).map(|_| ())
     }
 
-    /// Chooses the GEMM path of `linear` (`EMBER_GEMM=sm80` sets `Sm80` at start): for A/B
-    /// comparisons of the sm90 kernels against the portable ones.
-    pub fn set_gemm(&self, choice: GemmChoice) {
-        self.device.set_gemm_choice(choice);
+    /// Chooses the GEMM path of `linear` as `EMBER_GEMM` does at start: `Sm80`, `Sm90` (no
+    /// self-check; an error where the sm90 GEMM is not set up), or `Auto` (the device's
+    /// decision): for A/B comparisons and for tests of each path.
+    pub fn set_gemm(&self, choice: GemmChoice) -> Result<()> {
+        self.device.set_gemm_choice(choice)
     }
 
-    /// Whether the sm90 (wgmma + TMA) GEMM kernels are loaded: a GPU of compute capability 9.x,
-    /// without EMBER_GEMM=sm80.
+    /// Whether the sm90 (wgmma + TMA) GEMM kernels are loaded and set up: a GPU of compute
+    /// capability 9.x, not opened with EMBER_GEMM=sm80, and no failure since. Whether `linear`
+    /// uses them is [`CudaBackend::gemm_decision`]'s answer.
     pub fn has_sm90_gemm(&self) -> bool {
-        self.device.kernels.sm90.is_some()
+        self.device.kernels.sm90.is_some() && self.device.gemm.sm90_ready()
+    }
+
+    /// Which GEMM `linear` runs on this device and why (for `ember info` and the GPU run's
+    /// reports): decides now if nothing has yet, running the sm90 self-check on Hopper.
+    pub fn gemm_decision(&self) -> Result<(GemmPath, String)> {
+        self.device.gemm_decision("gemm_decision")
+    }
+
+    /// The sm90 tile the automatic choice gives an M x N x K GEMM, whatever is forced (None
+    /// without the sm90 GEMM): the GEMM table reports it beside each tile's own timing.
+    pub fn auto_gemm_tile(&self, m: usize, n: usize, k: usize) -> Option<&'static str> {
+        let sm90 = self.device.kernels.sm90.as_ref()?;
+        Some(TILES[sm90.auto_tile(m, n, k)].name)
+    }
+
+    /// The GPU, its driver and its GEMM path as `ember info` prints them: one "key  value" line
+    /// each. Decides the GEMM path (the self-check) if nothing has yet.
+    pub fn describe(&self) -> Result<Vec<(&'static str, String)>> {
+        let d = &self.device;
+        let (path, why) = self.gemm_decision()?;
+        Ok(vec![
+            (
+                "gpu",
+                format!(
+                    "{}, compute capability {}.{}, {} multiprocessors",
+                    d.name, d.capability.0, d.capability.1, d.sms
+                ),
+            ),
+            ("driver", d.driver.clone()),
+            ("gemm", format!("{}: {why}", path.name())),
+        ])
     }
 
     /// Makes the sm90 GEMM use one tile shape for every shape (a name of [`TILES`] without its
@@ -200,8 +242,9 @@ impl CudaBackend {
         sm90.force_tile(tile).map_err(|e| error("force_gemm_tile", e))
     }
 
-    /// The kernel `linear` would launch for `layer` on `rows` rows, as the choice stands now.
-    pub fn gemm_kernel(&self, layer: &CudaLinear, rows: usize) -> &'static str {
+    /// The kernel `linear` would launch for `layer` on `rows` rows, as the choice stands now
+    /// (deciding it first if needed).
+    pub fn gemm_kernel(&self, layer: &CudaLinear, rows: usize) -> Result<&'static str> {
         gemm::kernel_name(
             &self.device,
             layer.maps.is_some(),
@@ -292,9 +335,19 @@ impl Backend for CudaBackend {
             ));
         }
         let weight = self.device.upload_bytes("load_linear", &f16_bytes(weight))?;
+        // The sm90 GEMM's maps, unless the path is sure to be sm80; a map the driver refuses
+        // turns the sm90 GEMM off on this device (gemm_choice.rs), or is an error when forced.
         let maps = match &self.device.kernels.sm90 {
-            Some(sm90) => sm90.weight_maps(weight.ptr(), out_features, in_features)?,
-            None => None,
+            Some(sm90) if self.has_sm90_gemm() && self.device.gemm.request() != GemmChoice::Sm80 => {
+                match sm90.weight_maps(weight.ptr(), out_features, in_features) {
+                    Ok(maps) => maps,
+                    Err(why) => {
+                        self.device.sm90_broke("load_linear", why)?;
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         Ok(CudaLinear {
             out_features,

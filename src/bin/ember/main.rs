@@ -167,6 +167,10 @@ struct InfoArgs {
     /// Model folder or Hugging Face hub id.
     #[arg(long)]
     model: String,
+    /// Also open these GPUs (cuda, cuda:N or cuda:0,1) and describe each: name, driver, which
+    /// GEMM runs there and why, and how long opening took. An unusable one is an error.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -672,5 +676,18 @@ fn info(args: InfoArgs) -> Result<()> {
         c.max_supported_length()
     );
     println!("devices        {}", ember::encoder::compiled_devices().join(", "));
+    for device in parse_devices(args.device.as_deref().unwrap_or("cpu"))? {
+        let Device::Cuda(ordinal) = device else {
+            continue; // the CPU: nothing to open
+        };
+        for (key, value) in ember::encoder::describe_gpu(ordinal)? {
+            let key = if key == "gpu" {
+                device.to_string()
+            } else {
+                format!("  {key}")
+            };
+            println!("{key:<15}{value}");
+        }
+    }
     Ok(())
 }
