@@ -17,10 +17,10 @@
 //!   (`tileloadd` with a stride of 64), tiles of one 16-row strip in k order; rows past `m` and
 //!   k past `k` are zeros.
 //!
-//! Loop order: M block (pack A, all of K), 32-row pair of strips (24 KiB at K = 384, kept in L1),
-//! W panel (streamed, the next k step prefetched); every C block sums all of K in its tiles from
-//! zero, goes to a 4 KiB buffer, and its rows inside C are copied out with the bias added. A row's sum is the same sequence of tile operations whatever its
-//! neighbours: the batching invariance of the other kernels holds here too.
+//! Loop order: M block of [`MC`] rows (pack A, all of K), chunk of W panels (about
+//! [`CHUNK_BYTES`], kept in L2), 32-row pair of strips, W panel (streamed, the next k step
+//! prefetched); every C block sums all of K in its tiles from zero, goes to a 4 KiB buffer, and
+//! its rows inside C are copied out with the bias added.
 //!
 //! AMX needs the operating system's permission to use the tile registers (Linux 5.16+,
 //! `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), asked once per process by
@@ -41,6 +41,9 @@ const TILE_ROWS: usize = 16;
 const TILE_K: usize = 32;
 /// Rows of C per register block: two tiles.
 const BLOCK_ROWS: usize = 2 * TILE_ROWS;
+/// Bytes of packed weights per chunk of panels (see `gemm_panels`): a fraction of the 2 MiB L2
+/// of a Sapphire Rapids core, leaving room for the packed A block and the output.
+const CHUNK_BYTES: usize = 512 << 10;
 
 /// Whether this CPU has AMX-TILE and AMX-BF16 and the operating system lets this process use
 /// them. Asks for the permission on the first call; the answer is cached.
@@ -193,21 +196,29 @@ pub fn gemm_panels(
             let rows_in_block = MC.min(m - m0);
             // SAFETY: AVX512-BF16 present; A holds `m` rows of `k` at stride `lda` (checked).
             unsafe { pack_a(&a[m0 * lda..], lda, rows_in_block, k, pack) };
-            for pair in 0..rows_in_block.div_ceil(BLOCK_ROWS) {
-                let strips = &pack[2 * pair * steps..(2 * pair + 2) * steps];
-                let row = m0 + pair * BLOCK_ROWS;
-                let rows = BLOCK_ROWS.min(m - row);
-                for panel_index in panels.clone() {
-                    let column = panel_index * NR;
-                    let width = NR.min(n - column);
-                    let b = w.panel_pairs(panel_index, 0, steps * TILE_ROWS);
-                    // SAFETY: `strips` holds two strips of `steps` tiles, `b` `steps` k steps of
-                    // 16 pairs x NR columns (2 KiB each).
-                    unsafe { block_2x2(steps, strips.as_ptr(), b.as_ptr(), &mut block) };
-                    let out = &mut c[row * ldc + column - first_column..];
-                    let bias = bias.map(|bias| &bias[column..column + width]);
-                    // SAFETY: AVX-512F present (implied by AVX512-BF16, asserted above).
-                    unsafe { store_block(&block, rows, width, bias, out, ldc) };
+            // Panels in chunks of about CHUNK_BYTES of weights, which stay in L2 while every
+            // 32-row pair of the block passes over them: a weight larger than L2 is then read
+            // from L3 once per block instead of once per pair.
+            let panel_bytes = (steps * TILE_ROWS * NR * 2 * 2).max(1);
+            let chunk = (CHUNK_BYTES / panel_bytes).max(1);
+            for chunk_start in panels.clone().step_by(chunk) {
+                let chunk_panels = chunk_start..(chunk_start + chunk).min(panels.end);
+                for pair in 0..rows_in_block.div_ceil(BLOCK_ROWS) {
+                    let strips = &pack[2 * pair * steps..(2 * pair + 2) * steps];
+                    let row = m0 + pair * BLOCK_ROWS;
+                    let rows = BLOCK_ROWS.min(m - row);
+                    for panel_index in chunk_panels.clone() {
+                        let column = panel_index * NR;
+                        let width = NR.min(n - column);
+                        let b = w.panel_pairs(panel_index, 0, steps * TILE_ROWS);
+                        // SAFETY: `strips` holds two strips of `steps` tiles, `b` `steps` k steps of
+                        // 16 pairs x NR columns (2 KiB each).
+                        unsafe { block_2x2(steps, strips.as_ptr(), b.as_ptr(), &mut block) };
+                        let out = &mut c[row * ldc + column - first_column..];
+                        let bias = bias.map(|bias| &bias[column..column + width]);
+                        // SAFETY: AVX-512F present (implied by AVX512-BF16, asserted above).
+                        unsafe { store_block(&block, rows, width, bias, out, ldc) };
+                    }
                 }
             }
         }

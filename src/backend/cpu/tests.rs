@@ -260,7 +260,10 @@ fn bf16_attention_matches_reference_and_batching() {
     let mut rng = SplitMix64::new(17);
     for (heads, head_dim) in [(6, 64), (12, 32), (5, 33)] {
         let kernel = attention::HeadKernel::choose(CpuDtype::Bf16, head_dim);
-        assert_eq!(kernel == attention::HeadKernel::Amx, amx && head_dim.is_multiple_of(32));
+        assert_eq!(
+            kernel == attention::HeadKernel::Amx,
+            amx && head_dim.is_multiple_of(32)
+        );
         // Lengths around the 16-query and 16/32-key blocks, and one long sequence.
         let batch = rng.batch(&[1, 15, 16, 17, 33, 512, 70], 10, 1);
         let qkv = rng.matrix(batch.num_tokens(), 3 * heads * head_dim, 2.0);
