@@ -7,7 +7,8 @@
 //! - `attention`: 64 sequences of 128 tokens, 12 heads of dimension 32 (4·L²·d FLOPs per
 //!   sequence and head: QKᵀ and PV).
 //!
-//! - `layer`: one whole MiniLM layer through the backend, f32 and bf16;
+//! - `layer`: one whole MiniLM layer through the backend, f32 and bf16, and `layer_parts`: each of
+//!   its operations alone (the GELU's cost is `up_linear_gelu` minus `up_linear`);
 //! - `gemm_one_thread`: the packed GEMM on the calling thread for every kernel level (see also
 //!   `cargo bench --bench roofline`, which puts it against the measured FMA peak).
 //!
@@ -103,9 +104,11 @@ fn attention(c: &mut Criterion) {
 }
 
 /// One MiniLM encoder layer (hidden 384, 12 heads of 32, FFN 1536, exact GELU) as model.rs runs
-/// it, over 64 sequences of 56 tokens (the corpus median), f32 and, where the CPU has it, bf16.
-/// Throughput in FLOPs of the layer's matrix products (linear 2·t·(4h² + 2h·f), attention 4·L²·h
-/// per sequence), so "elem/s" reads as FLOP/s.
+/// it, over 64 sequences of 56 tokens (the corpus median), f32 and, where the CPU has it, bf16:
+/// the whole layer (`layer/minilm_*`), then each of its parts alone (`layer_parts/*`), so that a
+/// change to one kernel shows where it lands. Throughput of the whole layer is in FLOPs of its
+/// matrix products (linear 2·t·(4h² + 2h·f), attention 4·L²·h per sequence), so "elem/s" reads
+/// as FLOP/s; the parts are timed per call.
 fn layer(c: &mut Criterion) {
     use ember::backend::cpu::CpuDtype;
     use ember::backend::LayerNormWeights;
@@ -113,10 +116,7 @@ fn layer(c: &mut Criterion) {
     let (sequences, len, hidden, heads, ffn) = (64, 56, 384, 12, 1536);
     let tokens = sequences * len;
     let batch = rng.batch(&vec![len; sequences], 100, 1);
-    let mut group = c.benchmark_group("layer");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
     let flops = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * sequences * len * len * hidden;
-    group.throughput(Throughput::Elements(flops as u64));
     for dtype in [CpuDtype::F32, CpuDtype::Bf16] {
         let Ok(cpu) = CpuBackend::with_dtype(dtype) else {
             continue;
@@ -140,6 +140,9 @@ fn layer(c: &mut Criterion) {
         let x = cpu
             .upload(&rng.values(tokens * hidden, 1.0), tokens, hidden)
             .unwrap();
+        let mut group = c.benchmark_group("layer");
+        group.sample_size(10).measurement_time(Duration::from_secs(3));
+        group.throughput(Throughput::Elements(flops as u64));
         group.bench_function(format!("minilm_{dtype:?}_64x56_tokens"), |b| {
             b.iter(|| {
                 let q = cpu.linear(&x, &qkv, Activation::Identity, None).unwrap();
@@ -155,8 +158,40 @@ fn layer(c: &mut Criterion) {
                 cpu.layer_norm(&h, &norm2).unwrap()
             })
         });
+        group.finish();
+        // The parts, each on inputs of its real shape.
+        let q = cpu.linear(&x, &qkv, Activation::Identity, None).unwrap();
+        let context = cpu.attention(&q, &batch, heads, hidden / heads).unwrap();
+        let h = cpu.linear(&x, &up, Activation::Gelu, None).unwrap();
+        let mut group = c.benchmark_group("layer_parts");
+        group.sample_size(10).measurement_time(Duration::from_secs(2));
+        let name = |part: &str| format!("{dtype:?}_{part}");
+        group.bench_function(name("qkv_linear"), |b| {
+            b.iter(|| cpu.linear(&x, &qkv, Activation::Identity, None).unwrap())
+        });
+        group.bench_function(name("attention"), |b| {
+            b.iter(|| cpu.attention(&q, &batch, heads, hidden / heads).unwrap())
+        });
+        group.bench_function(name("out_linear_residual"), |b| {
+            b.iter(|| {
+                cpu.linear(&context, &out, Activation::Identity, Some(&x))
+                    .unwrap()
+            })
+        });
+        group.bench_function(name("layer_norm"), |b| {
+            b.iter(|| cpu.layer_norm(&x, &norm1).unwrap())
+        });
+        group.bench_function(name("up_linear"), |b| {
+            b.iter(|| cpu.linear(&x, &up, Activation::Identity, None).unwrap())
+        });
+        group.bench_function(name("up_linear_gelu"), |b| {
+            b.iter(|| cpu.linear(&x, &up, Activation::Gelu, None).unwrap())
+        });
+        group.bench_function(name("down_linear_residual"), |b| {
+            b.iter(|| cpu.linear(&h, &down, Activation::Identity, Some(&x)).unwrap())
+        });
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, gemm_one_thread, linear, layer, activation, attention);

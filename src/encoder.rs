@@ -67,7 +67,7 @@ pub enum Dtype {
     #[default]
     F32,
     /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
-    /// only, on CPUs with AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
+    /// only, on CPUs with AMX or AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
     Bf16,
 }
 

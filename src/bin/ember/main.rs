@@ -146,7 +146,7 @@ pub struct RunArgs {
     /// cpu, cuda, cuda:N, or cuda:0,1,... for one engine per GPU.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weights and matrix arithmetic: f32 (exact), or bf16 (CPU with AVX512-BF16; f32
+    /// Weights and matrix arithmetic: f32 (exact), or bf16 (CPU with AMX or AVX512-BF16; f32
     /// accumulation, cosine >= 0.999 against f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
