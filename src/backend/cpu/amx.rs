@@ -145,23 +145,33 @@ unsafe fn pack_a(a: &[f32], lda: usize, m: usize, k: usize, pack: &mut Vec<ATile
             let k0 = t * TILE_K;
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0 + 16) as *const i8);
-            let width = TILE_K.min(k - k0);
-            let lo_mask: __mmask16 = if width >= 16 { 0xffff } else { (1u16 << width) - 1 };
-            let hi_mask: __mmask16 = if width >= 32 {
-                0xffff
-            } else if width > 16 {
-                (1u16 << (width - 16)) - 1
-            } else {
-                0
-            };
-            let lo = _mm512_maskz_loadu_ps(lo_mask, row.as_ptr().add(k0));
-            let hi = _mm512_maskz_loadu_ps(hi_mask, row.as_ptr().add(k0 + 16));
-            // Round to nearest even, as `bf16::from_f32`; the high half of the result is `hi`.
-            let converted: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let converted = bf16_pairs(&row[k0..(k0 + TILE_K).min(k)]);
             let tile = &mut pack[strip * steps + t];
             _mm512_store_si512(tile.0.as_mut_ptr().add(r * TILE_K) as *mut _, converted);
         }
     }
+}
+
+/// The load masks of the first `count` (at most 32) of two 16-lane vectors.
+pub(super) fn lane_masks(count: usize) -> [u16; 2] {
+    let ones = |n: usize| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+    [ones(count), ones(count.saturating_sub(16))]
+}
+
+/// Up to 32 values (zeros past the end of `values`) as 16 bf16 pairs, `values[2q]` in the low
+/// half of lane q: rounded to nearest even, as `half::bf16::from_f32`, by `vcvtne2ps2bf16`.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 present.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn bf16_pairs(values: &[f32]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    assert!(values.len() <= 2 * 16, "bf16_pairs: {} values", values.len());
+    let [low_mask, high_mask] = lane_masks(values.len());
+    let low = _mm512_maskz_loadu_ps(low_mask, values.as_ptr());
+    let high = _mm512_maskz_loadu_ps(high_mask, values.as_ptr().wrapping_add(16));
+    std::mem::transmute(_mm512_cvtne2ps_pbh(high, low))
 }
 
 /// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread; column 0 of `c`
@@ -312,16 +322,7 @@ unsafe fn store_block(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
-    let masks: [__mmask16; 2] = [
-        if width >= 16 { 0xffff } else { (1u16 << width) - 1 },
-        if width >= 32 {
-            0xffff
-        } else if width > 16 {
-            (1u16 << (width - 16)) - 1
-        } else {
-            0
-        },
-    ];
+    let masks = lane_masks(width);
     let bias_halves = match bias {
         Some(bias) => [
             _mm512_maskz_loadu_ps(masks[0], bias.as_ptr()),

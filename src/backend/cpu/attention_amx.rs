@@ -21,7 +21,7 @@
 //! past the end compute on zeros and are not stored. Each (sequence, head) is independent of the
 //! batch around it, so batching invariance holds.
 
-use super::amx::{load_tile_config, release_tiles};
+use super::amx::{bf16_pairs, load_tile_config, release_tiles};
 use super::attention::softmax_numerators;
 
 /// Rows of a tile, keys per key block, queries per query block.
@@ -173,20 +173,8 @@ pub(super) fn attend_head(
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn store_pairs(values: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
-    assert!(values.len() <= STEP && out.len() == TILE);
-    let n = values.len();
-    let low_mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-    let high_mask: __mmask16 = if n >= 32 {
-        0xffff
-    } else if n > 16 {
-        (1u16 << (n - 16)) - 1
-    } else {
-        0
-    };
-    let low = _mm512_maskz_loadu_ps(low_mask, values.as_ptr());
-    let high = _mm512_maskz_loadu_ps(high_mask, values.as_ptr().wrapping_add(16));
-    let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
-    _mm512_storeu_si512(out.as_mut_ptr() as *mut _, pairs);
+    assert!(out.len() == TILE);
+    _mm512_storeu_si512(out.as_mut_ptr() as *mut _, bf16_pairs(values));
 }
 
 /// Keys as the B operand of Q Kᵀ: tile (key block b, step t), row q, column j = the bf16 pair
@@ -206,10 +194,7 @@ unsafe fn pack_keys(rows: &[f32], ld: usize, at: usize, len: usize, head_dim: us
         let k = &rows[key * ld + at..][..head_dim];
         let (block, j) = (key / TILE, key % TILE);
         for t in 0..steps {
-            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
-                _mm512_loadu_ps(k.as_ptr().add(t * STEP + 16)),
-                _mm512_loadu_ps(k.as_ptr().add(t * STEP)),
-            ));
+            let pairs = bf16_pairs(&k[t * STEP..(t + 1) * STEP]);
             let tile = &mut keys[block * steps + t];
             _mm512_i32scatter_epi32::<4>(tile.0.as_mut_ptr().add(j) as *mut _, down_a_column, pairs);
         }
@@ -267,13 +252,7 @@ unsafe fn scores(
     let stride = TILE * 4;
     let out = scores.as_mut_ptr();
     for group in (0..key_blocks).step_by(4) {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, preserves_flags, nomem)
-        );
+        zero_accumulators();
         for t in 0..steps {
             asm!("tileloadd tmm4, [{q} + {s} * 1]", q = in(reg) queries[t].0.as_ptr(), s = in(reg) stride,
                 options(nostack, preserves_flags, readonly));
@@ -297,19 +276,8 @@ unsafe fn scores(
                 options(nostack, preserves_flags, readonly)
             );
         }
-        let row_stride = ld * 4;
-        let at = |i: usize| out.add((group + i) * TILE);
-        let live = key_blocks - group;
-        asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) at(0), s = in(reg) row_stride, options(nostack, preserves_flags));
-        if live > 1 {
-            asm!("tilestored [{c} + {s} * 1], tmm1", c = in(reg) at(1), s = in(reg) row_stride, options(nostack, preserves_flags));
-        }
-        if live > 2 {
-            asm!("tilestored [{c} + {s} * 1], tmm2", c = in(reg) at(2), s = in(reg) row_stride, options(nostack, preserves_flags));
-        }
-        if live > 3 {
-            asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) at(3), s = in(reg) row_stride, options(nostack, preserves_flags));
-        }
+        let live = (key_blocks - group).min(4);
+        store_accumulators(live, |i| out.add((group + i) * TILE) as *mut u8, ld * 4);
     }
 }
 
@@ -330,13 +298,7 @@ unsafe fn context(
     let stride = TILE * 4;
     for group in (0..column_blocks).step_by(4) {
         let live = (column_blocks - group).min(4);
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, preserves_flags, nomem)
-        );
+        zero_accumulators();
         for s in 0..key_steps {
             asm!("tileloadd tmm4, [{p} + {st} * 1]", p = in(reg) probabilities[s].0.as_ptr(), st = in(reg) stride,
                 options(nostack, preserves_flags, readonly));
@@ -363,16 +325,41 @@ unsafe fn context(
             );
         }
         let base = context.as_mut_ptr();
-        let at = |i: usize| (*base.add(group + i)).0.as_mut_ptr();
-        asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) at(0), s = in(reg) stride, options(nostack, preserves_flags));
-        if live > 1 {
-            asm!("tilestored [{c} + {s} * 1], tmm1", c = in(reg) at(1), s = in(reg) stride, options(nostack, preserves_flags));
-        }
-        if live > 2 {
-            asm!("tilestored [{c} + {s} * 1], tmm2", c = in(reg) at(2), s = in(reg) stride, options(nostack, preserves_flags));
-        }
-        if live > 3 {
-            asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) at(3), s = in(reg) stride, options(nostack, preserves_flags));
-        }
+        store_accumulators(live, |i| (*base.add(group + i)).0.as_mut_ptr() as *mut u8, stride);
+    }
+}
+
+/// Zeroes the accumulator tiles `tmm0..3`.
+///
+/// # Safety
+/// The tile configuration is loaded.
+#[inline]
+unsafe fn zero_accumulators() {
+    std::arch::asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, preserves_flags, nomem)
+    );
+}
+
+/// Stores the first `live` (1 to 4) accumulator tiles, `tmm{i}` to `at(i)` with rows `stride`
+/// bytes apart.
+///
+/// # Safety
+/// The tile configuration is loaded; each `at(i)` writable for 16 rows of 64 bytes at `stride`.
+#[inline]
+unsafe fn store_accumulators(live: usize, at: impl Fn(usize) -> *mut u8, stride: usize) {
+    use std::arch::asm;
+    asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) at(0), s = in(reg) stride, options(nostack, preserves_flags));
+    if live > 1 {
+        asm!("tilestored [{c} + {s} * 1], tmm1", c = in(reg) at(1), s = in(reg) stride, options(nostack, preserves_flags));
+    }
+    if live > 2 {
+        asm!("tilestored [{c} + {s} * 1], tmm2", c = in(reg) at(2), s = in(reg) stride, options(nostack, preserves_flags));
+    }
+    if live > 3 {
+        asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) at(3), s = in(reg) stride, options(nostack, preserves_flags));
     }
 }

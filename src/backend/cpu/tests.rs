@@ -281,26 +281,7 @@ fn bf16_attention_matches_reference_and_batching() {
         }
         // Batching invariance: each sequence alone gives the same bits.
         let together = backend.attention(&tensor(&qkv), &batch, heads, head_dim).unwrap();
-        let hidden = heads * head_dim;
-        for s in [0, 3, 5] {
-            let range = batch.range(s);
-            let cols = qkv.cols;
-            let alone_qkv = CpuTensor::new(
-                range.len(),
-                cols,
-                qkv.data[range.start * cols..range.end * cols].to_vec(),
-            )
-            .unwrap();
-            let alone_batch = rng.batch(&[range.len()], 10, 1);
-            let alone = backend
-                .attention(&alone_qkv, &alone_batch, heads, head_dim)
-                .unwrap();
-            assert_eq!(
-                alone.data,
-                together.data[range.start * hidden..range.end * hidden],
-                "bf16 {head_dim}: sequence {s}"
-            );
-        }
+        assert_alone_as_in_batch(&backend, (&qkv, &batch), (heads, head_dim), &together, &[0, 3, 5]);
     }
 }
 
@@ -334,6 +315,33 @@ fn attention_does_not_leak_across_sequences() {
     }
 }
 
+/// Each of `sequences` of the batch, attended alone, gives the very bits it got in the batch
+/// (`together`): batching must not change results (a published pain point of peers).
+fn assert_alone_as_in_batch(
+    backend: &CpuBackend,
+    (qkv, batch): (&HostMatrix, &Batch),
+    (heads, head_dim): (usize, usize),
+    together: &CpuTensor,
+    sequences: &[usize],
+) {
+    let (cols, hidden) = (qkv.cols, heads * head_dim);
+    for &s in sequences {
+        let range = batch.range(s);
+        let rows = qkv.data[range.start * cols..range.end * cols].to_vec();
+        let alone_qkv = CpuTensor::new(range.len(), cols, rows).unwrap();
+        let alone_batch = SplitMix64::new(s as u64).batch(&[range.len()], 10, 1);
+        let alone = backend
+            .attention(&alone_qkv, &alone_batch, heads, head_dim)
+            .unwrap();
+        let what = format!("{:?} {heads}x{head_dim}: sequence {s}", backend.dtype());
+        assert_eq!(
+            alone.data,
+            together.data[range.start * hidden..range.end * hidden],
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn attention_of_a_sequence_is_the_same_alone_and_in_a_batch() {
     let mut rng = SplitMix64::new(8);
@@ -346,27 +354,14 @@ fn attention_of_a_sequence_is_the_same_alone_and_in_a_batch() {
             .attention(&tensor(&qkv), &batch, heads, head_dim)
             .unwrap()
     });
-    for s in 0..batch.num_sequences() {
-        let range = batch.range(s);
-        let cols = qkv.cols;
-        let alone_qkv = CpuTensor::new(
-            range.len(),
-            cols,
-            qkv.data[range.start * cols..range.end * cols].to_vec(),
-        )
-        .unwrap();
-        let alone_batch = rng.batch(&[range.len()], 10, 1);
-        let alone = CpuBackend::new()
-            .attention(&alone_qkv, &alone_batch, heads, head_dim)
-            .unwrap();
-        let hidden = heads * head_dim;
-        // Bit-identical: batching must not change results (a published pain point of peers).
-        assert_eq!(
-            alone.data,
-            together.data[range.start * hidden..range.end * hidden],
-            "sequence {s}"
-        );
-    }
+    let all: Vec<usize> = (0..batch.num_sequences()).collect();
+    assert_alone_as_in_batch(
+        &CpuBackend::new(),
+        (&qkv, &batch),
+        (heads, head_dim),
+        &together,
+        &all,
+    );
 }
 
 #[test]
