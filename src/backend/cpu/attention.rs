@@ -17,9 +17,23 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::attention_amx;
 use super::math;
 use super::matmul::{gemm, PackedMatrix};
+
+/// Whether the AMX kernel takes this head dimension.
+fn head_dim_fits_amx(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        attention_amx::supports(head_dim)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = head_dim;
+        false
+    }
+}
 
 /// How the products of one head are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +51,8 @@ impl HeadKernel {
     pub fn choose(dtype: super::CpuDtype, head_dim: usize) -> HeadKernel {
         let amx = dtype == super::CpuDtype::Bf16
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
-            && attention_amx::supports(head_dim);
+            && cfg!(target_arch = "x86_64")
+            && head_dim_fits_amx(head_dim);
         if amx {
             HeadKernel::Amx
         } else {
@@ -58,6 +73,7 @@ struct Scratch {
     keys: PackedMatrix,
     values: PackedMatrix,
     scores: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
     amx: attention_amx::Scratch,
 }
 
@@ -154,6 +170,7 @@ fn attend_head(
     out: &mut [f32],
     ldo: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
     if kernel == HeadKernel::Amx {
         attention_amx::attend_head(rows, len, heads, head_dim, h, &mut scratch.amx, out, ldo);
         return;
