@@ -21,7 +21,8 @@ mod ops;
 mod pipeline;
 mod sm90;
 
-use std::path::PathBuf;
+#[path = "../common/mod.rs"]
+mod common;
 
 use ember::backend::cpu::testutil::deviation;
 use ember::backend::cuda::CudaBackend;
@@ -45,32 +46,6 @@ fn gpu(test: &str) -> Option<CudaBackend> {
             None
         }
     }
-}
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("EMBER_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
-}
-
-fn minilm() -> PathBuf {
-    let dir = std::env::var_os("EMBER_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("config.json").exists(),
-        "no test model at {} (set EMBER_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
-
-fn json(name: &str) -> serde_json::Value {
-    let path = fixtures().join(name);
-    serde_json::from_str(
-        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
 }
 
 /// Values as the GPU stores them (f16), so that the reference sees the same inputs.
@@ -115,14 +90,6 @@ fn without_a_gpu_the_error_is_clear_not_a_panic() {
         }
     }
 }
-
-const ACTIVATIONS: [Activation; 5] = [
-    Activation::Identity,
-    Activation::Gelu,
-    Activation::GeluTanh,
-    Activation::Relu,
-    Activation::Tanh,
-];
 
 fn activate_f64(x: f64, activation: Activation) -> f64 {
     match activation {

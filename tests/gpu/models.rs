@@ -16,16 +16,7 @@ fn check_rows(what: &str, gpu: &HostMatrix, cpu: &HostMatrix) {
     assert!(worst >= MIN_COSINE, "{what}: worst cosine {worst}");
 }
 
-fn texts() -> Vec<String> {
-    json("texts.json")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn embedder_matches_cpu(what: &str, dir: PathBuf) {
+fn embedder_matches_cpu(what: &str, dir: std::path::PathBuf) {
     let cuda = Embedder::load(
         &dir,
         EmbedderOptions {
@@ -35,7 +26,7 @@ fn embedder_matches_cpu(what: &str, dir: PathBuf) {
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
     let cpu = Embedder::load(&dir, EmbedderOptions::default()).unwrap();
-    let texts = texts();
+    let texts = common::texts();
     let got = cuda.encode(&texts).unwrap();
     check_rows(what, &got, &cpu.encode(&texts).unwrap());
 
@@ -71,7 +62,7 @@ fn fixture_embedders_match_cpu() {
         "tiny-bert-embed-f16",
         "tiny-bert-embed-bf16",
     ] {
-        embedder_matches_cpu(name, fixtures().join(name));
+        embedder_matches_cpu(name, common::fixtures().join(name));
     }
 }
 
@@ -80,7 +71,7 @@ fn minilm_matches_cpu() {
     if gpu("minilm").is_none() {
         return;
     }
-    embedder_matches_cpu("all-MiniLM-L6-v2", minilm());
+    embedder_matches_cpu("all-MiniLM-L6-v2", common::minilm_dir());
 }
 
 #[test]
@@ -88,24 +79,14 @@ fn fixture_rerankers_match_cpu() {
     if gpu("fixture rerankers").is_none() {
         return;
     }
-    let pairs: Vec<(String, String)> = json("pairs.json")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let pairs = common::pairs();
     for name in [
         "tiny-bert-rerank-f32",
         "tiny-bert-rerank-f16",
         "tiny-xlmr-rerank-f32",
         "tiny-xlmr-rerank-bf16",
     ] {
-        let dir = fixtures().join(name);
+        let dir = common::fixtures().join(name);
         let load = |device| {
             Reranker::load(
                 &dir,

@@ -17,7 +17,7 @@ fn overlapped_uploads_match_synchronous_ones_bit_for_bit_and_memory_stays_flat()
     // Checked mode synchronizes after every launch, which would hide ordering bugs between the
     // two streams: run the way production does.
     gpu.set_checked(false);
-    let dir = fixtures().join("tiny-bert-embed-f32");
+    let dir = common::fixtures().join("tiny-bert-embed-f32");
     let config = ember::config::ModelConfig::load(&dir).unwrap();
     let weights = ember::weights::Weights::open(&dir).unwrap();
     let (vocab, types, max_len) = (
