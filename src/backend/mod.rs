@@ -27,6 +27,17 @@ pub enum Activation {
     Tanh,
 }
 
+impl Activation {
+    /// Every activation, for tests and benches that try each.
+    pub const ALL: [Activation; 5] = [
+        Activation::Identity,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Relu,
+        Activation::Tanh,
+    ];
+}
+
 /// How token rows become one row per sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {

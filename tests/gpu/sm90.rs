@@ -204,8 +204,8 @@ fn check_sm90(test: &str, tile: Option<&str>) {
         .flat_map(|&m| BERT_GEMM_SHAPES.iter().map(move |&(n, k)| (m, n, k)));
     for (case, (m, n, k)) in small.into_iter().chain(bert).enumerate() {
         // Any 10 consecutive cases (12 per M) make every (activation, residual) pair.
-        let activation = ACTIVATIONS[case % ACTIVATIONS.len()];
-        let with_residual = (case / ACTIVATIONS.len()).is_multiple_of(2);
+        let activation = Activation::ALL[case % Activation::ALL.len()];
+        let with_residual = (case / Activation::ALL.len()).is_multiple_of(2);
         let x = rounded(rng.matrix(m, k, 1.0));
         let w = rounded(rng.matrix(n, k, 2.0 / (k as f32).sqrt()));
         let bias = rng.values(n, 0.5);

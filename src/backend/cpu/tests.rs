@@ -39,14 +39,6 @@ fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-const ACTIVATIONS: [Activation; 5] = [
-    Activation::Identity,
-    Activation::Gelu,
-    Activation::GeluTanh,
-    Activation::Relu,
-    Activation::Tanh,
-];
-
 /// Checks `linear` against the reference for one shape, with and without a residual.
 fn check_linear(rng: &mut SplitMix64, m: usize, n: usize, k: usize, activation: Activation) {
     let x = rng.matrix(m, k, 1.0);
@@ -77,7 +69,7 @@ fn check_linear(rng: &mut SplitMix64, m: usize, n: usize, k: usize, activation: 
 #[test]
 fn linear_matches_reference_for_every_activation() {
     let mut rng = SplitMix64::new(1);
-    for activation in ACTIVATIONS {
+    for activation in Activation::ALL {
         check_linear(&mut rng, 67, 383, 383, activation);
     }
 }
@@ -568,7 +560,7 @@ fn elementwise_code_is_bit_identical_at_every_isa_level() {
     let (gamma, beta) = (rng.values(1000, 1.0), rng.values(1000, 1.0));
     let portable = matmul::Isa::Portable;
     for isa in matmul::Isa::available_f32() {
-        for activation in ACTIVATIONS {
+        for activation in Activation::ALL {
             let (mut x, mut y) = (values.clone(), values.clone());
             math::epilogue_with(isa, activation, &mut x, Some(&residual));
             math::epilogue_with(portable, activation, &mut y, Some(&residual));
