@@ -104,7 +104,8 @@ fn attention(c: &mut Criterion) {
 }
 
 /// One MiniLM encoder layer (hidden 384, 12 heads of 32, FFN 1536, exact GELU) as model.rs runs
-/// it, over 64 sequences of 56 tokens (the corpus median), f32 and, where the CPU has it, bf16:
+/// it, over 64 sequences of 56 tokens (the corpus median), f32 and, where the CPU has them, bf16
+/// and int8:
 /// the whole layer (`layer/minilm_*`), then each of its parts alone (`layer_parts/*`), so that a
 /// change to one kernel shows where it lands. Throughput of the whole layer is in FLOPs of its
 /// matrix products (linear 2·t·(4h² + 2h·f), attention 4·L²·h per sequence), so "elem/s" reads
@@ -117,7 +118,7 @@ fn layer(c: &mut Criterion) {
     let tokens = sequences * len;
     let batch = rng.batch(&vec![len; sequences], 100, 1);
     let flops = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * sequences * len * len * hidden;
-    for dtype in [CpuDtype::F32, CpuDtype::Bf16] {
+    for dtype in [CpuDtype::F32, CpuDtype::Bf16, CpuDtype::Int8] {
         let Ok(cpu) = CpuBackend::with_dtype(dtype) else {
             continue;
         };

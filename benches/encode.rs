@@ -3,7 +3,7 @@
 //! starts (as the PyTorch and ONNX Runtime scripts time `encode` only). Prints one line of JSON
 //! like scripts/bench_torch.py, for scripts/compare-cpu.sh.
 //!
-//! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16] [--threads N] [--repeat 3]
+//! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16|int8] [--threads N] [--repeat 3]
 //! [--batch-tokens N] [--max-length N]`
 
 use std::time::Instant;
@@ -29,7 +29,7 @@ fn main() {
     }
     let (Some(model), Some(corpus)) = (model, corpus) else {
         eprintln!(
-            "usage: cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16] [--threads N]"
+            "usage: cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16|int8] [--threads N]"
         );
         return;
     };

@@ -6,7 +6,11 @@
 //! Then the packed GEMM on one thread at BERT shapes, for every kernel level the CPU has, as
 //! GFLOP/s and as a percentage of the single-thread peak.
 //!
-//! `cargo bench --bench roofline` prints GFLOP/s (2 FLOPs per lane per FMA). Every figure is the
+//! The same for the bf16 and int8 GEMMs against the peak of their own instruction (`vdpbf16ps`,
+//! `tdpbf16ps`, `vpdpbusd`).
+//!
+//! `cargo bench --bench roofline` prints GFLOP/s (2 FLOPs per lane per FMA; for int8, 2
+//! operations per byte product). Every figure is the
 //! best of several short runs: on a shared machine the best run is the one least disturbed by
 //! other processes, which is what a kernel's speed means (criterion's mean mixes in the noise).
 //! Zen 4 runs a 512-bit FMA as two 256-bit halves, so both ISAs give the same peak there; a Xeon
@@ -52,6 +56,24 @@ mod kernels {
             total = _mm512_add_ps(total, r);
         }
         _mm512_reduce_add_ps(total)
+    }
+
+    /// The same with `vpdpbusd` (AVX512-VNNI): 16 lanes x 4 byte products per instruction.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn avx512vnni(iterations: u64) -> f32 {
+        let a = _mm512_set1_epi32(0x0101_0101);
+        let b = _mm512_set1_epi32(0x0102_0301);
+        let mut acc = [_mm512_setzero_si512(); 12];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbusd_epi32(*r, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_si512();
+        for r in acc {
+            total = _mm512_add_epi32(total, r);
+        }
+        _mm512_reduce_add_epi32(total) as f32
     }
 
     /// The AMX tile multiply `tdpbf16ps` (16 x 16 x 32 multiply-adds each) on four independent
@@ -177,6 +199,30 @@ fn gemm_bf16(
     );
 }
 
+/// Best-of-`runs` GOP/s (2 per multiply-add) of the one-thread int8 GEMM, against `peak`, the
+/// rate of `vpdpbusd`. The activations' quantization is part of the time, as in a real layer.
+fn gemm_int8(peak: f64, (m, n, k): (usize, usize, usize), runs: usize) {
+    use ember::backend::cpu::int8;
+    use ember::backend::cpu::testutil::SplitMix64;
+    let mut rng = SplitMix64::new(6);
+    let a = rng.values(m * k, 1.0);
+    let w = int8::PackedInt8::from_rows(&rng.values(n * k, 0.05), n, k);
+    let bias = rng.values(n, 0.1);
+    let mut out = vec![0.0; m * n];
+    let mut best = 0.0f64;
+    for _ in 0..runs {
+        let start = Instant::now();
+        int8::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
+        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(&out);
+    println!(
+        "gemm 1 thread {:<11} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GOP/s   = {:5.1} % of its instruction's 1-thread peak",
+        "int8-vnni",
+        100.0 * best / peak
+    );
+}
+
 /// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.
 fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
     use ember::backend::cpu::matmul;
@@ -247,6 +293,13 @@ fn main() {
             let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
             for shape in shapes {
                 gemm_bf16(Isa::Avx512Bf16, peak, shape, runs);
+            }
+        }
+        if ember::backend::cpu::int8::is_supported() {
+            // SAFETY: the CPU has AVX512-VNNI (checked just above).
+            let peak = measure("vnni", 64, 1, |n| unsafe { kernels::avx512vnni(n) });
+            for shape in shapes {
+                gemm_int8(peak, shape, runs);
             }
         }
         if Isa::Amx.is_available() {

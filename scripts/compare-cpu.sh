@@ -7,8 +7,8 @@
 # on encode only (model loaded, warmed up). The engines take turns, one timed pass each per round,
 # for EMBER_COMPARE_ROUNDS rounds (default 3), and each engine's median pass is kept: on a shared
 # machine the load drifts, and turns spread that drift over every engine instead of favouring
-# whichever ran in the quiet minute. ember runs in f32 and, where the CPU has AVX512-BF16 or
-# AMX, in bf16. Prints a ratio table for BENCHMARKS.md, headed by the CPU model.
+# whichever ran in the quiet minute. ember runs in f32, where the CPU has AVX512-BF16 or AMX in
+# bf16, and where it has AVX512-VNNI in int8. Prints a ratio table for BENCHMARKS.md, headed by the CPU model.
 # Not run in CI (it needs torch and onnxruntime).
 #
 #   scripts/compare-cpu.sh [LINES]          (default 1024 lines, log-normal lengths, median 40 words)
@@ -59,11 +59,15 @@ ember_bench() { cargo bench --quiet --bench encode -- --model "$model" --corpus 
 torch_bench() { "$venv/bin/python" scripts/bench_torch.py "$model" "$work/corpus.txt" "${common[@]}" "$@"; }
 ort_bench() { "$venv/bin/python" scripts/bench_ort.py "$model" "$work/corpus.txt" "${common[@]}" --work "$work" "$@"; }
 has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo 2>/dev/null || true)
+has_vnni=$(grep -c avx512_vnni /proc/cpuinfo 2>/dev/null || true)
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
   run ember-f32 ember_bench --dtype f32
   if [[ $has_bf16 != 0 ]]; then
     run ember-bf16 ember_bench --dtype bf16
+  fi
+  if [[ $has_vnni != 0 ]]; then
+    run ember-int8 ember_bench --dtype int8
   fi
   run torch-fp32 torch_bench --dtype fp32
   run torch-bf16 torch_bench --dtype bf16

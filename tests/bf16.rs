@@ -8,13 +8,6 @@ mod common;
 use common::*;
 use ember::{Device, Dtype, Embedder, EmbedderOptions, Encoder};
 
-fn cosine(a: &[f32], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y).sum();
-    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 fn supported() -> bool {
     ember::backend::cpu::bf16::is_supported()
 }

@@ -273,7 +273,7 @@ fn minilm_encode_from_stdin_matches_the_library() {
 }
 
 #[test]
-fn dtype_flag_selects_bf16_or_refuses_clearly() {
+fn dtype_flag_selects_bf16_or_int8_or_refuses_clearly() {
     let dir = scratch("dtype");
     let input = dir.join("texts.txt");
     std::fs::write(
@@ -286,11 +286,17 @@ fn dtype_flag_selects_bf16_or_refuses_clearly() {
     assert!(encode(&model, &input, &f32_out, &["--dtype", "f32"])
         .status
         .success());
-    let bf16_out = dir.join("bf16.npy");
-    let out = encode(&model, &input, &bf16_out, &["--dtype", "bf16"]);
-    if out.status.success() {
+    // (dtype, the instruction a CPU without it lacks, the cosine it keeps against f32)
+    for (dtype, needs, bar) in [("bf16", "bf16", 0.999), ("int8", "AVX512-VNNI", 0.995)] {
+        let out_path = dir.join(format!("{dtype}.npy"));
+        let out = encode(&model, &input, &out_path, &["--dtype", dtype]);
+        if !out.status.success() {
+            // A CPU without the instructions must say so, not fall back to f32.
+            assert_failed_cleanly(&out, needs, &out_path);
+            continue;
+        }
         let read = |p: &Path| ember::npy::read_f32(&mut std::fs::File::open(p).unwrap(), "out").unwrap();
-        let ((_, dim, exact), (_, _, approx)) = (read(&f32_out), read(&bf16_out));
+        let ((_, dim, exact), (_, _, approx)) = (read(&f32_out), read(&out_path));
         for row in 0..2 {
             let want: Vec<f64> = exact[row * dim..(row + 1) * dim]
                 .iter()
@@ -298,11 +304,8 @@ fn dtype_flag_selects_bf16_or_refuses_clearly() {
                 .collect();
             let got = &approx[row * dim..(row + 1) * dim];
             let cosine: f64 = got.iter().zip(&want).map(|(&a, b)| a as f64 * b).sum();
-            assert!(cosine >= 0.999, "row {row}: cosine {cosine}");
+            assert!(cosine >= bar, "{dtype} row {row}: cosine {cosine}");
         }
-    } else {
-        // A CPU without AVX512-BF16 must say so, not fall back to f32.
-        assert_failed_cleanly(&out, "bf16", &bf16_out);
     }
     let out = encode(&model, &input, &dir.join("bad.npy"), &["--dtype", "f64"]);
     assert_failed_cleanly(&out, "not a dtype", &dir.join("bad.npy"));

@@ -46,10 +46,11 @@ pub enum HeadKernel {
 }
 
 impl HeadKernel {
-    /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 where
-    /// the level is AMX and the head dimension fits, f32 otherwise.
+    /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 and
+    /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, f32
+    /// otherwise.
     pub fn choose(dtype: super::CpuDtype, head_dim: usize) -> HeadKernel {
-        let amx = dtype == super::CpuDtype::Bf16
+        let amx = dtype != super::CpuDtype::F32
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
             && cfg!(target_arch = "x86_64")
             && head_dim_fits_amx(head_dim);

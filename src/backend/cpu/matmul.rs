@@ -307,7 +307,7 @@ fn gemm_panels(
 }
 
 /// Packed weights that a GEMM runs over panel by panel: f32 ([`PackedMatrix`], with the kernels
-/// of [`Isa::detected`]) or bf16 (`super::bf16::PackedBf16`). [`gemm_parallel`] splits work over
+/// of [`Isa::detected`]), bf16 (`super::bf16::PackedBf16`) or int8 (`super::int8::PackedInt8`). [`gemm_parallel`] splits work over
 /// either.
 pub trait PanelWeights: Sync {
     /// Output columns.
@@ -376,6 +376,30 @@ impl PanelWeights for super::bf16::PackedBf16 {
         ldc: usize,
     ) {
         super::bf16::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
+    }
+}
+
+impl PanelWeights for super::int8::PackedInt8 {
+    fn n(&self) -> usize {
+        super::int8::PackedInt8::n(self)
+    }
+    fn k(&self) -> usize {
+        super::int8::PackedInt8::k(self)
+    }
+    fn panels(&self) -> usize {
+        super::int8::PackedInt8::panels(self)
+    }
+    fn gemm_panels(
+        &self,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        super::int8::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
     }
 }
 

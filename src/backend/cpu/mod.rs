@@ -1,4 +1,4 @@
-//! The CPU backend: f32 activations, f32 or bf16 linear weights ([`CpuDtype`]), parallel with
+//! The CPU backend: f32 activations, f32, bf16 or int8 linear weights ([`CpuDtype`]), parallel with
 //! rayon on the caller's current pool (it never builds a pool of its own, so
 //! `pool.install(|| model.forward(..))` decides the threads and nothing is oversubscribed).
 //!
@@ -9,7 +9,8 @@
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
-//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16.
+//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
+//! - [`int8`]: the int8 linear layers ([`CpuDtype::Int8`]), on AVX512-VNNI.
 //!
 //! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
@@ -24,6 +25,7 @@ pub mod attention;
 mod attention_amx;
 pub mod bf16;
 mod buffers;
+pub mod int8;
 pub mod math;
 pub mod matmul;
 pub mod microkernel;
@@ -117,13 +119,17 @@ pub enum CpuDtype {
     /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation
     /// (AVX512-BF16 only).
     Bf16,
+    /// int8 weights and activations in groups along k, exact i32 sums per group, f32 output
+    /// (AVX512-VNNI only; see [`int8`]).
+    Int8,
 }
 
-/// A packed linear weight, f32 or bf16.
+/// A packed linear weight, f32, bf16 or int8.
 #[derive(Debug, Clone)]
 enum LinearWeight {
     F32(PackedMatrix),
     Bf16(bf16::PackedBf16),
+    Int8(int8::PackedInt8),
 }
 
 /// A linear layer: the weight packed for [`matmul::gemm`] (or the bf16 GEMM) and the f32 bias.
@@ -138,6 +144,7 @@ impl CpuLinear {
         match &self.weight {
             LinearWeight::F32(w) => w.n(),
             LinearWeight::Bf16(w) => w.n(),
+            LinearWeight::Int8(w) => w.n(),
         }
     }
 
@@ -145,14 +152,15 @@ impl CpuLinear {
         match &self.weight {
             LinearWeight::F32(w) => w.k(),
             LinearWeight::Bf16(w) => w.k(),
+            LinearWeight::Int8(w) => w.k(),
         }
     }
 
-    /// The f32 packed weight (`None` for a bf16 layer).
+    /// The f32 packed weight (`None` for a bf16 or int8 layer).
     pub fn weight(&self) -> Option<&PackedMatrix> {
         match &self.weight {
             LinearWeight::F32(w) => Some(w),
-            LinearWeight::Bf16(_) => None,
+            LinearWeight::Bf16(_) | LinearWeight::Int8(_) => None,
         }
     }
 
@@ -175,10 +183,12 @@ impl CpuBackend {
     }
 
     /// A backend whose linear layers use `dtype`; bf16 is refused with a clear error on a CPU
-    /// without AVX512-BF16.
+    /// without AVX512-BF16, int8 on one without AVX512-VNNI.
     pub fn with_dtype(dtype: CpuDtype) -> Result<Self> {
-        if dtype == CpuDtype::Bf16 {
-            bf16::check_supported().map_err(|message| error("bf16", message))?;
+        match dtype {
+            CpuDtype::F32 => {}
+            CpuDtype::Bf16 => bf16::check_supported().map_err(|message| error("bf16", message))?,
+            CpuDtype::Int8 => int8::check_supported().map_err(|message| error("int8", message))?,
         }
         Ok(Self { dtype })
     }
@@ -254,6 +264,9 @@ impl Backend for CpuBackend {
             )),
             CpuDtype::Bf16 => {
                 LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features))
+            }
+            CpuDtype::Int8 => {
+                LinearWeight::Int8(int8::PackedInt8::from_rows(weight, out_features, in_features))
             }
         };
         Ok(CpuLinear {
@@ -341,6 +354,7 @@ impl Backend for CpuBackend {
         match &layer.weight {
             LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
             LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+            LinearWeight::Int8(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
         }
         CpuTensor::new(m, n, out)
     }

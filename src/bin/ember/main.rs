@@ -146,8 +146,9 @@ pub struct RunArgs {
     /// cpu, cuda, cuda:N, or cuda:0,1,... for one engine per GPU.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weights and matrix arithmetic: f32 (exact), or bf16 (CPU with AMX or AVX512-BF16; f32
-    /// accumulation, cosine >= 0.999 against f32).
+    /// Weights and matrix arithmetic: f32 (exact), bf16 (CPU with AMX or AVX512-BF16; f32
+    /// accumulation, cosine >= 0.999 against f32) or int8 (CPU with AVX512-VNNI; weights per
+    /// channel, activations per token, cosine >= 0.995 against f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// The most tokens in one forward pass (default: 16,384 on a GPU; on the CPU, a batch whose

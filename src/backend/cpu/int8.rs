@@ -1,0 +1,535 @@
+//! The int8 linear layers (`CpuDtype::Int8`): weights quantized once at load, activations at run
+//! time, both in groups of [`GROUP`] consecutive k; products summed exactly in i32 by `vpdpbusd`
+//! (AVX512-VNNI), each group's sum scaled into an f32 accumulator; everything else f32.
+//!
+//! Quantization (both kinds round to nearest, ties to even), per group `g` of k:
+//! - weights, symmetric per output channel and group: `s_w[j,g] = max |W[j][p in g]| / 127`,
+//!   `q_w = round(W / s_w)` in [-127, 127];
+//! - activations, asymmetric per row (token) and group: the range widened to hold 0,
+//!   `s_a[i,g] = (max - min) / 255`, zero point `z[i,g] = round(-min / s_a)`,
+//!   `q_a = round(x / s_a) + z` clamped to [0, 255]; 0 is exact.
+//!
+//! Unsigned activations because `vpdpbusd` multiplies unsigned bytes of A by signed bytes of W;
+//! asymmetric because the inputs of the second FFN matrix (after GELU) are nearly all positive,
+//! where a symmetric scale would waste half the codes. Groups because BERT's hidden states have
+//! a few channels far larger than the rest (largest on [CLS], [SEP] and short texts), and some
+//! weight rows a few large inputs: with one scale per row or channel those outliers coarsen every
+//! other value (per-row scales gave cosine 0.9935 against f32 on the empty text with MiniLM).
+//!
+//! Then `y[i][j] = bias[j] + sum_g s_a[i,g] s_w[j,g] (S[i,j,g] - z[i,g] colsum[j,g])`, with
+//! `S` the group's integer sum of `q_a q_w` and `colsum[j,g] = sum_(p in g) q_w[j][p]` stored
+//! beside the weights. `S` and `z colsum` are integers below 2^23 (255 * 127 * [`GROUP`]), exact
+//! in f32, so per group the only rounding is that of `s_a s_w` and of one fused multiply-add, in
+//! the same order for every row whatever its neighbours (batching invariance).
+//!
+//! Layouts (quads of consecutive k, as `vpdpbusd` sums four byte products per 32-bit lane):
+//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
+//!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
+//!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
+//! - A: per K block of [`KC_INT8`] and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
+//!   the four bytes `q_a[i][4q..4q + 4]` (zero past `m` and past `k`), broadcast by the kernel;
+//!   beside it, per group, the 12 rows' scales and zero points.
+//!
+//! A CPU without AVX512-VNNI (or a level below AVX-512 forced by `EMBER_CPU_ISA`) gets a clear
+//! error from [`check_supported`]. AMX-INT8 (`tdpbusd`) is not used yet: CPUs with AMX run this
+//! kernel too.
+
+use std::cell::RefCell;
+
+use super::matmul::{check_operands, MC};
+use super::microkernel::{Isa, Tile, MR, NR};
+
+/// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
+/// enough that an outlier coarsens few values, large enough that the per-group scaling (8
+/// vector operations per row of a tile) stays small beside the group's 24 x 32 `vpdpbusd`.
+pub const GROUP: usize = 128;
+
+/// Reduction steps per K block, a multiple of [`GROUP`]: a W micro-panel of one block (768 x 32
+/// bytes, 24 KiB) stays in L1 while the 8 A micro-panels of an M block (72 KiB) stream from L2.
+pub const KC_INT8: usize = 768;
+
+/// Quads per group.
+const GROUP_QUADS: usize = GROUP / 4;
+
+/// Whether the CPU has AVX512-VNNI (the instruction, whatever level is forced).
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.is_available() && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this process runs the int8 kernel: the CPU has AVX512-VNNI and the level of
+/// [`Isa::detected`] is AVX-512 or above.
+pub fn is_supported() -> bool {
+    has_vnni() && Isa::detected().f32_kernels() == Isa::Avx512
+}
+
+/// `Ok` when [`is_supported`], else the error message to show.
+pub fn check_supported() -> std::result::Result<(), String> {
+    if is_supported() {
+        return Ok(());
+    }
+    if has_vnni() {
+        return Err(format!(
+            "int8 on the CPU needs AVX512-VNNI, which EMBER_CPU_ISA={} rules out",
+            Isa::detected().name()
+        ));
+    }
+    Err(
+        "int8 on the CPU needs AVX512-VNNI (Intel Cascade Lake / Ice Lake or later, AMD Zen 4 or \
+         later); this CPU does not have it. Use f32."
+            .into(),
+    )
+}
+
+/// Quads of k stored per panel.
+fn stored_quads(k: usize) -> usize {
+    k.div_ceil(4)
+}
+
+/// `W [n, k]` quantized to int8 per output channel and group of k, packed in k-quad panels of
+/// [`NR`] columns (see the module header), with each (channel, group)'s scale and sum of codes.
+#[derive(Debug, Clone, Default)]
+pub struct PackedInt8 {
+    n: usize,
+    k: usize,
+    offset: usize,
+    data: Vec<i8>,
+    /// `s_w[j,g]` at `[(panel * groups + g) * NR + j % NR]`, zero past `n`.
+    scales: Vec<f32>,
+    /// `colsum[j,g]`, laid out as `scales`.
+    column_sums: Vec<f32>,
+}
+
+/// Rounds `value` to the nearest integer, ties to even, as f32 (|value| well below 2^22).
+#[inline(always)]
+fn round_even(value: f32) -> f32 {
+    // Adding and removing 1.5 * 2^23 leaves an integer rounded by the FPU's own
+    // round-to-nearest-even; unlike `round_ties_even`, LLVM vectorizes it on every level.
+    const MAGIC: f32 = 12_582_912.0;
+    (value + MAGIC) - MAGIC
+}
+
+impl PackedInt8 {
+    /// Quantizes and packs `W[r][p] = src[r * k + p]` (row-major `[n, k]`).
+    ///
+    /// # Panics
+    /// If `src` holds fewer than `n * k` values.
+    pub fn from_rows(src: &[f32], n: usize, k: usize) -> Self {
+        assert!(src.len() >= n * k, "PackedInt8: source too short");
+        let (quads, groups) = (stored_quads(k), k.div_ceil(GROUP));
+        let panels = n.div_ceil(NR);
+        let len = panels * NR * quads * 4;
+        // 64 spare bytes: room to start the panels on a 64-byte boundary.
+        let mut data = vec![0i8; len + 64];
+        let offset = (64 - data.as_ptr() as usize % 64) % 64;
+        let mut scales = vec![0.0f32; panels * groups * NR];
+        let mut column_sums = vec![0.0f32; panels * groups * NR];
+        for (j, row) in src.chunks_exact(k.max(1)).take(n).enumerate() {
+            let (panel, column) = (j / NR, j % NR);
+            let panel_data = &mut data[offset + panel * quads * NR * 4..][..quads * NR * 4];
+            for (g, values) in row[..k].chunks(GROUP).enumerate() {
+                let max = values.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+                // An all-zero group keeps scale 1: its codes are 0 whatever the scale.
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                let mut sum = 0i32;
+                for (offset_in_group, &value) in values.iter().enumerate() {
+                    let p = g * GROUP + offset_in_group;
+                    let code = round_even(value / scale).clamp(-127.0, 127.0) as i8;
+                    panel_data[((p / 4) * NR + column) * 4 + p % 4] = code;
+                    sum += code as i32;
+                }
+                scales[(panel * groups + g) * NR + column] = scale;
+                column_sums[(panel * groups + g) * NR + column] = sum as f32;
+            }
+        }
+        Self {
+            n,
+            k,
+            offset,
+            data,
+            scales,
+            column_sums,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// The codes of quads `q0..q0 + count` of panel `index`.
+    fn panel_quads(&self, index: usize, q0: usize, count: usize) -> &[i8] {
+        let quads = stored_quads(self.k);
+        &self.data[self.offset + index * quads * NR * 4 + q0 * NR * 4..][..count * NR * 4]
+    }
+
+    /// The scales and column sums of groups `g0..g0 + count` of panel `index`.
+    fn panel_groups(&self, index: usize, g0: usize, count: usize) -> (&[f32], &[f32]) {
+        let start = (index * self.k.div_ceil(GROUP) + g0) * NR;
+        (
+            &self.scales[start..][..count * NR],
+            &self.column_sums[start..][..count * NR],
+        )
+    }
+
+    /// The code `q_w[j][p]` and its scale `s_w[j, p / GROUP]` (tests rebuild the products from
+    /// these).
+    pub fn code_and_scale(&self, j: usize, p: usize) -> (i8, f32) {
+        let quads = stored_quads(self.k);
+        let panel = &self.data[self.offset + (j / NR) * quads * NR * 4..];
+        let code = panel[((p / 4) * NR + j % NR) * 4 + p % 4];
+        let (scales, _) = self.panel_groups(j / NR, p / GROUP, 1);
+        (code, scales[j % NR])
+    }
+}
+
+/// The quantization of one group of a row of activations: `x ~ (q - zero) * scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantization {
+    pub scale: f32,
+    pub zero: i32,
+}
+
+impl Quantization {
+    /// The scale and zero point of `values` (see the module header); all zeros get scale 1.
+    pub fn of(values: &[f32]) -> Self {
+        let min = values.iter().copied().fold(0.0f32, f32::min);
+        let max = values.iter().copied().fold(0.0f32, f32::max);
+        Self::of_range(min, max)
+    }
+
+    /// The scale and zero point for values in `[min, max]`, a range that holds 0.
+    fn of_range(min: f32, max: f32) -> Self {
+        let scale = (max - min) / 255.0;
+        if !(scale > 0.0 && scale.is_finite()) {
+            return Self { scale: 1.0, zero: 0 };
+        }
+        Self {
+            scale,
+            zero: round_even(-min / scale).clamp(0.0, 255.0) as i32,
+        }
+    }
+
+    /// The code of `value`: `round(value / scale) + zero`, clamped to [0, 255].
+    pub fn code(&self, value: f32) -> u8 {
+        (round_even(value * (1.0 / self.scale)) + self.zero as f32).clamp(0.0, 255.0) as u8
+    }
+}
+
+/// Quantizes one group (at most [`GROUP`] values) into `out` (as long as `values`): the
+/// vectorized [`Quantization::of`] and [`Quantization::code`], with the same results.
+///
+/// # Safety
+/// AVX-512F and AVX-512BW present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
+    use std::arch::x86_64::*;
+    assert!(values.len() <= GROUP && out.len() == values.len());
+    let mut x = [_mm512_setzero_ps(); GROUP / 16];
+    let mut masks = [0u16; GROUP / 16];
+    let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for (v, (x, mask)) in x
+        .iter_mut()
+        .zip(&mut masks)
+        .enumerate()
+        .take(values.len().div_ceil(16))
+    {
+        *mask = (((1u32 << (values.len() - 16 * v).min(16)) - 1) & 0xffff) as u16;
+        // Masked-off lanes load 0, which the range holds anyway.
+        *x = _mm512_maskz_loadu_ps(*mask, values.as_ptr().add(16 * v));
+        low = _mm512_min_ps(low, *x);
+        high = _mm512_max_ps(high, *x);
+    }
+    let quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
+    let inverse = _mm512_set1_ps(1.0 / quantization.scale);
+    let zero = _mm512_set1_ps(quantization.zero as f32);
+    for (v, (&x, &mask)) in x.iter().zip(&masks).enumerate().take(values.len().div_ceil(16)) {
+        let rounded = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, inverse),
+        );
+        let shifted = _mm512_add_ps(rounded, zero);
+        let clamped = _mm512_min_ps(_mm512_max_ps(shifted, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+        let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(clamped));
+        _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask, bytes);
+    }
+    quantization
+}
+
+/// One K block of A, quantized and packed for the kernel (see the module header).
+#[derive(Default)]
+struct PackedA {
+    /// `[tile][quad][row of tile]`: four codes per u32.
+    codes: Vec<u32>,
+    /// `[tile][group][row of tile]`: `s_a`, then `z` as f32.
+    scales: Vec<f32>,
+    zeros: Vec<f32>,
+    /// One row's codes of one K block.
+    row: Vec<u8>,
+}
+
+thread_local! {
+    /// Each thread's packed A block, reused across calls.
+    static A_PACK: RefCell<PackedA> = RefCell::new(PackedA::default());
+}
+
+impl PackedA {
+    /// Quantizes rows `0..m` (m <= MC), columns `k0..k0 + kc` of A per group and packs them in
+    /// `MR`-row micro-panels.
+    fn pack(&mut self, a: &[f32], lda: usize, m: usize, k0: usize, kc: usize) {
+        let (quads, groups, tiles) = (stored_quads(kc), kc.div_ceil(GROUP), m.div_ceil(MR));
+        // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
+        grow(&mut self.codes, tiles * quads * MR);
+        grow(&mut self.scales, tiles * groups * MR);
+        grow(&mut self.zeros, tiles * groups * MR);
+        grow(&mut self.row, quads * 4);
+        for i in 0..tiles * MR {
+            let (t, r) = (i / MR, i % MR);
+            let micro_panel = &mut self.codes[t * quads * MR..][..quads * MR];
+            let scales = &mut self.scales[t * groups * MR..][..groups * MR];
+            let zeros = &mut self.zeros[t * groups * MR..][..groups * MR];
+            if i >= m {
+                micro_panel.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0);
+                scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                continue;
+            }
+            let values = &a[i * lda + k0..][..kc];
+            for (g, group) in values.chunks(GROUP).enumerate() {
+                let codes = &mut self.row[g * GROUP..][..group.len()];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
+                let quantization = unsafe { quantize_group(group, codes) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let quantization = Quantization::of(group);
+                scales[g * MR + r] = quantization.scale;
+                zeros[g * MR + r] = quantization.zero as f32;
+            }
+            // Bytes past `kc` in the last quad are left from earlier rows: they meet zero weights.
+            let quads_of_row = self.row[..quads * 4].chunks_exact(4);
+            for (slot, quad) in micro_panel.iter_mut().skip(r).step_by(MR).zip(quads_of_row) {
+                *slot = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+            }
+        }
+    }
+}
+
+/// Makes `v` at least `len` long (new entries zero), without clearing what is there.
+fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread, with A
+/// quantized as it is packed; column 0 of `c` is column `panels.start * NR` of the full product
+/// (as `matmul::gemm_panels`).
+///
+/// # Panics
+/// If the CPU has no AVX512-VNNI, or a slice is too short for its stride and extent.
+#[allow(clippy::too_many_arguments)] // a BLAS-style signature: strides and extents are the point
+pub fn gemm_panels(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedInt8,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
+    let (n, k) = (w.n, w.k);
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    let first_column = check_operands("gemm_int8", (a, lda), m, n, k, &panels, bias, (c, ldc));
+    A_PACK.with_borrow_mut(|pack| {
+        for m0 in (0..m).step_by(MC) {
+            let rows_in_block = MC.min(m - m0);
+            // At least one K block, so that k = 0 still writes the bias.
+            for kb in 0..k.div_ceil(KC_INT8).max(1) {
+                let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
+                let (quads, groups) = (stored_quads(kc), kc.div_ceil(GROUP));
+                pack.pack(&a[m0 * lda..], lda, rows_in_block, k0, kc);
+                for panel_index in panels.clone() {
+                    let column = panel_index * NR;
+                    let width = NR.min(n - column);
+                    let b = Weights {
+                        codes: w.panel_quads(panel_index, k0 / 4, quads),
+                        groups: w.panel_groups(panel_index, k0 / GROUP, groups),
+                        quads,
+                    };
+                    let init = (kb == 0).then(|| bias.map(|bias| &bias[column..column + width]));
+                    for t in 0..rows_in_block.div_ceil(MR) {
+                        let a_tile = Activations {
+                            codes: &pack.codes[t * quads * MR..][..quads * MR],
+                            scales: &pack.scales[t * groups * MR..][..groups * MR],
+                            zeros: &pack.zeros[t * groups * MR..][..groups * MR],
+                        };
+                        let row = m0 + t * MR;
+                        let c_tile = &mut c[row * ldc + column - first_column..];
+                        let rows = MR.min(m - row);
+                        run_tile(&a_tile, &b, c_tile, ldc, rows, width, init);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One K block of a W panel: codes, and per group the scales and column sums.
+struct Weights<'a> {
+    codes: &'a [i8],
+    groups: (&'a [f32], &'a [f32]),
+    quads: usize,
+}
+
+/// One K block of an A micro-panel: codes, and per group the rows' scales and zero points.
+struct Activations<'a> {
+    codes: &'a [u32],
+    scales: &'a [f32],
+    zeros: &'a [f32],
+}
+
+/// Adds one K block's products to an `MR x NR` tile of `c` (row `i` at `c[i * ldc..]`), after
+/// setting it to `init` (the bias, or zero for `Some(None)`) on the first block. Full tiles run
+/// in place; edge tiles through an aligned buffer so that nothing outside `rows x width` is
+/// touched.
+fn run_tile(
+    a: &Activations,
+    b: &Weights,
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    width: usize,
+    init: Option<Option<&[f32]>>,
+) {
+    let groups = b.groups.0.len() / NR;
+    assert!(a.codes.len() >= b.quads * MR && b.codes.len() >= b.quads * NR * 4);
+    assert!(a.scales.len() >= groups * MR && a.zeros.len() >= groups * MR);
+    assert!(b.groups.1.len() >= groups * NR);
+    let start = |row: &mut [f32], previous: Option<&[f32]>| match init {
+        Some(Some(bias)) => row.copy_from_slice(bias),
+        Some(None) => row.fill(0.0),
+        None => previous.into_iter().for_each(|p| row.copy_from_slice(p)),
+    };
+    if rows == MR && width == NR && ldc >= NR {
+        assert!(c.len() >= (MR - 1) * ldc + NR);
+        for i in 0..MR {
+            start(&mut c[i * ldc..i * ldc + NR], None);
+        }
+        // SAFETY: C holds MR rows of NR floats at stride `ldc` (checked above).
+        unsafe { run_groups(a, b, c.as_mut_ptr(), ldc) };
+        return;
+    }
+    let mut tile = Tile([0.0; MR * NR]);
+    for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+        start(&mut tile_row[..width], Some(&c[i * ldc..i * ldc + width]));
+    }
+    // SAFETY: the tile holds MR rows of NR floats.
+    unsafe { run_groups(a, b, tile.0.as_mut_ptr(), NR) };
+    for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+        c[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+    }
+}
+
+/// The kernel over each group of the K block in turn.
+///
+/// # Safety
+/// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`; VNNI present (`gemm_panels`
+/// asserts it); `a` and `b` as `run_tile` asserts.
+unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
+    for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {
+        let quads = GROUP_QUADS.min(b.quads - q0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the group's quads, scales and sums lie within the slices (`run_tile`).
+        unsafe {
+            vnni(
+                quads,
+                a.codes.as_ptr().add(q0 * MR),
+                b.codes.as_ptr().add(q0 * NR * 4),
+                a.scales.as_ptr().add(g * MR),
+                a.zeros.as_ptr().add(g * MR),
+                b.groups.0.as_ptr().add(g * NR),
+                b.groups.1.as_ptr().add(g * NR),
+                c,
+                ldc,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (quads, c, ldc);
+    }
+}
+
+/// One group of one `MR x NR` tile: 24 zmm accumulators of i32, per quad of k two 64-byte
+/// loads of W (16 columns x 4 codes each), twelve 32-bit broadcasts of A and 24 `vpdpbusd`;
+/// then, per row, `c += (S - z colsum) * (s_a s_w)`, straight from the registers.
+///
+/// # Safety
+/// AVX-512F and AVX512-VNNI present; `a` readable for `quads * MR` u32, `b` for
+/// `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR` f32, `w_scales` and `w_sums` for
+/// `NR` f32; `c` read/write for `MR` rows of `NR` f32 at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vnni(
+    quads: usize,
+    a: *const u32,
+    b: *const i8,
+    a_scales: *const f32,
+    a_zeros: *const f32,
+    w_scales: *const f32,
+    w_sums: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+    for q in 0..quads {
+        let b0 = _mm512_loadu_si512(b.add(q * NR * 4).cast());
+        let b1 = _mm512_loadu_si512(b.add(q * NR * 4 + 64).cast());
+        let a_q = a.add(q * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let a_iq = _mm512_set1_epi32(*a_q.add(i) as i32);
+            row[0] = _mm512_dpbusd_epi32(row[0], a_iq, b0);
+            row[1] = _mm512_dpbusd_epi32(row[1], a_iq, b1);
+        }
+    }
+    // Unrolled by hand: as a loop, LLVM keeps the accumulators in a stack array (cleared with a
+    // memset and stored there) instead of registers, a third of the time of a 128-wide group.
+    let s_w = [_mm512_loadu_ps(w_scales), _mm512_loadu_ps(w_scales.add(16))];
+    let colsum = [_mm512_loadu_ps(w_sums), _mm512_loadu_ps(w_sums.add(16))];
+    let scale_row = |i: usize, sums: [__m512i; 2]| {
+        let s_a = _mm512_set1_ps(*a_scales.add(i));
+        let z = _mm512_set1_ps(*a_zeros.add(i));
+        for h in 0..2 {
+            // Exact: integers below 2^24 (module header).
+            let centred = _mm512_fnmadd_ps(z, colsum[h], _mm512_cvtepi32_ps(sums[h]));
+            let out = c.add(i * ldc + 16 * h);
+            let sum = _mm512_fmadd_ps(centred, _mm512_mul_ps(s_a, s_w[h]), _mm512_loadu_ps(out));
+            _mm512_storeu_ps(out, sum);
+        }
+    };
+    macro_rules! scale_rows {
+        ($($i:literal)*) => { $( scale_row($i, acc[$i]); )* };
+    }
+    scale_rows!(0 1 2 3 4 5 6 7 8 9 10 11);
+}
+
+#[cfg(test)]
+#[path = "int8_tests.rs"]
+mod tests;
