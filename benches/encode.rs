@@ -70,7 +70,11 @@ fn main() {
             "{{\"engine\": \"ember {dtype} ({} kernels)\", \"texts\": {}, \"tokens\": {tokens}, \"seconds\": {seconds}, \"tokens_per_s\": {}}}",
             {
                 let isa = ember::backend::cpu::matmul::Isa::detected();
-                if dtype == Dtype::F32 { isa.f32_kernels() } else { isa }.name()
+                match dtype {
+                    Dtype::F32 => isa.f32_kernels().name(),
+                    Dtype::Bf16 => isa.name(),
+                    Dtype::Int8 => "avx512-vnni",
+                }
             },
             texts.len(),
             tokens as f64 / seconds

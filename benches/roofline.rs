@@ -170,57 +170,59 @@ fn measure(name: &str, lanes: u64, threads: usize, run: fn(u64) -> f32) -> f64 {
     best
 }
 
-/// Best-of-`runs` GFLOP/s of the one-thread bf16 GEMM of `isa`, against `peak`, the rate of its
-/// own instruction.
-fn gemm_bf16(
-    isa: ember::backend::cpu::matmul::Isa,
+/// The best of `runs` timings of `multiply` (one m x n x k product), as G operations per second
+/// (2 per multiply-add), and a line saying what share of `peak` (its instruction's one-thread
+/// rate) that is.
+fn best_rate(
+    name: &str,
     peak: f64,
     (m, n, k): (usize, usize, usize),
     runs: usize,
+    mut multiply: impl FnMut(),
 ) {
+    let mut best = 0.0f64;
+    for _ in 0..runs {
+        let start = Instant::now();
+        multiply();
+        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    println!(
+        "gemm 1 thread {name:<11} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GOP/s = {:5.1} % of its instruction's 1-thread peak",
+        100.0 * best / peak
+    );
+}
+
+/// The one-thread bf16 GEMM of `isa` against `peak`, the rate of its own instruction.
+fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, usize, usize), runs: usize) {
     use ember::backend::cpu::bf16;
     use ember::backend::cpu::testutil::SplitMix64;
+    let (m, n, k) = shape;
     let mut rng = SplitMix64::new(5);
     let a = rng.values(m * k, 1.0);
     let w = bf16::PackedBf16::from_rows(&rng.values(n * k, 0.05), n, k);
     let bias = rng.values(n, 0.1);
     let mut out = vec![0.0; m * n];
-    let mut best = 0.0f64;
-    for _ in 0..runs {
-        let start = Instant::now();
-        bf16::gemm_panels_with(isa, &a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
-        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
-    }
+    best_rate(isa.name(), peak, shape, runs, || {
+        bf16::gemm_panels_with(isa, &a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
+    });
     std::hint::black_box(&out);
-    println!(
-        "gemm 1 thread {:<11} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GFLOP/s = {:5.1} % of its instruction's 1-thread peak",
-        isa.name(),
-        100.0 * best / peak
-    );
 }
 
-/// Best-of-`runs` GOP/s (2 per multiply-add) of the one-thread int8 GEMM, against `peak`, the
-/// rate of `vpdpbusd`. The activations' quantization is part of the time, as in a real layer.
-fn gemm_int8(peak: f64, (m, n, k): (usize, usize, usize), runs: usize) {
+/// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`. The activations'
+/// quantization is part of the time, as in a real layer.
+fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
     use ember::backend::cpu::int8;
     use ember::backend::cpu::testutil::SplitMix64;
+    let (m, n, k) = shape;
     let mut rng = SplitMix64::new(6);
     let a = rng.values(m * k, 1.0);
     let w = int8::PackedInt8::from_rows(&rng.values(n * k, 0.05), n, k);
     let bias = rng.values(n, 0.1);
     let mut out = vec![0.0; m * n];
-    let mut best = 0.0f64;
-    for _ in 0..runs {
-        let start = Instant::now();
-        int8::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n);
-        best = best.max(2.0 * (m * n * k) as f64 / start.elapsed().as_secs_f64() / 1e9);
-    }
+    best_rate("int8-vnni", peak, shape, runs, || {
+        int8::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
+    });
     std::hint::black_box(&out);
-    println!(
-        "gemm 1 thread {:<11} m={m:<5} n={n:<5} k={k:<5} {best:7.1} GOP/s   = {:5.1} % of its instruction's 1-thread peak",
-        "int8-vnni",
-        100.0 * best / peak
-    );
 }
 
 /// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.

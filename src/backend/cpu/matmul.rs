@@ -355,53 +355,37 @@ impl PanelWeights for PackedMatrix {
     }
 }
 
-impl PanelWeights for super::bf16::PackedBf16 {
-    fn n(&self) -> usize {
-        super::bf16::PackedBf16::n(self)
-    }
-    fn k(&self) -> usize {
-        super::bf16::PackedBf16::k(self)
-    }
-    fn panels(&self) -> usize {
-        super::bf16::PackedBf16::panels(self)
-    }
-    fn gemm_panels(
-        &self,
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        panels: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        super::bf16::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
-    }
+/// The `PanelWeights` of a packed type whose module has `gemm_panels(a, lda, m, &w, panels,
+/// bias, c, ldc)` (the bf16 and int8 weights).
+macro_rules! panel_weights {
+    ($packed:ty, $gemm_panels:path) => {
+        impl PanelWeights for $packed {
+            fn n(&self) -> usize {
+                <$packed>::n(self)
+            }
+            fn k(&self) -> usize {
+                <$packed>::k(self)
+            }
+            fn panels(&self) -> usize {
+                <$packed>::panels(self)
+            }
+            fn gemm_panels(
+                &self,
+                a: &[f32],
+                lda: usize,
+                m: usize,
+                panels: std::ops::Range<usize>,
+                bias: Option<&[f32]>,
+                c: &mut [f32],
+                ldc: usize,
+            ) {
+                $gemm_panels(a, lda, m, self, panels, bias, c, ldc);
+            }
+        }
+    };
 }
-
-impl PanelWeights for super::int8::PackedInt8 {
-    fn n(&self) -> usize {
-        super::int8::PackedInt8::n(self)
-    }
-    fn k(&self) -> usize {
-        super::int8::PackedInt8::k(self)
-    }
-    fn panels(&self) -> usize {
-        super::int8::PackedInt8::panels(self)
-    }
-    fn gemm_panels(
-        &self,
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        panels: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        super::int8::gemm_panels(a, lda, m, self, panels, bias, c, ldc);
-    }
-}
+panel_weights!(super::bf16::PackedBf16, super::bf16::gemm_panels);
+panel_weights!(super::int8::PackedInt8, super::int8::gemm_panels);
 
 /// `out[m, n] = x[m, k] · Wᵀ + bias`, then `epilogue(first_row, rows_of_out)` on each block of
 /// finished rows (activation and residual, while the block is still in cache). Runs on the
