@@ -21,7 +21,12 @@ impl PyEmbedder {
         max_length: Option<usize>,
     ) -> PyResult<Vec<Sequence>> {
         let embedder = &self.inner;
-        let max_length = call_max_length(embedder.encoder(), max_length, embedder.max_length());
+        let max_length = call_max_length(
+            embedder.encoder(),
+            embedder.tokenizer(),
+            max_length,
+            embedder.max_length(),
+        )?;
         interruptible::tokenize(py, texts, |i, text| {
             embedder
                 .tokenizer()

@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
 
 create_exception!(
-    _ember,
+    ember,
     EmberError,
     PyException,
     "An error from ember's engine; its message names the file, tensor, config field or input at fault."
@@ -48,9 +48,17 @@ pub(crate) fn model_folder(py: Python<'_>, model: &str) -> PyResult<PathBuf> {
 }
 
 /// A call's max length: the requested one clipped to the model's positions (FlagEmbedding's
-/// default of 512 must work on models with fewer), or the loaded one.
-pub(crate) fn call_max_length(encoder: &ember::Encoder, requested: Option<usize>, loaded: usize) -> usize {
-    requested.map_or(loaded, |m| m.min(encoder.config().max_supported_length()))
+/// default of 512 must work on models with fewer), or the loaded one; a `ValueError` when it
+/// leaves no room for content next to the special tokens.
+pub(crate) fn call_max_length(
+    encoder: &ember::Encoder,
+    tokenizer: &ember::tokenize::TextTokenizer,
+    requested: Option<usize>,
+    loaded: usize,
+) -> PyResult<usize> {
+    let max_length = requested.map_or(loaded, |m| m.min(encoder.config().max_supported_length()));
+    tokenizer.check_max_length(max_length).map_err(to_py_err)?;
+    Ok(max_length)
 }
 
 /// A device ("cpu", "cuda", "cuda:N") and a dtype ("f32", "bf16") from their names.

@@ -57,7 +57,12 @@ impl PyReranker {
             )));
         }
         let reranker = &self.inner;
-        let max_length = call_max_length(reranker.encoder(), max_length, reranker.max_length());
+        let max_length = call_max_length(
+            reranker.encoder(),
+            reranker.tokenizer(),
+            max_length,
+            reranker.max_length(),
+        )?;
         let pairs: Vec<(String, String)> = queries.into_iter().zip(passages).collect();
         let sequences = interruptible::tokenize(py, &pairs, |i, (query, passage)| {
             reranker
