@@ -5,7 +5,7 @@ use numpy::PyArray2;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::{call_max_length, device_and_dtype, interruptible, model_folder, to_py_err};
+use crate::{call_max_length, interruptible, load_model};
 
 #[pyclass(frozen, name = "Embedder", module = "ember._ember")]
 pub struct PyEmbedder {
@@ -64,19 +64,18 @@ impl PyEmbedder {
         dtype: &str,
         batch_tokens: Option<usize>,
     ) -> PyResult<Self> {
-        let dir = model_folder(py, model)?;
-        let (device, dtype) = device_and_dtype(device, dtype)?;
-        let options = EmbedderOptions {
-            pooling: pooling.map(parse_pooling).transpose()?,
-            normalize,
-            max_length,
-            query_instruction: None,
-            device,
-            batch_tokens,
-        };
-        let inner = py
-            .detach(|| Embedder::load_with_dtype(&dir, options, dtype))
-            .map_err(to_py_err)?;
+        let pooling = pooling.map(parse_pooling).transpose()?;
+        let inner = load_model(py, model, device, dtype, |dir, device, dtype| {
+            let options = EmbedderOptions {
+                pooling,
+                normalize,
+                max_length,
+                query_instruction: None,
+                device,
+                batch_tokens,
+            };
+            Embedder::load_with_dtype(dir, options, dtype)
+        })?;
         Ok(PyEmbedder { inner })
     }
 

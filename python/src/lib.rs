@@ -8,7 +8,7 @@ mod embedder;
 mod interruptible;
 mod reranker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
@@ -61,12 +61,19 @@ pub(crate) fn call_max_length(
     Ok(max_length)
 }
 
-/// A device ("cpu", "cuda", "cuda:N") and a dtype ("f32", "bf16") from their names.
-pub(crate) fn device_and_dtype(device: &str, dtype: &str) -> PyResult<(ember::Device, ember::Dtype)> {
-    Ok((
-        device.parse().map_err(to_py_err)?,
-        dtype.parse().map_err(to_py_err)?,
-    ))
+/// Loads a model with `load` (an embedder's or a reranker's), the GIL released: `model` is
+/// resolved to a folder, `device` ("cpu", "cuda", "cuda:N") and `dtype` ("f32", "bf16") parsed.
+pub(crate) fn load_model<T: Send>(
+    py: Python<'_>,
+    model: &str,
+    device: &str,
+    dtype: &str,
+    load: impl FnOnce(&Path, ember::Device, ember::Dtype) -> ember::Result<T> + Send,
+) -> PyResult<T> {
+    let dir = model_folder(py, model)?;
+    let device = device.parse().map_err(to_py_err)?;
+    let dtype = dtype.parse().map_err(to_py_err)?;
+    py.detach(|| load(&dir, device, dtype)).map_err(to_py_err)
 }
 
 /// The folder a model name stands for: the folder itself, or a hub id's snapshot in the local

@@ -6,7 +6,7 @@ use numpy::PyArray2;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::{call_max_length, device_and_dtype, interruptible, model_folder, to_py_err};
+use crate::{call_max_length, interruptible, load_model};
 
 #[pyclass(frozen, name = "Reranker", module = "ember._ember")]
 pub struct PyReranker {
@@ -26,16 +26,14 @@ impl PyReranker {
         dtype: &str,
         batch_tokens: Option<usize>,
     ) -> PyResult<Self> {
-        let dir = model_folder(py, model)?;
-        let (device, dtype) = device_and_dtype(device, dtype)?;
-        let options = RerankerOptions {
-            max_length,
-            device,
-            batch_tokens,
-        };
-        let inner = py
-            .detach(|| Reranker::load_with_dtype(&dir, options, dtype))
-            .map_err(to_py_err)?;
+        let inner = load_model(py, model, device, dtype, |dir, device, dtype| {
+            let options = RerankerOptions {
+                max_length,
+                device,
+                batch_tokens,
+            };
+            Reranker::load_with_dtype(dir, options, dtype)
+        })?;
         Ok(PyReranker { inner })
     }
 
