@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command of the README: fetches the real test model when absent, then runs every test.
+# The test command of the README: fetches the real test model when absent, then runs every test:
+# cargo's, then the Python package's (scripts/python-test.sh: wheel, venv, pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-test-model.sh
 cargo test "$@"
+scripts/python-test.sh

@@ -143,6 +143,16 @@ impl Reranker {
         self.max_length
     }
 
+    /// The most tokens in one forward pass (the option, or the device's default).
+    pub fn batch_tokens(&self) -> usize {
+        self.batch_tokens
+    }
+
+    /// For callers that tokenize pairs under their own max length ([`TextTokenizer::encode_pair`]).
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }
