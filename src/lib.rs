@@ -20,6 +20,7 @@ pub mod hub;
 pub mod model;
 pub mod npy;
 pub mod reranker;
+pub mod stream;
 pub mod tokenize;
 pub mod weights;
 

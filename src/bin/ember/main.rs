@@ -3,9 +3,6 @@
 //! [`pipeline`]; outputs are written beside the target and renamed into place when complete.
 
 mod bench;
-mod input;
-mod output;
-mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,9 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ember::{Device, Embedder, EmbedderOptions, Error, Pooling, Reranker, RerankerOptions, Result};
 
-use input::{Format, LineRange, Shard};
-use output::{Dtype, Output, OutputFormat, RowKind};
-use pipeline::{Engine, Failure, Plan, Stats};
+use ember::stream::input::{self, Format, LineRange, Shard};
+use ember::stream::output::{self, Dtype, Output, OutputFormat, RowKind};
+use ember::stream::pipeline::{self, Engine, Failure, Plan, Stats};
 
 #[derive(Parser)]
 #[command(

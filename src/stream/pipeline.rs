@@ -18,12 +18,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember::backend::PendingMatrix;
-use ember::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
+use crate::backend::PendingMatrix;
+use crate::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
 use serde_json::Value;
 
-use crate::input::{self, Format, Item, LineRange, Lines, Payload};
-use crate::output::Output;
+use super::input::{self, Format, Item, LineRange, Lines, Payload};
+use super::output::Output;
 
 /// Set by SIGINT / SIGTERM: the reader stops, what is finished is written and checkpointed.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -288,7 +288,7 @@ pub fn run(
                     }
                 };
                 let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
-                let planned = ember::batch::plan_batches(&lengths, plan.batch_tokens.max(1), usize::MAX);
+                let planned = crate::batch::plan_batches(&lengths, plan.batch_tokens.max(1), usize::MAX);
                 let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
                 let mut works = Vec::with_capacity(planned.len());
                 for members in planned {

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ember::{Error, Result};
+use crate::{Error, Result};
 use serde_json::Value;
 
 /// Every .npy header ember writes takes this many bytes (magic and padding included), so that
@@ -397,7 +397,7 @@ mod tests {
         for x in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        let (rows, cols, data) = ember::npy::read_f32(&mut bytes.as_slice(), "t").unwrap();
+        let (rows, cols, data) = crate::npy::read_f32(&mut bytes.as_slice(), "t").unwrap();
         assert_eq!((rows, cols, data[5]), (2, 3, 6.0));
         let big = npy_header(10_000_000_000, 4096, Dtype::F16, RowKind::Embedding);
         assert_eq!(big.len(), NPY_HEADER_LEN);
