@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod dims;
 pub mod embedder;
 pub mod encoder;
 pub mod error;
@@ -20,6 +21,8 @@ pub mod hub;
 pub mod model;
 pub mod npy;
 pub mod reranker;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod stream;
 pub mod tokenize;
 pub mod weights;

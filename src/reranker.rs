@@ -143,6 +143,10 @@ impl Reranker {
         self.max_length
     }
 
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

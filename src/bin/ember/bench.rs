@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use ember::{Embedder, EmbedderOptions, Result, Sequence};
 
+use crate::RunArgs;
 use ember::stream::input::{self, Format, LineRange};
 use ember::stream::output::{Dtype, Output, OutputFormat, RowKind};
 use ember::stream::pipeline::{self, EmbedEngine, Engine, Plan};
-use crate::RunArgs;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {

@@ -3,6 +3,8 @@
 //! [`pipeline`]; outputs are written beside the target and renamed into place when complete.
 
 mod bench;
+#[cfg(feature = "server")]
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +38,9 @@ enum Command {
     Info(InfoArgs),
     /// Time tokenize / forward / write and the whole pipeline on a synthetic corpus.
     Bench(bench::BenchArgs),
+    /// An HTTP server: TEI's routes (/embed, /rerank, ...) and OpenAI's /v1/embeddings.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -184,12 +189,21 @@ enum InputFormatArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_interrupt_handler();
+    // The server handles its own signals (stop accepting, answer what is admitted, exit).
+    #[cfg(feature = "server")]
+    let serving = matches!(cli.command, Command::Serve(_));
+    #[cfg(not(feature = "server"))]
+    let serving = false;
+    if !serving {
+        install_interrupt_handler();
+    }
     let result = match cli.command {
         Command::Encode(args) => encode(args),
         Command::Rerank(args) => rerank(args),
         Command::Info(args) => info(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::serve(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -259,7 +273,7 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
 }
 
 /// A model folder, or a hub id resolved through the local Hugging Face cache.
-fn model_dir(spec: &str) -> Result<PathBuf> {
+pub fn model_dir(spec: &str) -> Result<PathBuf> {
     ember::hub::resolve(spec)
 }
 
@@ -511,7 +525,7 @@ fn finish_run(
 }
 
 /// A number of seconds from 0 to a year (a Duration cannot hold infinity or NaN).
-fn seconds(text: &str) -> std::result::Result<f64, String> {
+pub fn seconds(text: &str) -> std::result::Result<f64, String> {
     let value: f64 = text
         .parse()
         .map_err(|e| format!("`{text}` is not a number: {e}"))?;
