@@ -20,6 +20,7 @@ pub mod error;
 pub mod hub;
 pub mod model;
 pub mod npy;
+pub mod quantize;
 pub mod reranker;
 #[cfg(feature = "server")]
 pub mod server;

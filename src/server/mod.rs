@@ -13,6 +13,7 @@
 
 mod batcher;
 mod body;
+mod encoding;
 mod errors;
 mod metrics;
 mod openai;
@@ -70,6 +71,8 @@ pub struct ServeOptions {
     pub query_instruction: Option<String>,
     /// A prompt put in front of every text whose request names none.
     pub default_prompt: Option<String>,
+    /// A float32 .npy of calibration embeddings for int8 / uint8 output.
+    pub calibration: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -94,6 +97,7 @@ impl ServeOptions {
             auto_truncate: false,
             query_instruction: None,
             default_prompt: None,
+            calibration: None,
         }
     }
 }
@@ -135,6 +139,13 @@ pub fn serve(
     let budget = options
         .max_batch_tokens
         .unwrap_or_else(|| models[0].encoder().default_batch_tokens());
+    let calibration = match &options.calibration {
+        Some(path) => Some(crate::quantize::Ranges::from_npy(
+            path,
+            models[0].encoder().config().hidden_size,
+        )?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let batcher = Batcher::new(Arc::clone(&metrics));
     let models = Arc::new(models);
@@ -158,6 +169,7 @@ pub fn serve(
         metrics,
         served_model_name: options.served_model_name.clone(),
         api_key: options.api_key.clone(),
+        calibration,
     });
     let address = format!("{}:{}", options.host, options.port);
     let server_error = |message: String| Error::Server {

@@ -5,23 +5,14 @@ use std::sync::Arc;
 
 use axum::extract::State as Shared;
 use axum::Json;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::JsonBody;
+use super::encoding::{encode, EncodingFormat};
 use super::errors::{ApiError, ApiResult, Kind};
 use super::state::State;
 use super::tei::{embed_texts, rank, Inputs};
-
-#[derive(Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum EncodingFormat {
-    #[default]
-    Float,
-    /// The f32 values, little-endian, in standard base64 (what the openai client decodes).
-    Base64,
-}
 
 #[derive(Deserialize)]
 pub struct EmbeddingsRequest {
@@ -44,19 +35,12 @@ pub async fn embeddings(
     let (rows, tokens) = embed_texts(&state, texts, None, None, true, request.dimensions)
         .await
         .map_err(ApiError::openai)?;
-    let data: Vec<Value> = rows
+    let encoded =
+        encode(&rows, request.encoding_format, state.calibration.as_ref()).map_err(ApiError::openai)?;
+    let data: Vec<Value> = encoded
         .into_iter()
         .enumerate()
-        .map(|(index, row)| {
-            let embedding = match request.encoding_format {
-                EncodingFormat::Float => json!(row),
-                EncodingFormat::Base64 => {
-                    let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-                }
-            };
-            json!({"object": "embedding", "embedding": embedding, "index": index})
-        })
+        .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
         .collect();
     Ok(Json(json!({
         "object": "list",

@@ -46,6 +46,8 @@ pub struct State {
     pub labels: Vec<String>,
     pub body_limits: super::body::BodyLimits,
     pub api_key: Option<String>,
+    /// int8 / uint8 buckets (`--calibration`).
+    pub calibration: Option<crate::quantize::Ranges>,
 }
 
 /// A request's place among the admitted; counts in `te_queue_size` while held.

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::batcher::Task;
 use super::body::JsonBody;
+use super::encoding::{encode, EncodingFormat};
 use super::errors::{ApiError, ApiResult, Kind};
 use super::state::{State, Text};
 use crate::dims;
@@ -74,6 +75,9 @@ pub struct EmbedRequest {
     #[serde(default = "yes")]
     normalize: bool,
     dimensions: Option<usize>,
+    /// Not in TEI: float (default), base64, int8, uint8, binary or ubinary, as on /v1/embeddings.
+    #[serde(default)]
+    encoding_format: EncodingFormat,
 }
 
 fn yes() -> bool {
@@ -127,7 +131,11 @@ pub async fn embed(
         request.dimensions,
     )
     .await?;
-    Ok(Json(json!(rows)))
+    Ok(Json(json!(encode(
+        &rows,
+        request.encoding_format,
+        state.calibration.as_ref()
+    )?)))
 }
 
 /// A text, or a (query, passage) pair, for the classifier.

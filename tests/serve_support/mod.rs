@@ -1,5 +1,6 @@
 //! Starting `ember serve` for a test: the real binary on a loopback port chosen by the system,
 //! its address read from its "listening on" line, and a HTTP client (ureq) bound to it.
+#![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -73,7 +74,6 @@ impl Server {
     }
 
     /// host:port, for raw sockets (tests/serve_hostile.rs).
-    #[allow(dead_code)]
     pub fn address(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
     }

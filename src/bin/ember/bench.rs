@@ -124,6 +124,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         engines.push(Box::new(EmbedEngine {
             embedder,
             queries: false,
+            dimensions: None,
         }));
     }
     let load_s = load.elapsed().as_secs_f64();

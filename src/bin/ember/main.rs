@@ -56,9 +56,18 @@ struct EncodeArgs {
     output: PathBuf,
     #[command(flatten)]
     io: IoArgs,
-    /// .npy element type.
+    /// Element type: f32, f16 (.npy only), or quantized as sentence-transformers'
+    /// quantize_embeddings: int8 and uint8 (per-dimension ranges from --calibration), binary and
+    /// ubinary (one bit per dimension, packed; binary offset by -128 into int8).
     #[arg(long, value_enum, default_value = "f32")]
     output_dtype: Dtype,
+    /// A float32 .npy of calibration embeddings (e.g. an earlier `ember encode` of a sample):
+    /// its per-dimension minimum and maximum set the int8 / uint8 buckets.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Keep the first N dimensions of each embedding, renormalized (Matryoshka models).
+    #[arg(long)]
+    dimensions: Option<usize>,
     /// Pooling; defaults to the model's own (sentence-transformers files) or cls.
     #[arg(long, value_enum)]
     pooling: Option<PoolingArg>,
@@ -338,8 +347,26 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
             message: "f16 applies to .npy output only".into(),
         });
     }
+    let quantized = args.output_dtype.precision();
+    match (quantized.is_some_and(|p| p.needs_ranges()), &args.calibration) {
+        (true, None) => {
+            return Err(Error::Option {
+                option: "calibration".into(),
+                message: "int8 and uint8 need --calibration CAL.npy (float32 embeddings whose per-dimension range sets the buckets)".into(),
+            })
+        }
+        (false, Some(_)) => {
+            return Err(Error::Option {
+                option: "calibration".into(),
+                message: "applies to --output-dtype int8 or uint8 only".into(),
+            })
+        }
+        _ => {}
+    }
     let devices = parse_devices(&args.run.device)?;
     let options = serde_json::json!({
+        "dimensions": args.dimensions,
+        "calibration": args.calibration,
         "pooling": args.pooling.map(|p| p as u8),
         "no_normalize": args.no_normalize,
         "max_length": args.max_length,
@@ -351,7 +378,7 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
     let print = fingerprint("encode", &args.model, &args.input, &args.io, options);
     let (range, total) = line_range(&args.input, args.io.shard)?;
     // The output is opened before the model is resolved (perhaps downloaded) and loaded.
-    let (output, checkpoint) = Output::open(
+    let (mut output, checkpoint) = Output::open(
         &args.output,
         format,
         args.output_dtype,
@@ -383,10 +410,17 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
             },
             args.run.dtype.parse()?,
         )?;
+        if let Some(d) = args.dimensions {
+            ember::dims::check(d, embedder.dim())?;
+        }
         engines.push(Box::new(pipeline::EmbedEngine {
             embedder,
             queries: instruction.is_some(),
+            dimensions: args.dimensions,
         }));
+    }
+    if let Some(path) = &args.calibration {
+        output.set_ranges(ember::quantize::Ranges::from_npy(path, engines[0].cols())?);
     }
     let default_batch_tokens = engines[0].encoder().default_batch_tokens();
     let plan = plan(

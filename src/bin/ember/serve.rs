@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// A prompt put in front of every text of requests that name none.
     #[arg(long)]
     default_prompt: Option<String>,
+    /// A float32 .npy of calibration embeddings: its per-dimension range sets the int8 / uint8
+    /// buckets (without it, each request's own embeddings do).
+    #[arg(long)]
+    calibration: Option<std::path::PathBuf>,
     /// Worker threads for tokenization and the CPU forward pass (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -78,6 +82,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     options.auto_truncate = args.auto_truncate;
     options.query_instruction = args.query_instruction;
     options.default_prompt = args.default_prompt;
+    options.calibration = args.calibration;
     run_server(
         options,
         |address| eprintln!("ember: listening on http://{address}"),
