@@ -8,7 +8,7 @@ mod serve_support;
 
 use std::path::Path;
 
-use common::cli::{ember, ok, s, scratch};
+use common::cli::{ember, fails_with, ok, s, scratch};
 use common::minilm_dir;
 use ember::quantize::{quantize, Precision, Ranges};
 
@@ -126,34 +126,22 @@ fn cli_quantized_outputs_follow_the_sentence_transformers_rule() {
     // int8 without calibration, or calibration of the wrong width, is an error naming it.
     let input = dir.join("texts.txt");
     let model = minilm_dir();
-    let out = ember(&[
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&dir.join("x.npy")),
-        "--output-dtype",
-        "int8",
-    ]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--calibration"));
-    let out = ember(&[
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&dir.join("y.npy")),
+    let base = ["encode", "--model", s(&model), "--input", s(&input), "--output"];
+    let x = dir.join("x.npy");
+    fails_with(
+        &[&base[..], &[s(&x), "--output-dtype", "int8"]].concat(),
+        "--calibration",
+    );
+    let wrong_width = [
+        s(&x),
         "--output-dtype",
         "int8",
         "--calibration",
         s(&calibration),
         "--dimensions",
         "64",
-    ]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("384 dimensions"));
+    ];
+    fails_with(&[&base[..], &wrong_width].concat(), "384 dimensions");
 }
 
 #[test]
@@ -166,18 +154,19 @@ fn cli_dimensions_truncates_then_renormalizes() {
         let norm: f32 = short.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
     }
-    let out = ember(&[
+    let (model, input, bad) = (minilm_dir(), dir.join("texts.txt"), dir.join("bad.npy"));
+    let args = [
         "encode",
         "--model",
-        s(&minilm_dir()),
+        s(&model),
         "--input",
-        s(&dir.join("texts.txt")),
+        s(&input),
         "--output",
-        s(&dir.join("bad.npy")),
+        s(&bad),
         "--dimensions",
         "385",
-    ]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("dimensions"));
+    ];
+    fails_with(&args, "not between 1 and the model's 384");
 }
 
 #[cfg(feature = "server")]

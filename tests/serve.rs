@@ -6,7 +6,7 @@ mod common;
 mod serve_support;
 
 use base64::Engine as _;
-use common::cli::{ember, ok, rerank_model, s, scratch};
+use common::cli::{ember, jsonl_scores, ok, rerank_model, s, scratch};
 use common::*;
 use serde_json::{json, Value};
 use serve_support::{f32s, Server};
@@ -200,15 +200,7 @@ fn rerank_routes_match_ember_rerank() {
         "--sigmoid",
         "--quiet",
     ]));
-    let want: Vec<f32> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["score"]
-                .as_f64()
-                .unwrap() as f32
-        })
-        .collect();
+    let want = jsonl_scores(&output);
 
     // TEI's documented example: ranks best first, with index and score.
     let (status, body) = server.post(

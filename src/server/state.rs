@@ -146,26 +146,14 @@ impl State {
         prompt: String,
         truncate: Option<bool>,
     ) -> ApiResult<Vec<Sequence>> {
-        let truncate = truncate.unwrap_or(self.limits.auto_truncate);
-        let models = Arc::clone(&self.models);
-        self.timed_tokenize(move || {
-            let model = &models[0];
-            let (max, tokenizer) = (model.max_length(), model.tokenizer());
-            let vocab = model.encoder().config().vocab_size;
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, text)| {
-                    let sequence = match text {
-                        Text::Str(s) if prompt.is_empty() => tokenizer.encode(s, max),
-                        Text::Str(s) => tokenizer.encode(&format!("{prompt}{s}"), max),
-                        Text::Ids(ids) => return ids_sequence(i, ids, max, vocab, truncate),
-                    }
-                    .map_err(|e| ApiError::new(Kind::Tokenizer, format!("input {i}: {e}")))?;
-                    check_truncation(i, &sequence, max, truncate)?;
-                    Ok(sequence)
-                })
-                .collect()
+        self.tokenize_each(texts, truncate, move |model, text| match text {
+            Text::Str(s) if prompt.is_empty() => Ok(model.tokenizer().encode(s, model.max_length())),
+            Text::Str(s) => Ok(model
+                .tokenizer()
+                .encode(&format!("{prompt}{s}"), model.max_length())),
+            Text::Ids(ids) => {
+                ids_sequence(ids, model.max_length(), model.encoder().config().vocab_size).map(Ok)
+            }
         })
         .await
     }
@@ -176,21 +164,45 @@ impl State {
         pairs: Vec<(String, Option<String>)>,
         truncate: Option<bool>,
     ) -> ApiResult<Vec<Sequence>> {
+        self.tokenize_each(pairs, truncate, |model, (a, b)| {
+            Ok(match b {
+                Some(b) => model.tokenizer().encode_pair(a, b, model.max_length()),
+                None => model.tokenizer().encode(a, model.max_length()),
+            })
+        })
+        .await
+    }
+
+    /// Runs `tokenize` on each item on a blocking thread, naming the input in errors. It
+    /// answers the tokenizer's own result (a 422 when it fails) or an error of its own.
+    async fn tokenize_each<T: Send + 'static>(
+        &self,
+        items: Vec<T>,
+        truncate: Option<bool>,
+        tokenize: impl Fn(&Loaded, &T) -> ApiResult<crate::Result<Sequence>> + Send + 'static,
+    ) -> ApiResult<Vec<Sequence>> {
         let truncate = truncate.unwrap_or(self.limits.auto_truncate);
         let models = Arc::clone(&self.models);
         self.timed_tokenize(move || {
             let model = &models[0];
-            let (max, tokenizer) = (model.max_length(), model.tokenizer());
-            pairs
+            items
                 .iter()
                 .enumerate()
-                .map(|(i, (a, b))| {
-                    let sequence = match b {
-                        Some(b) => tokenizer.encode_pair(a, b, max),
-                        None => tokenizer.encode(a, max),
+                .map(|(i, item)| {
+                    let at = |e: ApiError| ApiError::new(e.kind, format!("input {i}: {}", e.message));
+                    let sequence = tokenize(model, item)
+                        .map_err(at)?
+                        .map_err(|e| ApiError::new(Kind::Tokenizer, format!("input {i}: {e}")))?;
+                    if sequence.truncated && !truncate {
+                        return Err(ApiError::new(
+                            Kind::Validation,
+                            format!(
+                                "input {i} is longer than the maximum of {} tokens; send `truncate: true` \
+                                 (or start the server with --auto-truncate) to cut it",
+                                model.max_length()
+                            ),
+                        ));
                     }
-                    .map_err(|e| ApiError::new(Kind::Tokenizer, format!("input {i}: {e}")))?;
-                    check_truncation(i, &sequence, max, truncate)?;
                     Ok(sequence)
                 })
                 .collect()
@@ -234,33 +246,22 @@ impl State {
     }
 }
 
-fn check_truncation(i: usize, sequence: &Sequence, max: usize, truncate: bool) -> ApiResult<()> {
-    if sequence.truncated && !truncate {
-        return Err(ApiError::new(
-            Kind::Validation,
-            format!("input {i} is longer than the maximum of {max} tokens; send `truncate: true` (or start the server with --auto-truncate) to cut it"),
-        ));
-    }
-    Ok(())
-}
-
-/// Token ids taken as they are (no special tokens added), checked against the vocabulary.
-fn ids_sequence(i: usize, ids: &[u32], max: usize, vocab: usize, truncate: bool) -> ApiResult<Sequence> {
+/// Token ids taken as they are (no special tokens added), checked against the vocabulary; cut
+/// to `max` (marked truncated) when longer.
+fn ids_sequence(ids: &[u32], max: usize, vocab: usize) -> ApiResult<Sequence> {
     if ids.is_empty() {
-        return Err(ApiError::new(Kind::Tokenizer, format!("input {i}: no token ids")));
+        return Err(ApiError::new(Kind::Tokenizer, "no token ids"));
     }
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(ApiError::new(
             Kind::Tokenizer,
-            format!("input {i}: token id {bad} is outside the vocabulary (size {vocab})"),
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
         ));
     }
     let keep = ids.len().min(max);
-    let sequence = Sequence {
+    Ok(Sequence {
         token_ids: ids[..keep].to_vec(),
         type_ids: vec![0; keep],
         truncated: keep < ids.len(),
-    };
-    check_truncation(i, &sequence, max, truncate)?;
-    Ok(sequence)
+    })
 }
