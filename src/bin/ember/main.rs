@@ -438,7 +438,7 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
 }
 
 /// bge's retrieval instruction, for `--queries` with a bge model.
-fn default_query_instruction(spec: &str, dir: &Path) -> Result<String> {
+pub fn default_query_instruction(spec: &str, dir: &Path) -> Result<String> {
     let name = format!("{spec} {}", dir.display()).to_lowercase();
     if name.contains("bge") && name.contains("-zh") {
         Ok(ember::embedder::BGE_QUERY_INSTRUCTION_ZH.to_string())

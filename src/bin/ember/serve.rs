@@ -66,7 +66,12 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
-    let mut options = ServeOptions::new(crate::model_dir(&args.model)?);
+    let dir = crate::model_dir(&args.model)?;
+    // A bge model's "query" prompt is its retrieval instruction, as `encode --queries` uses.
+    let query_instruction = args
+        .query_instruction
+        .or_else(|| crate::default_query_instruction(&args.model, &dir).ok());
+    let mut options = ServeOptions::new(dir);
     options.served_model_name = args.served_model_name.unwrap_or_else(|| args.model.clone());
     options.host = args.host;
     options.port = args.port;
@@ -80,7 +85,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     options.body_timeout = Duration::from_secs_f64(args.body_timeout);
     options.api_key = args.api_key;
     options.auto_truncate = args.auto_truncate;
-    options.query_instruction = args.query_instruction;
+    options.query_instruction = query_instruction;
     options.default_prompt = args.default_prompt;
     options.calibration = args.calibration;
     run_server(
