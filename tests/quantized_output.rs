@@ -8,7 +8,7 @@ mod serve_support;
 
 use std::path::Path;
 
-use common::cli::{ember, fails_with, ok, s, scratch};
+use common::cli::{ember, encode_base, fails_with, ok, s, scratch};
 use common::minilm_dir;
 use ember::quantize::{quantize, Precision, Ranges};
 
@@ -47,17 +47,8 @@ fn encode(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
     std::fs::write(&input, TEXTS.join("\n") + "\n").unwrap();
     let output = dir.join(name);
     let model = minilm_dir();
-    let base = [
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--quiet",
-    ];
-    ok(ember(&[&base[..], extra].concat()));
+    let tail = ["--output", s(&output), "--quiet"];
+    ok(ember(&[&encode_base(&model, &input)[..], &tail, extra].concat()));
     output
 }
 
@@ -155,18 +146,11 @@ fn cli_dimensions_truncates_then_renormalizes() {
         assert!((norm - 1.0).abs() < 1e-5);
     }
     let (model, input, bad) = (minilm_dir(), dir.join("texts.txt"), dir.join("bad.npy"));
-    let args = [
-        "encode",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--output",
-        s(&bad),
-        "--dimensions",
-        "385",
-    ];
-    fails_with(&args, "not between 1 and the model's 384");
+    let tail = ["--output", s(&bad), "--dimensions", "385"];
+    fails_with(
+        &[&encode_base(&model, &input)[..], &tail].concat(),
+        "not between 1 and the model's 384",
+    );
 }
 
 #[cfg(feature = "server")]
