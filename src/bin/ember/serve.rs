@@ -70,7 +70,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // A bge model's "query" prompt is its retrieval instruction, as `encode --queries` uses.
     let query_instruction = args
         .query_instruction
-        .or_else(|| crate::default_query_instruction(&args.model, &dir).ok());
+        .or_else(|| crate::encode::default_query_instruction(&args.model, &dir).ok());
     let mut options = ServeOptions::new(dir);
     options.served_model_name = args.served_model_name.unwrap_or_else(|| args.model.clone());
     options.host = args.host;
