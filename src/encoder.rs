@@ -139,8 +139,9 @@ pub fn describe_gpu(ordinal: usize) -> Result<Vec<(&'static str, String)>> {
     })
 }
 
-/// A model loaded on one device, as a trait object.
-trait Engine: Send + Sync {
+/// A model loaded on one device, as a trait object (the backend type erased; the streaming
+/// pipeline's [`crate::stream::Engine`] is the job that drives it).
+trait DeviceModel: Send + Sync {
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix>;
     fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix>;
     fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix>;
@@ -154,7 +155,7 @@ struct Loaded<B: Backend> {
     model: Model<B>,
 }
 
-impl<B: Backend> Engine for Loaded<B> {
+impl<B: Backend> DeviceModel for Loaded<B> {
     fn peak_device_bytes(&self) -> Option<usize> {
         self.backend.peak_device_bytes()
     }
@@ -205,7 +206,7 @@ pub struct Encoder {
     config: ModelConfig,
     stored_dtype: Option<StoredDtype>,
     device: Device,
-    engine: Box<dyn Engine>,
+    engine: Box<dyn DeviceModel>,
     /// The most tokens a batch may hold before it is split; `usize::MAX` until the device first
     /// runs out of memory.
     token_budget: AtomicUsize,
@@ -230,7 +231,7 @@ impl Encoder {
         let config = ModelConfig::load(dir)?;
         let weights = Weights::open(dir)?;
         let stored_dtype = weights.stored_dtype();
-        let engine: Box<dyn Engine> = match device {
+        let engine: Box<dyn DeviceModel> = match device {
             Device::Cpu => {
                 let backend = CpuBackend::with_dtype(match dtype {
                     Dtype::F32 => CpuDtype::F32,

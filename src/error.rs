@@ -68,6 +68,10 @@ pub enum Error {
         message: String,
     },
 
+    /// `ember serve` could not listen, or its runtime failed.
+    #[error("server {address}: {message}")]
+    Server { address: String, message: String },
+
     #[error("backend {backend}, op {op}: {message}")]
     Backend {
         backend: &'static str,

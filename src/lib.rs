@@ -13,13 +13,18 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod dims;
 pub mod embedder;
 pub mod encoder;
 pub mod error;
 pub mod hub;
 pub mod model;
 pub mod npy;
+pub mod quantize;
 pub mod reranker;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod stream;
 pub mod tokenize;
 pub mod weights;
 

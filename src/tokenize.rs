@@ -61,6 +61,12 @@ impl TextTokenizer {
     }
 
     /// The smallest max length that leaves room for one content token of a pair.
+    /// The `tokenizers` tokenizer itself (padding and truncation off), for callers that show
+    /// tokens or decode ids (`ember serve`'s /tokenize and /decode).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
     pub fn min_max_length(&self) -> usize {
         self.pair_specials + 2
     }

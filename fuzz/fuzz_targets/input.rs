@@ -1,4 +1,4 @@
-//! The CLI's input reader on arbitrary bytes: the first byte picks the format (text, JSONL with
+//! The streaming input reader (ember::stream::input) on arbitrary bytes: the first byte picks the format (text, JSONL with
 //! an id field, query/passage pairs), the rest is the input stream. Every line is a parsed item
 //! or an error that names its line; line numbers count up from 1 without gaps.
 #![no_main]
@@ -7,10 +7,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-// The reader lives in the binary crate; compile the same file here.
-#[allow(dead_code)]
-#[path = "../../src/bin/ember/input.rs"]
-mod input;
+use ember::stream::input;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, stream)) = data.split_first() else {

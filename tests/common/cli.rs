@@ -97,3 +97,27 @@ pub fn journal_records(path: &Path) -> usize {
         .map(|t| t.lines().count().saturating_sub(1))
         .unwrap_or(0)
 }
+
+/// The `score` of each line of a rerank JSONL output.
+pub fn jsonl_scores(path: &Path) -> Vec<f32> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap() as f32
+        })
+        .collect()
+}
+
+/// Runs ember with `args`, asserts that it fails with `needle` in its error.
+pub fn fails_with(args: &[&str], needle: &str) {
+    let out = ember(args);
+    assert!(!out.status.success(), "ember {args:?} succeeded");
+    assert!(
+        stderr(&out).contains(needle),
+        "ember {args:?}: no `{needle}` in: {}",
+        stderr(&out)
+    );
+}

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use ember::{Embedder, EmbedderOptions, Result, Sequence};
 
-use crate::input::{Format, LineRange};
-use crate::output::{Dtype, Output, OutputFormat, RowKind};
-use crate::pipeline::{self, EmbedEngine, Engine, Plan};
 use crate::RunArgs;
+use ember::stream::input::{self, Format, LineRange};
+use ember::stream::output::{Dtype, Output, OutputFormat, RowKind};
+use ember::stream::pipeline::{self, EmbedEngine, Engine, Plan};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -124,6 +124,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         engines.push(Box::new(EmbedEngine {
             embedder,
             queries: false,
+            dimensions: None,
         }));
     }
     let load_s = load.elapsed().as_secs_f64();
@@ -154,13 +155,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     )
     .map_err(|e| ember::Error::io(&corpus_path, e))?;
     let engine = &engines[0];
-    let items: Vec<crate::input::Item> = texts
+    let items: Vec<input::Item> = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| crate::input::Item {
+        .map(|(i, t)| input::Item {
             line: i as u64 + 1,
             id: None,
-            payload: crate::input::Payload::Text(t.clone()),
+            payload: input::Payload::Text(t.clone()),
         })
         .collect();
 

@@ -1,22 +1,25 @@
 //! The `ember` command line: `ember encode` (texts → embeddings), `ember rerank` (query/passage
-//! pairs → scores), `ember info` and `ember bench`. Encoding and reranking stream through
-//! [`pipeline`]; outputs are written beside the target and renamed into place when complete.
+//! pairs → scores), `ember info`, `ember bench` and `ember serve`, one file per command; this
+//! one holds the flags and the run summary they share. Encoding and reranking stream through
+//! [`ember::stream`]; outputs are written beside the target and renamed into place when complete.
 
 mod bench;
-mod input;
-mod output;
-mod pipeline;
+mod encode;
+mod info;
+mod rerank;
+#[cfg(feature = "server")]
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ember::{Device, Embedder, EmbedderOptions, Error, Pooling, Reranker, RerankerOptions, Result};
+use ember::{Device, Error, Result};
 
-use input::{Format, LineRange, Shard};
-use output::{Dtype, Output, OutputFormat, RowKind};
-use pipeline::{Engine, Failure, Plan, Stats};
+use ember::stream::input::{self, Format, LineRange, Shard};
+use ember::stream::output::{Output, OutputFormat};
+use ember::stream::pipeline::{self, Engine, Failure, Plan, Stats};
 
 #[derive(Parser)]
 #[command(
@@ -32,85 +35,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Embed one text per input line (or JSONL) into .npy or JSONL embeddings, in input order.
-    Encode(EncodeArgs),
+    Encode(encode::EncodeArgs),
     /// Score query/passage pairs with a cross-encoder: pairs JSONL, or --query with passages.
-    Rerank(RerankArgs),
+    Rerank(rerank::RerankArgs),
     /// Describe a model: architecture, sizes, parameters, dtype, defaults, usable devices.
-    Info(InfoArgs),
+    Info(info::InfoArgs),
     /// Time tokenize / forward / write and the whole pipeline on a synthetic corpus.
     Bench(bench::BenchArgs),
-}
-
-#[derive(clap::Args)]
-struct EncodeArgs {
-    /// Model folder (config.json, tokenizer.json, model.safetensors) or Hugging Face hub id.
-    #[arg(long)]
-    model: String,
-    /// Input file, one text per line (or JSONL with --input-format jsonl); `-` reads standard input.
-    #[arg(long)]
-    input: PathBuf,
-    /// Output file: .npy (float32 rows) or .jsonl ({"id"?, "embedding": [...]} per line).
-    #[arg(long)]
-    output: PathBuf,
-    #[command(flatten)]
-    io: IoArgs,
-    /// .npy element type.
-    #[arg(long, value_enum, default_value = "f32")]
-    output_dtype: Dtype,
-    /// Pooling; defaults to the model's own (sentence-transformers files) or cls.
-    #[arg(long, value_enum)]
-    pooling: Option<PoolingArg>,
-    /// Do not L2-normalize the embeddings (the model's default is kept otherwise).
-    #[arg(long)]
-    no_normalize: bool,
-    /// Longest sequence in tokens, special tokens included; longer texts are truncated.
-    #[arg(long)]
-    max_length: Option<usize>,
-    /// Text put in front of every input line (e.g. bge's retrieval query instruction).
-    #[arg(long)]
-    query_instruction: Option<String>,
-    /// The lines are retrieval queries: put the query instruction in front (--query-instruction,
-    /// or bge's own for a bge model).
-    #[arg(long)]
-    queries: bool,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(clap::Args)]
-struct RerankArgs {
-    /// Cross-encoder model folder or Hugging Face hub id.
-    #[arg(long)]
-    model: String,
-    /// JSONL of {"query": ..., "passage": ...}; with --query, passages (one per line, or JSONL
-    /// with --input-format jsonl); `-` reads standard input.
-    #[arg(long)]
-    input: PathBuf,
-    /// Output: .jsonl ({"id"?, "score": x} per line) or .npy (float32, shape (pairs,)).
-    /// Optional with --top-k.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Score every input line as a passage for this query.
-    #[arg(long)]
-    query: Option<String>,
-    #[command(flatten)]
-    io: IoArgs,
-    /// Map scores to (0, 1) with a sigmoid.
-    #[arg(long)]
-    sigmoid: bool,
-    /// Print the best K passages with their scores (JSON lines on standard output).
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Longest pair in tokens, special tokens included; passages are cut first.
-    #[arg(long)]
-    max_length: Option<usize>,
-    #[command(flatten)]
-    run: RunArgs,
+    /// An HTTP server: TEI's routes (/embed, /rerank, ...) and OpenAI's /v1/embeddings.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 /// Input and output shape, shared by encode and rerank.
 #[derive(clap::Args)]
-struct IoArgs {
+pub struct IoArgs {
     /// How input lines are read.
     #[arg(long, value_enum, default_value = "text")]
     input_format: InputFormatArg,
@@ -163,37 +102,29 @@ pub struct RunArgs {
     quiet: bool,
 }
 
-#[derive(clap::Args)]
-struct InfoArgs {
-    /// Model folder or Hugging Face hub id.
-    #[arg(long)]
-    model: String,
-    /// Also open these GPUs (cuda, cuda:N or cuda:0,1) and describe each: name, driver, which
-    /// GEMM runs there and why, and how long opening took. An unusable one is an error.
-    #[arg(long)]
-    device: Option<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PoolingArg {
-    Cls,
-    Mean,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum InputFormatArg {
+pub enum InputFormatArg {
     Text,
     Jsonl,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_interrupt_handler();
+    // The server handles its own signals (stop accepting, answer what is admitted, exit).
+    #[cfg(feature = "server")]
+    let serving = matches!(cli.command, Command::Serve(_));
+    #[cfg(not(feature = "server"))]
+    let serving = false;
+    if !serving {
+        install_interrupt_handler();
+    }
     let result = match cli.command {
-        Command::Encode(args) => encode(args),
-        Command::Rerank(args) => rerank(args),
-        Command::Info(args) => info(args).map(|()| ExitCode::SUCCESS),
+        Command::Encode(args) => encode::encode(args),
+        Command::Rerank(args) => rerank::rerank(args),
+        Command::Info(args) => info::info(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::serve(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -263,11 +194,11 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
 }
 
 /// A model folder, or a hub id resolved through the local Hugging Face cache.
-fn model_dir(spec: &str) -> Result<PathBuf> {
+pub fn model_dir(spec: &str) -> Result<PathBuf> {
     ember::hub::resolve(spec)
 }
 
-fn input_format(io: &IoArgs, pairs: bool) -> Format {
+pub fn input_format(io: &IoArgs, pairs: bool) -> Format {
     match (io.input_format, pairs) {
         (_, true) => Format::Pairs {
             id_field: io.id_field.clone(),
@@ -281,7 +212,7 @@ fn input_format(io: &IoArgs, pairs: bool) -> Format {
 }
 
 /// The lines of this run, and how many there are when the input is a file.
-fn line_range(input: &Path, shard: Option<Shard>) -> Result<(LineRange, Option<u64>)> {
+pub fn line_range(input: &Path, shard: Option<Shard>) -> Result<(LineRange, Option<u64>)> {
     let full = LineRange { start: 0, end: None };
     if input == Path::new("-") {
         return match shard {
@@ -305,7 +236,13 @@ fn line_range(input: &Path, shard: Option<Shard>) -> Result<(LineRange, Option<u
 /// What identifies a job for `--resume`: an output journal from another job is refused. The
 /// input's content is not part of it, so that a bad line can be fixed (or `--skip-invalid`
 /// added) before resuming; the lines before the checkpoint must stay as they were.
-fn fingerprint(command: &str, model: &str, input: &Path, io: &IoArgs, options: serde_json::Value) -> String {
+pub fn fingerprint(
+    command: &str,
+    model: &str,
+    input: &Path,
+    io: &IoArgs,
+    options: serde_json::Value,
+) -> String {
     serde_json::json!({
         "ember": env!("CARGO_PKG_VERSION"),
         "command": command,
@@ -320,96 +257,8 @@ fn fingerprint(command: &str, model: &str, input: &Path, io: &IoArgs, options: s
     .to_string()
 }
 
-fn encode(args: EncodeArgs) -> Result<ExitCode> {
-    let format = OutputFormat::of(&args.output, args.io.output_format)?;
-    if format == OutputFormat::Jsonl && args.output_dtype == Dtype::F16 {
-        return Err(Error::Option {
-            option: "output-dtype".into(),
-            message: "f16 applies to .npy output only".into(),
-        });
-    }
-    let devices = parse_devices(&args.run.device)?;
-    let options = serde_json::json!({
-        "pooling": args.pooling.map(|p| p as u8),
-        "no_normalize": args.no_normalize,
-        "max_length": args.max_length,
-        "query_instruction": args.query_instruction,
-        "queries": args.queries,
-        "format": format,
-        "dtype": args.output_dtype,
-    });
-    let print = fingerprint("encode", &args.model, &args.input, &args.io, options);
-    let (range, total) = line_range(&args.input, args.io.shard)?;
-    // The output is opened before the model is resolved (perhaps downloaded) and loaded.
-    let (output, checkpoint) = Output::open(
-        &args.output,
-        format,
-        args.output_dtype,
-        RowKind::Embedding,
-        &print,
-        args.io.resume,
-    )?;
-    let model = model_dir(&args.model)?;
-    let instruction = match (&args.query_instruction, args.queries) {
-        (Some(text), _) => Some(text.clone()),
-        (None, true) => Some(default_query_instruction(&args.model, &model)?),
-        (None, false) => None,
-    };
-    set_threads(args.run.threads)?;
-    let mut engines: Vec<Box<dyn Engine>> = Vec::new();
-    for device in devices {
-        let embedder = Embedder::load_with_dtype(
-            &model,
-            EmbedderOptions {
-                pooling: args.pooling.map(|p| match p {
-                    PoolingArg::Cls => Pooling::Cls,
-                    PoolingArg::Mean => Pooling::Mean,
-                }),
-                normalize: args.no_normalize.then_some(false),
-                max_length: args.max_length,
-                query_instruction: instruction.clone(),
-                device,
-                batch_tokens: args.run.batch_tokens,
-            },
-            args.run.dtype.parse()?,
-        )?;
-        engines.push(Box::new(pipeline::EmbedEngine {
-            embedder,
-            queries: instruction.is_some(),
-        }));
-    }
-    let default_batch_tokens = engines[0].encoder().default_batch_tokens();
-    let plan = plan(
-        default_batch_tokens,
-        &args.input,
-        input_format(&args.io, false),
-        &args.io,
-        &args.run,
-        range,
-        total,
-        checkpoint.lines,
-        None,
-    );
-    finish_run(&plan, &engines, Some(output), checkpoint.rows, args.run.quiet)
-}
-
-/// bge's retrieval instruction, for `--queries` with a bge model.
-fn default_query_instruction(spec: &str, dir: &Path) -> Result<String> {
-    let name = format!("{spec} {}", dir.display()).to_lowercase();
-    if name.contains("bge") && name.contains("-zh") {
-        Ok(ember::embedder::BGE_QUERY_INSTRUCTION_ZH.to_string())
-    } else if name.contains("bge") {
-        Ok(ember::embedder::BGE_QUERY_INSTRUCTION_EN.to_string())
-    } else {
-        Err(Error::Option {
-            option: "queries".into(),
-            message: format!("{spec} has no known query instruction: pass --query-instruction TEXT"),
-        })
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
-fn plan(
+pub fn plan(
     default_batch_tokens: usize,
     input: &Path,
     format: Format,
@@ -436,7 +285,7 @@ fn plan(
 }
 
 /// Runs the pipeline, then finishes the output, or keeps what is done for `--resume`.
-fn finish_run(
+pub fn finish_run(
     plan: &Plan,
     engines: &[Box<dyn Engine>],
     mut output: Option<Output>,
@@ -515,7 +364,7 @@ fn finish_run(
 }
 
 /// A number of seconds from 0 to a year (a Duration cannot hold infinity or NaN).
-fn seconds(text: &str) -> std::result::Result<f64, String> {
+pub fn seconds(text: &str) -> std::result::Result<f64, String> {
     let value: f64 = text
         .parse()
         .map_err(|e| format!("`{text}` is not a number: {e}"))?;
@@ -527,11 +376,11 @@ fn seconds(text: &str) -> std::result::Result<f64, String> {
 }
 
 /// An f32 as JSON in its shortest exact form (not widened to f64's digits).
-fn shortest(x: f32) -> serde_json::Value {
+pub fn shortest(x: f32) -> serde_json::Value {
     serde_json::from_str(&serde_json::to_string(&x).expect("a float")).unwrap_or(serde_json::Value::Null)
 }
 
-fn summary(stats: &Stats) {
+pub fn summary(stats: &Stats) {
     let seconds = stats.wall_s;
     let mut line = format!(
         "ember: {} texts, {} tokens, {seconds:.2} s, {:.0} tokens/s, {} truncated",
@@ -559,136 +408,4 @@ fn summary(stats: &Stats) {
         );
     }
     eprintln!("{line}");
-}
-
-fn rerank(args: RerankArgs) -> Result<ExitCode> {
-    if args.output.is_none() && args.top_k.is_none() {
-        return Err(Error::Option {
-            option: "output".into(),
-            message: "rerank needs --output, --top-k or both".into(),
-        });
-    }
-    if args.top_k.is_some() && args.io.resume {
-        return Err(Error::Option {
-            option: "top-k".into(),
-            message: "--top-k ranks the rows of one run; it cannot be combined with --resume".into(),
-        });
-    }
-    let devices = parse_devices(&args.run.device)?;
-    let (range, total) = line_range(&args.input, args.io.shard)?;
-    let mut checkpoint = output::Checkpoint::default();
-    let output = match &args.output {
-        Some(path) => {
-            let format = OutputFormat::of(path, args.io.output_format)?;
-            let options = serde_json::json!({
-                "query": args.query, "sigmoid": args.sigmoid, "max_length": args.max_length, "format": format,
-            });
-            let print = fingerprint("rerank", &args.model, &args.input, &args.io, options);
-            let (out, at) = Output::open(path, format, Dtype::F32, RowKind::Score, &print, args.io.resume)?;
-            checkpoint = at;
-            Some(out)
-        }
-        None => None,
-    };
-    let model = model_dir(&args.model)?;
-    set_threads(args.run.threads)?;
-    let mut engines: Vec<Box<dyn Engine>> = Vec::new();
-    for device in devices {
-        let reranker = Reranker::load_with_dtype(
-            &model,
-            RerankerOptions {
-                max_length: args.max_length,
-                device,
-                batch_tokens: args.run.batch_tokens,
-            },
-            args.run.dtype.parse()?,
-        )?;
-        if reranker.num_labels() != 1 {
-            return Err(Error::Option {
-                option: "model".into(),
-                message: format!(
-                    "scores need a single-label model; this one has {} labels",
-                    reranker.num_labels()
-                ),
-            });
-        }
-        engines.push(Box::new(pipeline::RerankEngine {
-            reranker,
-            sigmoid: args.sigmoid,
-            query: args.query.clone(),
-        }));
-    }
-    let format = input_format(&args.io, args.query.is_none());
-    let default_batch_tokens = engines[0].encoder().default_batch_tokens();
-    let plan = plan(
-        default_batch_tokens,
-        &args.input,
-        format,
-        &args.io,
-        &args.run,
-        range,
-        total,
-        checkpoint.lines,
-        args.top_k,
-    );
-    finish_run(&plan, &engines, output, checkpoint.rows, args.run.quiet)
-}
-
-fn info(args: InfoArgs) -> Result<()> {
-    let dir = model_dir(&args.model)?;
-    let encoder = ember::Encoder::load(&dir, Device::Cpu)?;
-    let c = encoder.config();
-    let arch = match (c.family, c.head) {
-        (ember::config::Family::Bert, ember::config::Head::None) => "BertModel".to_string(),
-        (ember::config::Family::XlmRoberta, ember::config::Head::None) => "XLMRobertaModel".to_string(),
-        (family, ember::config::Head::Classifier { num_labels }) => {
-            format!("{family:?}ForSequenceClassification ({num_labels} labels)")
-        }
-    };
-    let pooling = match c.defaults.pooling {
-        Pooling::Cls => "cls",
-        Pooling::Mean => "mean",
-    };
-    let params = c.parameter_count();
-    println!("model          {}", dir.display());
-    println!("architecture   {arch}");
-    println!("layers         {}", c.num_layers);
-    println!("hidden size    {}", c.hidden_size);
-    println!("heads          {} (head dim {})", c.num_heads, c.head_dim());
-    println!("intermediate   {}", c.intermediate_size);
-    println!("vocabulary     {}", c.vocab_size);
-    println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
-    println!(
-        "stored dtype   {}",
-        encoder.stored_dtype().map_or("mixed", |d| d.name())
-    );
-    println!(
-        "pooling        {pooling}{} (from {})",
-        if c.defaults.normalize {
-            ", L2-normalized"
-        } else {
-            ""
-        },
-        c.defaults.source
-    );
-    println!(
-        "max length     {} (positions for {})",
-        c.defaults.max_length,
-        c.max_supported_length()
-    );
-    println!("devices        {}", ember::encoder::compiled_devices().join(", "));
-    for device in parse_devices(args.device.as_deref().unwrap_or("cpu"))? {
-        let Device::Cuda(ordinal) = device else {
-            continue; // the CPU: nothing to open
-        };
-        for (key, value) in ember::encoder::describe_gpu(ordinal)? {
-            let key = if key == "gpu" {
-                device.to_string()
-            } else {
-                format!("  {key}")
-            };
-            println!("{key:<15}{value}");
-        }
-    }
-    Ok(())
 }

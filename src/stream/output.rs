@@ -15,7 +15,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ember::{Error, Result};
+use crate::quantize::{quantize, Precision, Ranges};
+use crate::{Error, Result};
 use serde_json::Value;
 
 /// Every .npy header ember writes takes this many bytes (magic and padding included), so that
@@ -36,6 +37,24 @@ pub enum OutputFormat {
 pub enum Dtype {
     F32,
     F16,
+    /// Quantized as sentence-transformers' `quantize_embeddings` does (see [`crate::quantize`]).
+    Int8,
+    Uint8,
+    Binary,
+    Ubinary,
+}
+
+impl Dtype {
+    /// The quantized precision, for the integer dtypes.
+    pub fn precision(self) -> Option<Precision> {
+        match self {
+            Dtype::F32 | Dtype::F16 => None,
+            Dtype::Int8 => Some(Precision::Int8),
+            Dtype::Uint8 => Some(Precision::Uint8),
+            Dtype::Binary => Some(Precision::Binary),
+            Dtype::Ubinary => Some(Precision::Ubinary),
+        }
+    }
 }
 
 /// What one row is: an embedding vector, or one relevance score.
@@ -89,6 +108,8 @@ pub struct Output {
     written: Checkpoint,
     committed: Checkpoint,
     finished: bool,
+    /// Calibration ranges for int8 / uint8.
+    ranges: Option<Ranges>,
 }
 
 /// `map_err` for an I/O error on `path`.
@@ -189,8 +210,14 @@ impl Output {
             written: start,
             committed: start,
             finished: false,
+            ranges: None,
         };
         Ok((output, done))
+    }
+
+    /// The calibration ranges int8 and uint8 rows are quantized with.
+    pub fn set_ranges(&mut self, ranges: Ranges) {
+        self.ranges = Some(ranges);
     }
 
     pub fn partial(&self) -> &Path {
@@ -200,14 +227,19 @@ impl Output {
     /// Appends one row; `lines` counts the input lines of this run's slice consumed so far.
     pub fn write_row(&mut self, id: Option<&Value>, values: &[f32], lines: u64) -> Result<()> {
         let mut bytes = Vec::new();
+        let quantized = match (self.kind, self.dtype.precision()) {
+            (RowKind::Embedding, Some(p)) => Some((quantize(values, p, self.ranges.as_ref())?, p)),
+            _ => None,
+        };
         match self.format {
-            OutputFormat::Npy => match self.dtype {
-                Dtype::F32 => values
-                    .iter()
-                    .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
-                Dtype::F16 => values
+            OutputFormat::Npy => match (self.dtype, quantized) {
+                (_, Some((q, _))) => bytes = q,
+                (Dtype::F16, None) => values
                     .iter()
                     .for_each(|&x| bytes.extend_from_slice(&half::f16::from_f32(x).to_le_bytes())),
+                (_, None) => values
+                    .iter()
+                    .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
             },
             OutputFormat::Jsonl => {
                 bytes.push(b'{');
@@ -219,7 +251,13 @@ impl Output {
                 match self.kind {
                     RowKind::Embedding => {
                         bytes.extend_from_slice(b"\"embedding\":");
-                        serde_json::to_writer(&mut bytes, values).expect("writing JSON to memory");
+                        match &quantized {
+                            Some((q, p)) => {
+                                serde_json::to_writer(&mut bytes, &crate::quantize::to_json(q, *p))
+                            }
+                            None => serde_json::to_writer(&mut bytes, values),
+                        }
+                        .expect("writing JSON to memory");
                     }
                     RowKind::Score => {
                         bytes.extend_from_slice(b"\"score\":");
@@ -257,6 +295,7 @@ impl Output {
     pub fn finish(mut self, cols: usize) -> Result<()> {
         self.file.flush().map_err(io(&self.partial))?;
         if self.format == OutputFormat::Npy {
+            let cols = self.dtype.precision().map_or(cols, |p| p.width(cols));
             let header = npy_header(self.written.rows, cols, self.dtype, self.kind);
             let file = self.file.get_mut();
             file.seek(SeekFrom::Start(0)).map_err(io(&self.partial))?;
@@ -357,6 +396,8 @@ fn npy_header(rows: u64, cols: usize, dtype: Dtype, kind: RowKind) -> Vec<u8> {
     let descr = match dtype {
         Dtype::F32 => "<f4",
         Dtype::F16 => "<f2",
+        Dtype::Int8 | Dtype::Binary => "|i1",
+        Dtype::Uint8 | Dtype::Ubinary => "|u1",
     };
     let shape = match kind {
         RowKind::Embedding => format!("({rows}, {cols})"),
@@ -397,7 +438,7 @@ mod tests {
         for x in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        let (rows, cols, data) = ember::npy::read_f32(&mut bytes.as_slice(), "t").unwrap();
+        let (rows, cols, data) = crate::npy::read_f32(&mut bytes.as_slice(), "t").unwrap();
         assert_eq!((rows, cols, data[5]), (2, 3, 6.0));
         let big = npy_header(10_000_000_000, 4096, Dtype::F16, RowKind::Embedding);
         assert_eq!(big.len(), NPY_HEADER_LEN);

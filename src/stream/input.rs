@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use ember::{Error, Result};
+use crate::{Error, Result};
 use serde_json::Value;
 
 /// How each input line is read.

@@ -18,12 +18,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember::backend::PendingMatrix;
-use ember::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
+use crate::backend::PendingMatrix;
+use crate::{Batch, Embedder, Encoder, Error, HostMatrix, Reranker, Result, Sequence};
 use serde_json::Value;
 
-use crate::input::{self, Format, Item, LineRange, Lines, Payload};
-use crate::output::Output;
+use super::input::{self, Format, Item, LineRange, Lines, Payload};
+use super::output::Output;
 
 /// Set by SIGINT / SIGTERM: the reader stops, what is finished is written and checkpointed.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -49,6 +49,23 @@ pub struct EmbedEngine {
     pub embedder: Embedder,
     /// Put the query instruction in front of each text.
     pub queries: bool,
+    /// Keep the first N values of each embedding, renormalized (`--dimensions`).
+    pub dimensions: Option<usize>,
+}
+
+/// The rows cut to `dimensions` (renormalized when `normalize`).
+fn cut(matrix: HostMatrix, dimensions: Option<usize>, normalize: bool) -> HostMatrix {
+    let Some(d) = dimensions else {
+        return matrix;
+    };
+    let data = (0..matrix.rows)
+        .flat_map(|r| crate::dims::truncate(matrix.row(r), d, normalize))
+        .collect();
+    HostMatrix {
+        rows: matrix.rows,
+        cols: d,
+        data,
+    }
 }
 
 impl Engine for EmbedEngine {
@@ -69,16 +86,23 @@ impl Engine for EmbedEngine {
 
     fn run(&self, batch: &Batch) -> Result<HostMatrix> {
         let e = &self.embedder;
-        e.encoder().embed(batch, e.pooling(), e.normalize())
+        let rows = e.encoder().embed(batch, e.pooling(), e.normalize())?;
+        Ok(cut(rows, self.dimensions, e.normalize()))
     }
 
     fn start(&self, batch: &Batch) -> Result<PendingMatrix> {
         let e = &self.embedder;
-        e.encoder().embed_start(batch, e.pooling(), e.normalize())
+        let pending = e.encoder().embed_start(batch, e.pooling(), e.normalize())?;
+        let (dimensions, normalize) = (self.dimensions, e.normalize());
+        if dimensions.is_none() {
+            return Ok(pending);
+        }
+        // Cut when the rows are back (a GPU keeps the next batch queued meanwhile).
+        Ok(pending.map(move |rows| cut(rows, dimensions, normalize)))
     }
 
     fn cols(&self) -> usize {
-        self.embedder.dim()
+        self.dimensions.unwrap_or(self.embedder.dim())
     }
 
     fn encoder(&self) -> &Encoder {
@@ -288,7 +312,7 @@ pub fn run(
                     }
                 };
                 let lengths: Vec<usize> = sequences.iter().map(Sequence::len).collect();
-                let planned = ember::batch::plan_batches(&lengths, plan.batch_tokens.max(1), usize::MAX);
+                let planned = crate::batch::plan_batches(&lengths, plan.batch_tokens.max(1), usize::MAX);
                 let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
                 let mut works = Vec::with_capacity(planned.len());
                 for members in planned {

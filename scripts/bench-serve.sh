@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The load test of `ember serve` (BENCHMARKS.md): bounded in time and count, loopback only.
+#
+#   1. `ember encode` of the corpus: the throughput a server is measured against;
+#   2. ember serve under 64 closed-loop clients for 30 s, requests of 1 to 64 texts
+#      (log-normal, median 6) drawn from the same corpus (examples/serve_load.rs);
+#   3. 4x that load (256 clients) against a server that admits 64 requests at once: the rest
+#      must be 429, nothing else, and memory must stay bounded;
+#   4. the same as 2 against infinity-emb (.cache/venv-infinity, torch on the CPU), when it is
+#      installed there (pip install "infinity-emb[server,torch]"); otherwise it says so.
+#
+# usage: scripts/bench-serve.sh [SECONDS] [MODEL]     results in .cache/bench/serve/
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+seconds=${1:-30}
+model=${2:-.cache/models/all-MiniLM-L6-v2}
+out=.cache/bench/serve
+mkdir -p "$out"
+nice -n 15 cargo build --release --quiet --bin ember --example serve_load
+ember=target/release/ember
+load=target/release/examples/serve_load
+python3 scripts/bench_corpus.py "$out/corpus.txt" --lines 4096 --seed 11
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# ember serve with the given flags on a free port: sets $url and $pid.
+serve() {
+  local log=$out/serve-$1.log; shift
+  # Requests carry up to 64 texts: the client batch limit is raised from TEI's 32 to that.
+  "$ember" serve --model "$model" --port 0 --auto-truncate --max-client-batch-size 64 "$@" >/dev/null 2>"$log" &
+  pid=$!; pids+=("$pid")
+  for _ in $(seq 1 600); do
+    url=$(sed -n 's/^ember: listening on //p' "$log" | head -1)
+    [[ -n $url ]] && return
+    kill -0 "$pid" || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "ember serve did not start" >&2; exit 1
+}
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+echo "== lscpu: $(lscpu | sed -n 's/^Model name: *//p'), family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p'), $(nproc) cores; $(date -u +%F)"
+echo "== ember encode (the reference throughput)"
+"$ember" encode --model "$model" --input "$out/corpus.txt" --output "$out/encode.npy" 2>&1 | tail -1 | tee "$out/encode.txt"
+
+echo "== ember serve, 64 clients, ${seconds} s"
+serve normal
+"$load" --url "$url" --corpus "$out/corpus.txt" --clients 64 --seconds "$seconds" --pid "$pid" | tee "$out/ember-64.json"
+stop "$pid"
+
+echo "== ember serve, 4x: 256 clients against --max-concurrent-requests 64, ${seconds} s"
+serve overload --max-concurrent-requests 64
+"$load" --url "$url" --corpus "$out/corpus.txt" --clients 256 --seconds "$seconds" --pid "$pid" | tee "$out/ember-256.json"
+curl -s -o /dev/null -w "after the overload: /health %{http_code}\n" "$url/health"
+stop "$pid"
+
+infinity=.cache/venv-infinity/bin/infinity_emb
+if [[ -x $infinity ]]; then
+  echo "== infinity-emb ($(.cache/venv-infinity/bin/pip show infinity-emb | sed -n 's/^Version: //p'), torch CPU), 64 clients, ${seconds} s"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$infinity" v2 --model-id "$model" --served-model-name all-MiniLM-L6-v2 --port "$port" --host 127.0.0.1 \
+    --engine torch --device cpu >"$out/infinity.log" 2>&1 &
+  pid=$!; pids+=("$pid")
+  for _ in $(seq 1 1200); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    kill -0 "$pid" || { tail -20 "$out/infinity.log" >&2; exit 1; }
+    sleep 0.25
+  done
+  "$load" --url "http://127.0.0.1:$port" --path /embeddings --corpus "$out/corpus.txt" --clients 64 \
+    --seconds "$seconds" --pid "$pid" | tee "$out/infinity-64.json"
+  stop "$pid"
+else
+  echo "== infinity-emb: not installed in .cache/venv-infinity (pip install \"infinity-emb[server,torch]\" there to compare)"
+fi
