@@ -72,3 +72,19 @@ def test_rerankers_match_reference(name):
     predicted = ember.CrossEncoder(path).predict(chosen)
     assert predicted.dtype == np.float32 and predicted.shape == (len(chosen),)
     np.testing.assert_allclose(predicted, sigmoid, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,bar", [("bf16", 0.999), ("int8", 0.995)])
+def test_reduced_precision_stays_close_to_f32_or_is_refused(minilm, dtype, bar):
+    """`dtype=` reaches the engine: bf16 and int8 keep their cosine bars against f32 on every
+    fixture text, or, on a CPU without the instructions, loading says why (never a silent f32)."""
+    all_texts = texts()
+    exact = ember.SentenceTransformer(minilm).encode(all_texts, normalize_embeddings=True)
+    try:
+        model = ember.SentenceTransformer(minilm, dtype=dtype)
+    except (ember.EmberError, ValueError) as err:
+        assert "AVX512" in str(err), err
+        return
+    got = model.encode(all_texts, normalize_embeddings=True)
+    cosines = (got * exact).sum(axis=1)
+    assert cosines.min() >= bar, (dtype, cosines.min())
