@@ -283,6 +283,16 @@ fn ctrl_c_keeps_finished_rows_and_resume_completes() {
     assert!(!partial.is_empty() && partial.len() < full.len() && full.starts_with(&partial));
     assert!(partial.ends_with(b"\n"));
 
+    // Another precision is another job: resuming in it would mix rows of two precisions. The
+    // refusal leaves the partial file as it was.
+    let other = ember(&[&args[..], &["--resume", "--dtype", "int8"]].concat());
+    assert!(
+        !other.status.success() && stderr(&other).contains("different job"),
+        "{}",
+        stderr(&other)
+    );
+    assert_eq!(std::fs::read(dir.join("out.jsonl.partial")).unwrap(), partial);
+
     ok(ember(&[&args[..], &["--resume"]].concat()));
     assert_eq!(std::fs::read(&output).unwrap(), full);
 }

@@ -95,6 +95,7 @@ pub fn encode(args: EncodeArgs) -> Result<ExitCode> {
         "queries": args.queries,
         "format": format,
         "dtype": args.output_dtype,
+        "compute_dtype": args.run.dtype,
     });
     let print = fingerprint("encode", &args.model, &args.input, &args.io, options);
     let (range, total) = line_range(&args.input, args.io.shard)?;

@@ -61,6 +61,7 @@ pub fn rerank(args: RerankArgs) -> Result<ExitCode> {
             let format = OutputFormat::of(path, args.io.output_format)?;
             let options = serde_json::json!({
                 "query": args.query, "sigmoid": args.sigmoid, "max_length": args.max_length, "format": format,
+                "compute_dtype": args.run.dtype,
             });
             let print = fingerprint("rerank", &args.model, &args.input, &args.io, options);
             let (out, at) = Output::open(path, format, Dtype::F32, RowKind::Score, &print, args.io.resume)?;
