@@ -137,12 +137,13 @@ fn quantization_stays_within_half_a_step() {
             }
             for group in row.chunks(GROUP) {
                 let mut codes = vec![0u8; group.len()];
+                let scalar_quantization = Quantization::of(group);
                 // SAFETY: AVX-512 is present (checked above).
                 #[cfg(target_arch = "x86_64")]
                 let vectorized = unsafe { quantize_group(group, &mut codes) };
                 #[cfg(target_arch = "x86_64")]
-                assert_eq!(vectorized, Quantization::of(group));
-                let scalar: Vec<u8> = group.iter().map(|&x| Quantization::of(group).code(x)).collect();
+                assert_eq!(vectorized, scalar_quantization);
+                let scalar: Vec<u8> = group.iter().map(|&x| scalar_quantization.code(x)).collect();
                 assert_eq!(codes, scalar, "vectorized codes differ");
             }
         }
