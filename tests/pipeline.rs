@@ -326,6 +326,26 @@ fn bad_line_keeps_earlier_rows_and_skip_invalid_lists_lines() {
     );
     assert!(dir.join("out.npy.partial").exists() && !output.exists());
 
+    // A journal of an older ember, which wrote choices as enum numbers ("input_format":"0"),
+    // is refused as another job's, never read as this one's; the partial file is untouched.
+    let journal = dir.join("out.npy.journal");
+    let recorded = std::fs::read_to_string(&journal).unwrap();
+    assert!(recorded.contains(r#""input_format":"text""#), "{recorded}");
+    std::fs::write(
+        &journal,
+        recorded.replace(r#""input_format":"text""#, r#""input_format":"0""#),
+    )
+    .unwrap();
+    let partial = std::fs::read(dir.join("out.npy.partial")).unwrap();
+    let old = ember(&[&base[..], &small[..], &["--resume", "--skip-invalid"]].concat());
+    assert!(
+        !old.status.success() && stderr(&old).contains("different job"),
+        "{}",
+        stderr(&old)
+    );
+    assert_eq!(std::fs::read(dir.join("out.npy.partial")).unwrap(), partial);
+    std::fs::write(&journal, recorded).unwrap();
+
     let out = ok(ember(
         &[&base[..], &small[..], &["--resume", "--skip-invalid"]].concat(),
     ));

@@ -178,6 +178,15 @@ pub struct Plan {
     pub progress: bool,
     /// Keep the best K rows by score (rerank `--top-k`).
     pub top_k: Option<usize>,
+    /// Set from another thread to stop as [`INTERRUPTED`] does, for this run only.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Plan {
+    /// Whether the run is asked to stop (Ctrl-C, SIGTERM, or its own cancel flag).
+    fn cancelled(&self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed) || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -367,9 +376,9 @@ pub fn run(
         let work_rx = Arc::new(Mutex::new(work_rx));
         for engine in &engines[1..] {
             let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
-            scope.spawn(move || forward_loop(engine.as_ref(), &work_rx, done_tx));
+            scope.spawn(move || forward_loop(plan, engine.as_ref(), &work_rx, done_tx));
         }
-        forward_loop(engines[0].as_ref(), &work_rx, done_tx);
+        forward_loop(plan, engines[0].as_ref(), &work_rx, done_tx);
         // Workers that stopped early (Ctrl-C) close the queue, so that the tokenizer and the
         // reader blocked on it end too.
         drop(work_rx);
@@ -378,7 +387,7 @@ pub fn run(
     stats.tokenize_s = *tokenize_s.lock().unwrap();
     stats.skipped = skipped.into_inner().unwrap();
     // A signal that arrived after the reader was done still means rows may be missing.
-    stats.interrupted = interrupted.load(Ordering::SeqCst) || INTERRUPTED.load(Ordering::SeqCst);
+    stats.interrupted = interrupted.load(Ordering::SeqCst) || plan.cancelled();
     stats.wall_s = started.elapsed().as_secs_f64();
     stats.token_budget = engines.iter().filter_map(|e| e.encoder().token_budget()).min();
     stats.peak_device_bytes = engines
@@ -397,6 +406,7 @@ pub fn run(
 /// gone. One batch stays in flight: batch i + 1 is started before batch i's rows are waited
 /// for, so that a GPU has the next batch queued while the rows of the last one come back.
 fn forward_loop(
+    plan: &Plan,
     engine: &dyn Engine,
     work_rx: &Mutex<Receiver<Work>>,
     done_tx: std::sync::mpsc::SyncSender<Done>,
@@ -416,7 +426,7 @@ fn forward_loop(
         };
         // After Ctrl-C no new batch starts: the writer keeps the rows that are complete in
         // input order, and the rest is left to --resume.
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if plan.cancelled() {
             break;
         }
         let started = Instant::now();
@@ -454,7 +464,7 @@ fn read_windows(
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if plan.cancelled() {
             interrupted.store(true, Ordering::SeqCst);
             break;
         }

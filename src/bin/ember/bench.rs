@@ -232,6 +232,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 total_lines: None,
                 progress: false,
                 top_k: None,
+                cancel: None,
             };
             let (out, _) = Output::open(
                 &out_path,

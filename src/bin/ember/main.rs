@@ -10,16 +10,18 @@ mod rerank;
 #[cfg(feature = "server")]
 mod serve;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ember::{Device, Error, Result};
+use ember::{Error, Result};
 
-use ember::stream::input::{self, Format, LineRange, Shard};
-use ember::stream::output::{Output, OutputFormat};
-use ember::stream::pipeline::{self, Engine, Failure, Plan, Stats};
+use ember::stream::input::{Format, Shard};
+pub use ember::stream::job::{default_query_instruction, line_range, parse_devices};
+use ember::stream::output::OutputFormat;
+use ember::stream::pipeline::{self, Stats};
+use ember::stream::{End, Outcome, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -166,33 +168,6 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// `cpu`, `cuda`, `cuda:N`, `cuda:0,1` or `cuda:0,cuda:1`: one engine per listed device.
-pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
-    let mut devices = Vec::new();
-    for part in spec.split(',') {
-        let part = part.trim();
-        let device = if !devices.is_empty() && part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-            format!("cuda:{part}").parse::<Device>()?
-        } else {
-            part.parse::<Device>()?
-        };
-        if devices.contains(&device) {
-            return Err(Error::Option {
-                option: "device".into(),
-                message: format!("{device} is listed twice"),
-            });
-        }
-        devices.push(device);
-    }
-    if devices.len() > 1 && devices.contains(&Device::Cpu) {
-        return Err(Error::Option {
-            option: "device".into(),
-            message: "cpu runs one engine on all cores; list several devices only as cuda:0,1,...".into(),
-        });
-    }
-    Ok(devices)
-}
-
 /// A model folder, or a hub id resolved through the local Hugging Face cache.
 pub fn model_dir(spec: &str) -> Result<PathBuf> {
     ember::hub::resolve(spec)
@@ -211,120 +186,39 @@ pub fn input_format(io: &IoArgs, pairs: bool) -> Format {
     }
 }
 
-/// The lines of this run, and how many there are when the input is a file.
-pub fn line_range(input: &Path, shard: Option<Shard>) -> Result<(LineRange, Option<u64>)> {
-    let full = LineRange { start: 0, end: None };
-    if input == Path::new("-") {
-        return match shard {
-            Some(_) => Err(Error::Option {
-                option: "shard".into(),
-                message: "needs an input file (its lines are counted to cut the shards)".into(),
-            }),
-            None => Ok((full, None)),
-        };
-    }
-    let lines = input::count_lines(input)?;
-    Ok(match shard {
-        Some(shard) => {
-            let range = shard.range(lines);
-            (range, Some(range.end.unwrap_or(lines) - range.start))
-        }
-        None => (full, Some(lines)),
-    })
-}
-
-/// What identifies a job for `--resume`: an output journal from another job is refused. The
-/// input's content is not part of it, so that a bad line can be fixed (or `--skip-invalid`
-/// added) before resuming; the lines before the checkpoint must stay as they were.
-pub fn fingerprint(
-    command: &str,
-    model: &str,
-    input: &Path,
-    io: &IoArgs,
-    options: serde_json::Value,
-) -> String {
-    serde_json::json!({
-        "ember": env!("CARGO_PKG_VERSION"),
-        "command": command,
-        "model": model,
-        "input": input,
-        "input_format": format!("{:?}", io.input_format as u8),
-        "text_field": io.text_field,
-        "id_field": io.id_field,
-        "shard": io.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        "options": options,
-    })
-    .to_string()
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    default_batch_tokens: usize,
-    input: &Path,
-    format: Format,
-    io: &IoArgs,
-    run: &RunArgs,
-    range: LineRange,
-    total: Option<u64>,
-    done_lines: u64,
-    top_k: Option<usize>,
-) -> Plan {
-    Plan {
-        input: input.to_path_buf(),
-        format,
-        range,
-        done_lines,
+/// The run options of the shared flags; a progress bar when standard error is a terminal.
+pub fn run_options(io: &IoArgs, run: &RunArgs) -> RunOptions {
+    RunOptions {
+        shard: io.shard,
+        resume: io.resume,
         skip_invalid: io.skip_invalid,
-        batch_tokens: run.batch_tokens.unwrap_or(default_batch_tokens),
-        window: io.window.max(1),
         checkpoint: Duration::from_secs_f64(io.checkpoint_secs),
-        total_lines: total,
+        window: io.window,
+        batch_tokens: run.batch_tokens,
         progress: !run.quiet && pipeline::stderr_is_terminal(),
-        top_k,
+        cancel: None,
     }
 }
 
-/// Runs the pipeline, then finishes the output, or keeps what is done for `--resume`.
-pub fn finish_run(
-    plan: &Plan,
-    engines: &[Box<dyn Engine>],
-    mut output: Option<Output>,
-    resumed_rows: u64,
-    quiet: bool,
-) -> Result<ExitCode> {
-    if resumed_rows > 0 && !quiet {
-        eprintln!("ember: resuming after {resumed_rows} rows");
+/// Tells how a run ended: the summary and the best rows (rerank `--top-k`) when it finished,
+/// what is kept for `--resume` when it did not. Interrupted runs exit with 130, as a shell
+/// reports Ctrl-C.
+pub fn report(outcome: Outcome, quiet: bool) -> Result<ExitCode> {
+    if outcome.resumed_rows > 0 && !quiet {
+        eprintln!("ember: resuming after {} rows", outcome.resumed_rows);
     }
-    let (stats, failure) = pipeline::run(plan, engines, &mut output);
-    let kept = |output: Option<Output>| -> Result<String> {
-        match output {
-            Some(out) => {
-                let partial = out.partial().to_path_buf();
-                let rows = out.abandon()?;
-                Ok(if rows > 0 {
-                    format!(
-                        "; {rows} finished rows are kept in {}: run again with --resume to continue",
-                        partial.display()
-                    )
-                } else {
-                    String::new()
-                })
-            }
-            None => Ok(String::new()),
-        }
-    };
-    match failure {
-        Some(Failure::Fatal(e)) => {
-            let note = kept(output)?;
-            if !note.is_empty() {
-                eprintln!("ember: {}", &note[2..]);
-            }
-            Err(e)
-        }
-        Some(Failure::Input(e)) => {
-            let note = kept(output)?;
-            match e {
-                Error::Input { location, message } => Err(Error::Input {
+    let stats = &outcome.stats;
+    match outcome.end {
+        End::Failed {
+            error,
+            bad_input,
+            kept,
+        } => {
+            let note = kept.note("--resume");
+            match error {
+                // A bad line's message says where the finished rows are, so that the user
+                // fixes the line and resumes.
+                Error::Input { location, message } if bad_input => Err(Error::Input {
                     location,
                     message: format!("{message}{note}"),
                 }),
@@ -336,18 +230,14 @@ pub fn finish_run(
                 }
             }
         }
-        None if stats.interrupted => {
-            let note = kept(output)?;
+        End::Interrupted(kept) => {
             if !quiet {
-                summary(&stats);
-                eprintln!("ember: interrupted{note}");
+                summary(stats);
+                eprintln!("ember: interrupted{}", kept.note("--resume"));
             }
             Ok(ExitCode::from(130))
         }
-        None => {
-            if let Some(out) = output {
-                out.finish(engines[0].cols())?;
-            }
+        End::Finished => {
             for (rank, (score, line, id, passage)) in stats.top.iter().enumerate() {
                 let mut row = serde_json::json!({"rank": rank + 1, "line": line, "score": shortest(*score), "passage": passage});
                 if let Some(id) = id {
@@ -356,7 +246,7 @@ pub fn finish_run(
                 println!("{row}");
             }
             if !quiet {
-                summary(&stats);
+                summary(stats);
             }
             Ok(ExitCode::SUCCESS)
         }

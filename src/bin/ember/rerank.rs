@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ember::stream::job::{self, fingerprint};
 use ember::stream::output::{self, Dtype, Output, OutputFormat, RowKind};
 use ember::stream::pipeline::{self, Engine};
 use ember::{Error, Reranker, RerankerOptions, Result};
@@ -54,6 +55,7 @@ pub fn rerank(args: RerankArgs) -> Result<ExitCode> {
         });
     }
     let devices = parse_devices(&args.run.device)?;
+    let input_format = input_format(&args.io, args.query.is_none());
     let (range, total) = line_range(&args.input, args.io.shard)?;
     let mut checkpoint = output::Checkpoint::default();
     let output = match &args.output {
@@ -63,7 +65,14 @@ pub fn rerank(args: RerankArgs) -> Result<ExitCode> {
                 "query": args.query, "sigmoid": args.sigmoid, "max_length": args.max_length, "format": format,
                 "compute_dtype": args.run.dtype,
             });
-            let print = fingerprint("rerank", &args.model, &args.input, &args.io, options);
+            let print = fingerprint(
+                "rerank",
+                &args.model,
+                &args.input,
+                &input_format,
+                args.io.shard,
+                options,
+            );
             let (out, at) = Output::open(path, format, Dtype::F32, RowKind::Score, &print, args.io.resume)?;
             checkpoint = at;
             Some(out)
@@ -98,18 +107,19 @@ pub fn rerank(args: RerankArgs) -> Result<ExitCode> {
             query: args.query.clone(),
         }));
     }
-    let format = input_format(&args.io, args.query.is_none());
-    let default_batch_tokens = engines[0].encoder().default_batch_tokens();
-    let plan = plan(
-        default_batch_tokens,
+    let run = run_options(&args.io, &args.run);
+    let plan = job::plan(
         &args.input,
-        format,
-        &args.io,
-        &args.run,
+        input_format,
+        &run,
+        &engines,
         range,
         total,
-        checkpoint.lines,
+        checkpoint,
         args.top_k,
     );
-    finish_run(&plan, &engines, output, checkpoint.rows, args.run.quiet)
+    report(
+        job::finish(&plan, &engines, output, checkpoint.rows),
+        args.run.quiet,
+    )
 }

@@ -34,7 +34,8 @@ pub struct ServeArgs {
     /// Bytes per request body; more is 413.
     #[arg(long, default_value_t = 2_000_000)]
     payload_limit: usize,
-    /// Seconds a request body may take to arrive; longer is 408.
+    /// Seconds a request body may take to arrive (longer is 408), and its head (the request
+    /// line and headers; a connection whose head is slower is closed).
     #[arg(long, default_value_t = 30.0, value_parser = crate::seconds)]
     body_timeout: f64,
     /// Require `Authorization: Bearer KEY` on every route but /health and /metrics.
@@ -70,7 +71,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // A bge model's "query" prompt is its retrieval instruction, as `encode --queries` uses.
     let query_instruction = args
         .query_instruction
-        .or_else(|| crate::encode::default_query_instruction(&args.model, &dir).ok());
+        .or_else(|| crate::default_query_instruction(&args.model, &dir).ok());
     let mut options = ServeOptions::new(dir);
     options.served_model_name = args.served_model_name.unwrap_or_else(|| args.model.clone());
     options.host = args.host;
