@@ -1,5 +1,5 @@
 //! `ember serve` under hostile and heavy use: bodies that are huge, slow, malformed or full of
-//! tiny inputs, clients that vanish, more clients than places, and SIGTERM with work in flight.
+//! tiny inputs, request heads that trickle in, clients that vanish, more clients than places, and SIGTERM with work in flight.
 //! Each gets a clean status, never a crash, and the other clients' answers stay exact.
 
 mod common;
@@ -101,6 +101,42 @@ fn hostile_bodies_get_clean_statuses_and_leave_other_answers_exact() {
     );
     assert_eq!(status, 408);
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Slowloris on the head: header bytes trickling in for longer than --body-timeout close
+    // the connection, while other clients are answered as usual.
+    let slow_head = std::thread::spawn({
+        let address = server.address();
+        move || {
+            let mut stream = TcpStream::connect(address).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+            stream.write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\n").unwrap();
+            let started = Instant::now();
+            let mut byte = [0u8; 256];
+            while started.elapsed() < Duration::from_secs(20) {
+                if stream.write_all(b"X").is_err() {
+                    return started.elapsed();
+                }
+                match stream.read(&mut byte) {
+                    // Closed (or answered and closed): the server gave up on this client.
+                    Ok(_) => return started.elapsed(),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return started.elapsed(),
+                }
+            }
+            started.elapsed()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(reference(&server), before, "a slow head changed another answer");
+    let held = slow_head.join().unwrap();
+    assert!(
+        held >= Duration::from_millis(500) && held < Duration::from_secs(5),
+        "a head trickling in was held for {held:?} (the limit is 1 s)"
+    );
 
     assert_eq!(
         reference(&server),

@@ -15,6 +15,7 @@ mod batcher;
 mod body;
 mod encoding;
 mod errors;
+mod listen;
 mod metrics;
 mod openai;
 mod state;
@@ -63,7 +64,8 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     /// Bytes per request body; more is 413.
     pub payload_limit: usize,
-    /// Seconds a request body may take to arrive; more is 408.
+    /// Seconds a request body may take to arrive (more is 408), and its head (a connection
+    /// whose request line and headers take longer is closed).
     pub body_timeout: Duration,
     pub api_key: Option<String>,
     pub auto_truncate: bool,
@@ -189,17 +191,16 @@ pub fn serve(
         ready(bound);
         let app = router(Arc::clone(&state));
         let shutdown_state = Arc::clone(&state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = stop => {}
-                    _ = termination() => {}
-                }
-                // /health answers 503 from now on; requests in flight finish.
-                shutdown_state.admission.close();
-            })
-            .await
-            .map_err(|e| server_error(e.to_string()))
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = termination() => {}
+            }
+            // /health answers 503 from now on; requests in flight finish.
+            shutdown_state.admission.close();
+        };
+        listen::serve(listener, app, options.body_timeout, shutdown).await;
+        Ok(())
     });
     // Every admitted request has been answered; the workers drain and end.
     batcher.close();
