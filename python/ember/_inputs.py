@@ -1,6 +1,9 @@
 """Argument conventions shared by the interfaces: a single string or a list of strings, one pair
 or a list of pairs, positive integers, device names, and torch output where asked."""
 
+import contextlib
+import sys
+
 import numpy as np
 
 
@@ -70,3 +73,33 @@ def torch_tensor(array, what):
     except ImportError:
         raise ValueError(f"{what} returns torch tensors, and torch is not installed (ask for numpy)") from None
     return torch.from_numpy(array)
+
+
+@contextlib.contextmanager
+def progress_bar(show, total, desc):
+    """A callable ``update(done)`` for ember's ``progress=``, drawing sentence-transformers'
+    ``show_progress_bar``: tqdm's bar when tqdm is installed (as sentence-transformers draws
+    it), else one line on standard error redrawn in place; None when not shown."""
+    if not show or total == 0:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        bar = tqdm(total=total, desc=desc)
+        try:
+            yield lambda done: bar.update(done - bar.n)
+        finally:
+            bar.close()
+        return
+
+    def draw(done):
+        sys.stderr.write(f"\r{desc}: {done}/{total} ({100 * done // total}%)")
+        sys.stderr.flush()
+
+    try:
+        yield draw
+    finally:
+        sys.stderr.write("\n")

@@ -101,6 +101,7 @@ class SentenceTransformer:
         prompt_name=None,
         prompt=None,
         batch_size=32,
+        show_progress_bar=None,
         output_value="sentence_embedding",
         precision="float32",
         convert_to_numpy=True,
@@ -112,7 +113,8 @@ class SentenceTransformer:
         """``[n, dim]`` embeddings (``[dim]`` for a single string) in ``precision``: float32, or
         int8 / uint8 / binary / ubinary by ``quantize_embeddings``' rules over this call's
         embeddings. ``truncate_dim`` keeps the first dimensions, before ``normalize_embeddings``.
-        ``batch_size`` is checked but does not change results: ember batches by tokens."""
+        ``batch_size`` is checked but does not change results: ember batches by tokens.
+        ``show_progress_bar=True`` draws a bar of the texts done (tqdm's when installed)."""
         items, single = _inputs.texts(sentences)
         _inputs.positive_int("batch_size", batch_size)
         if output_value != "sentence_embedding":
@@ -126,7 +128,8 @@ class SentenceTransformer:
         if prefix:
             items = [prefix + s for s in items]
         max_length = _inputs.positive_int("max_seq_length", self.max_seq_length)
-        embeddings = self.embedder.encode(items, max_length)
+        with _inputs.progress_bar(show_progress_bar, len(items), "Batches") as progress:
+            embeddings = self.embedder.encode(items, max_length, progress)
         if truncate_dim is not None and truncate_dim < embeddings.shape[1]:
             embeddings = embeddings[:, :truncate_dim]
         if normalize_embeddings and (truncate_dim is not None or not self.embedder.normalize):
@@ -184,6 +187,7 @@ class CrossEncoder:
         self,
         sentences,
         batch_size=32,
+        show_progress_bar=None,
         activation_fn=None,
         apply_softmax=False,
         convert_to_numpy=True,
@@ -194,7 +198,8 @@ class CrossEncoder:
         numpy array (in place of the model's default)."""
         queries, passages, single = _inputs.pairs(sentences, "sentences")
         _inputs.positive_int("batch_size", batch_size)
-        logits = self.model.logits(queries, passages, self.max_length)
+        with _inputs.progress_bar(show_progress_bar, len(queries), "Batches") as progress:
+            logits = self.model.logits(queries, passages, self.max_length, progress)
         scores = (activation_fn or self.default_activation_function)(logits)
         if apply_softmax and scores.shape[1] > 1:
             scores = _softmax(scores)

@@ -36,7 +36,7 @@ impl PyEmbedder {
     }
 }
 
-fn parse_pooling(name: &str) -> PyResult<Pooling> {
+pub(crate) fn parse_pooling(name: &str) -> PyResult<Pooling> {
     match name {
         "cls" => Ok(Pooling::Cls),
         "mean" => Ok(Pooling::Mean),
@@ -80,19 +80,26 @@ impl PyEmbedder {
     }
 
     /// One row per text, in order. `max_length` (tokens, special tokens included) overrides
-    /// the loaded one for this call, clipped to the model's positions.
-    #[pyo3(signature = (texts, max_length=None))]
+    /// the loaded one for this call, clipped to the model's positions. `progress(rows_done)`
+    /// is called as the work goes on (rows are computed longest text first).
+    #[pyo3(signature = (texts, max_length=None, progress=None))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
         max_length: Option<usize>,
+        progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let embedder = &self.inner;
         let sequences = self.sequences(py, &texts, max_length)?;
-        interruptible::run(py, sequences, embedder.batch_tokens(), embedder.dim(), |chunk| {
-            embedder.embed_sequences(chunk)
-        })
+        interruptible::run(
+            py,
+            progress.as_ref(),
+            sequences,
+            embedder.batch_tokens(),
+            embedder.dim(),
+            |chunk| embedder.embed_sequences(chunk),
+        )
     }
 
     /// The token ids each text becomes (special tokens included, truncated as `encode` does).

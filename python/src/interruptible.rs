@@ -48,9 +48,11 @@ pub fn tokenize<T: Sync>(
 
 /// Runs `sequences` through `run` (an embedder's or a reranker's, which batches by
 /// `batch_tokens` itself) and returns `[sequences, cols]` as a numpy array that owns the rows
-/// ember wrote (no copy).
+/// ember wrote (no copy). `progress`, a Python callable, is called with the rows done after
+/// each step (a progress bar's update; an exception it raises ends the call).
 pub fn run<'py>(
     py: Python<'py>,
+    progress: Option<&Bound<'py, PyAny>>,
     sequences: Vec<Sequence>,
     batch_tokens: usize,
     cols: usize,
@@ -76,6 +78,9 @@ pub fn run<'py>(
         }
         start = end;
         py.check_signals()?;
+        if let Some(progress) = progress {
+            progress.call1((end,))?;
+        }
     }
     let array = Array2::from_shape_vec((order.len(), cols), out)
         .map_err(|e| crate::EmberError::new_err(format!("result rows: {e}")))?;

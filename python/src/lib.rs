@@ -2,9 +2,10 @@
 //! around it (python/ember/) gives them FlagEmbedding's and sentence-transformers' interfaces;
 //! this module only loads models, tokenizes and runs them, with the GIL released while it works
 //! and a check for Ctrl-C between steps (`interruptible.rs`), and hands the results to numpy
-//! without copying them.
+//! without copying them; `encode_file` runs the CLI's offline corpus encoder (`encode_file.rs`).
 
 mod embedder;
+mod encode_file;
 mod interruptible;
 mod reranker;
 
@@ -90,6 +91,7 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("compiled_devices", ember::encoder::compiled_devices().to_vec())?;
     m.add_function(wrap_pyfunction!(py_model_folder, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_file::encode_file, m)?)?;
     m.add_class::<embedder::PyEmbedder>()?;
     m.add_class::<reranker::PyReranker>()?;
     Ok(())

@@ -39,13 +39,15 @@ impl PyReranker {
 
     /// Every label's logit for each pair `(queries[i], passages[i])`. `max_length` overrides
     /// the loaded one for this call, clipped to the model's positions; passages are cut first.
-    #[pyo3(signature = (queries, passages, max_length=None))]
+    /// `progress(pairs_done)` is called as the work goes on.
+    #[pyo3(signature = (queries, passages, max_length=None, progress=None))]
     fn logits<'py>(
         &self,
         py: Python<'py>,
         queries: Vec<String>,
         passages: Vec<String>,
         max_length: Option<usize>,
+        progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         if queries.len() != passages.len() {
             return Err(PyValueError::new_err(format!(
@@ -70,6 +72,7 @@ impl PyReranker {
         })?;
         interruptible::run(
             py,
+            progress.as_ref(),
             sequences,
             reranker.batch_tokens(),
             reranker.num_labels(),

@@ -146,3 +146,21 @@ def test_without_torch_tensors_are_a_clear_error(flag):
         pass
     with pytest.raises(ValueError, match="torch is not installed"):
         flag.encode(SENTENCES, convert_to_numpy=False)
+
+
+def test_show_progress_bar_draws_and_changes_nothing(st, tiny_rerank, capfd):
+    """sentence-transformers' show_progress_bar, in its position after batch_size: a bar of the
+    texts done on standard error (tqdm's when installed), the same numbers as without."""
+    many = [f"{s} {i}" for i in range(60) for s in SENTENCES[:2]]
+    quiet = st.encode(many)
+    capfd.readouterr()
+    shown = st.encode(many, None, None, 32, True)
+    assert np.array_equal(shown, quiet)
+    assert "120/120" in capfd.readouterr().err
+    assert st.encode(many, show_progress_bar=False).shape == quiet.shape
+    assert capfd.readouterr().err == ""
+    model = ember.CrossEncoder(tiny_rerank)
+    pairs = [("query", s) for s in many]
+    scores = model.predict(pairs, 32, True)
+    assert np.array_equal(scores, model.predict(pairs))
+    assert "120/120" in capfd.readouterr().err
