@@ -1,12 +1,15 @@
-//! A closed-loop load generator for an OpenAI-compatible embeddings server (ember serve, or
-//! infinity-emb beside it): N clients, each sending requests of a log-normal number of texts
-//! (1 to 64, median 6) drawn from a corpus, for a bounded time and count, on loopback. Prints
+//! A load generator for an OpenAI-compatible embeddings server (ember serve, or infinity-emb
+//! beside it): N clients, each sending requests of a log-normal number of texts (1 to 64,
+//! median 6) drawn from a corpus, for a bounded time and count, on loopback. Closed loop by
+//! default (each client sends its next request when the last is answered: the server is kept
+//! saturated); with `--rate R` the clients together send R requests a second at exponential
+//! intervals (open loop: below the server's capacity the latency is a request's own). Prints
 //! one JSON object: requests by status, tokens/s from the answers' `usage`, p50/p99 latency of
 //! the answered requests, and the server's peak RSS (sampled from /proc when given its pid).
 //!
 //! usage: cargo run --release --example serve_load -- --url http://127.0.0.1:8080 \
 //!            --path /v1/embeddings --corpus corpus.txt [--clients 64] [--seconds 30] \
-//!            [--max-requests 200000] [--pid PID] [--model NAME] [--seed 1]
+//!            [--max-requests 200000] [--rate R] [--pid PID] [--model NAME] [--seed 1]
 //!
 //! A 429 is counted and retried after 20 ms (a client that is refused does not spin).
 
@@ -32,6 +35,10 @@ struct Args {
     seconds: f64,
     #[arg(long, default_value_t = 200_000)]
     max_requests: u64,
+    /// Requests a second over all clients, at exponential intervals (open loop); a client that
+    /// falls behind its schedule sends at once. Without it, clients send back to back.
+    #[arg(long)]
+    rate: Option<f64>,
     /// The server's process id, to sample its resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -54,6 +61,11 @@ impl Rng {
 
     fn uniform(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An exponential interval of mean `1 / rate` seconds.
+    fn interval(&mut self, rate: f64) -> Duration {
+        Duration::from_secs_f64(-(1.0 - self.uniform()).ln() / rate)
     }
 
     /// Texts per request: round(exp(ln 6 + z)), z standard normal, clamped to 1..=64.
@@ -115,9 +127,21 @@ fn main() {
                         .build();
                     let mut rng = Rng(args.seed.wrapping_mul(1_000_003).wrapping_add(c as u64 + 1) | 1);
                     let mut local = Tally::default();
-                    while Instant::now() < deadline
-                        && sent.fetch_add(1, Ordering::Relaxed) < args.max_requests
-                    {
+                    let per_client = args.rate.map(|r| r / args.clients as f64);
+                    let mut next_send = started;
+                    loop {
+                        if let Some(rate) = per_client {
+                            next_send += rng.interval(rate);
+                            if next_send >= deadline {
+                                break;
+                            }
+                            std::thread::sleep(next_send.saturating_duration_since(Instant::now()));
+                        }
+                        if Instant::now() >= deadline
+                            || sent.fetch_add(1, Ordering::Relaxed) >= args.max_requests
+                        {
+                            break;
+                        }
                         let n = rng.texts_per_request();
                         let texts: Vec<&str> = (0..n)
                             .map(|_| corpus[(rng.next() % corpus.len() as u64) as usize].as_str())
@@ -179,6 +203,7 @@ fn main() {
         json!({
             "url": url,
             "clients": args.clients,
+            "rate": args.rate,
             "seconds": seconds,
             "statuses": tally.statuses,
             "answered": tally.latencies_ms.len(),

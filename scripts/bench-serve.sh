@@ -3,7 +3,9 @@
 #
 #   1. `ember encode` of the corpus: the throughput a server is measured against;
 #   2. ember serve under 64 closed-loop clients for 30 s, requests of 1 to 64 texts
-#      (log-normal, median 6) drawn from the same corpus (examples/serve_load.rs);
+#      (log-normal, median 6) drawn from the same corpus (examples/serve_load.rs): saturated;
+#   2b. the same 64 clients open-loop at half the request rate that 2 answered: below
+#      saturation, where latency is a request's own and nothing may fail;
 #   3. 4x that load (256 clients) against a server that admits 64 requests at once: the rest
 #      must be 429, nothing else, and memory must stay bounded;
 #   4. the same as 2 against infinity-emb (.cache/venv-infinity, torch on the CPU), when it is
@@ -49,6 +51,12 @@ echo "== ember encode (the reference throughput)"
 echo "== ember serve, 64 clients, ${seconds} s"
 serve normal
 "$load" --url "$url" --corpus "$out/corpus.txt" --clients 64 --seconds "$seconds" --pid "$pid" | tee "$out/ember-64.json"
+stop "$pid"
+
+rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(0.5 * r["answered"] / r["seconds"], 3))' "$out/ember-64.json")
+echo "== ember serve, below saturation: 64 clients open-loop at $rate requests/s (half of the above), ${seconds} s"
+serve below
+"$load" --url "$url" --corpus "$out/corpus.txt" --clients 64 --rate "$rate" --seconds "$seconds" --pid "$pid" | tee "$out/ember-64-half.json"
 stop "$pid"
 
 echo "== ember serve, 4x: 256 clients against --max-concurrent-requests 64, ${seconds} s"
