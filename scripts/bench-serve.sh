@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load test of `ember serve` (BENCHMARKS.md): bounded in time and count, loopback only.
 #
-#   1. `ember encode` of the corpus: the throughput a server is measured against;
+#   1. `ember encode` of the corpus: the throughput a server is measured against (run before
+#      and again after the saturated serve run, so that a drift of the machine shows);
 #   2. ember serve under 64 closed-loop clients for 30 s, requests of 1 to 64 texts
 #      (log-normal, median 6) drawn from the same corpus (examples/serve_load.rs): saturated;
 #   2b. the same 64 clients open-loop at half the request rate that 2 answered: below
@@ -52,6 +53,15 @@ echo "== ember serve, 64 clients, ${seconds} s"
 serve normal
 "$load" --url "$url" --corpus "$out/corpus.txt" --clients 64 --seconds "$seconds" --pid "$pid" | tee "$out/ember-64.json"
 stop "$pid"
+echo "== ember encode again (the reference, after)"
+"$ember" encode --model "$model" --input "$out/corpus.txt" --output "$out/encode.npy" 2>&1 | tail -1 | tee -a "$out/encode.txt"
+python3 - "$out/encode.txt" "$out/ember-64.json" <<'PY'
+import json, re, sys
+rates = [float(m) for m in re.findall(r"([0-9.]+) tokens/s", open(sys.argv[1]).read())]
+served = json.load(open(sys.argv[2]))["tokens_per_s"]
+print(f"== serve at 64 clients: {served:.0f} tokens/s = {100 * served / (sum(rates) / len(rates)):.1f} % of ember encode "
+      f"(mean of {', '.join(f'{r:.0f}' for r in rates)} tokens/s)")
+PY
 
 rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(0.5 * r["answered"] / r["seconds"], 3))' "$out/ember-64.json")
 echo "== ember serve, below saturation: 64 clients open-loop at $rate requests/s (half of the above), ${seconds} s"

@@ -46,15 +46,19 @@ use state::{Limits, State};
 /// Everything `ember serve` is started with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The model's folder.
     pub model_dir: PathBuf,
     /// The name /info and /v1 answers give the model.
     pub served_model_name: String,
+    /// The address to listen on.
     pub host: String,
     /// 0 picks a free port (the tests do).
     pub port: u16,
     /// One worker per device.
     pub devices: Vec<Device>,
+    /// Weights and matrix arithmetic (f32, bf16, int8).
     pub dtype: Dtype,
+    /// Longest sequence in tokens (`None`: the model's).
     pub max_length: Option<usize>,
     /// Tokens per forward pass (default: the device's, as `ember encode`).
     pub max_batch_tokens: Option<usize>,
@@ -67,7 +71,10 @@ pub struct ServeOptions {
     /// Seconds a request body may take to arrive (more is 408), and its head (a connection
     /// whose request line and headers take longer is closed).
     pub body_timeout: Duration,
+    /// Required as `Authorization: Bearer KEY` on every route but /health and /metrics.
     pub api_key: Option<String>,
+    /// Truncate texts over the max length instead of refusing them (a request's `truncate`
+    /// overrides it).
     pub auto_truncate: bool,
     /// The "query" prompt (e.g. bge's retrieval instruction).
     pub query_instruction: Option<String>,

@@ -28,7 +28,9 @@ pub enum Format {
 /// What a line holds once parsed.
 #[derive(Debug, Clone)]
 pub enum Payload {
+    /// One text to embed (or a passage, when the query is given once for all lines).
     Text(String),
+    /// A query and a passage to score together.
     Pair(String, String),
 }
 
@@ -37,14 +39,18 @@ pub enum Payload {
 pub struct Item {
     /// 1-based line number in the input file.
     pub line: u64,
+    /// The JSONL id field's value, copied to JSONL output.
     pub id: Option<Value>,
+    /// The text or pair.
     pub payload: Payload,
 }
 
 /// A contiguous slice `[start, end)` of the input's lines (0-based line indices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineRange {
+    /// The first line of the slice.
     pub start: u64,
+    /// One past the last line; `None`: to the end of the input.
     pub end: Option<u64>,
 }
 
@@ -52,7 +58,9 @@ pub struct LineRange {
 /// L lines, so that shards 0, 1, ..., N-1 concatenate to the whole input in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// This shard, from 0.
     pub index: u64,
+    /// How many shards the input is cut into.
     pub count: u64,
 }
 
@@ -74,6 +82,7 @@ impl std::str::FromStr for Shard {
 }
 
 impl Shard {
+    /// This shard's lines of an input of `lines` lines.
     pub fn range(self, lines: u64) -> LineRange {
         let at = |i: u64| (i as u128 * lines as u128 / self.count as u128) as u64;
         LineRange {
@@ -118,6 +127,7 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Lines of `reader`; `name` is the input's name in error messages.
     pub fn new(reader: Box<dyn BufRead + Send>, name: &Path) -> Lines {
         Lines {
             reader,

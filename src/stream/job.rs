@@ -63,34 +63,43 @@ pub struct EncodeJob {
     pub model: String,
     /// Input file; `-` is standard input.
     pub input: PathBuf,
+    /// The .npy or JSONL file to write (through a partial file renamed at the end).
     pub output: PathBuf,
     /// [`Format::Text`] or [`Format::Jsonl`].
     pub format: Format,
     /// `None`: from the output's extension.
     pub output_format: Option<OutputFormat>,
+    /// The element type of the output's values.
     pub output_dtype: Dtype,
     /// Float32 embeddings whose per-dimension range sets the int8 / uint8 buckets.
     pub calibration: Option<PathBuf>,
     /// Keep the first N dimensions, renormalized (Matryoshka models).
     pub dimensions: Option<usize>,
-    /// `None` for each of these: the model's own default.
+    /// CLS or mean pooling (`None`: the model's own).
     pub pooling: Option<Pooling>,
+    /// L2-normalize the rows (`None`: the model's own choice).
     pub normalize: Option<bool>,
+    /// Longest sequence in tokens, special tokens included (`None`: the model's).
     pub max_length: Option<usize>,
     /// Put in front of every text; with `queries` and none given, bge's own instruction.
     pub query_instruction: Option<String>,
+    /// The lines are retrieval queries: put the query instruction in front.
     pub queries: bool,
     /// One engine per device (several only as GPUs).
     pub devices: Vec<Device>,
+    /// Weights and matrix arithmetic (f32, bf16, int8).
     pub dtype: crate::Dtype,
+    /// Reading, checkpoints, resume, shards.
     pub run: RunOptions,
 }
 
 /// How a run ended, with what it did.
 pub struct Outcome {
+    /// What the run did.
     pub stats: Stats,
     /// Rows that an earlier run had written (`resume`).
     pub resumed_rows: u64,
+    /// How it ended.
     pub end: End,
 }
 
@@ -102,8 +111,11 @@ pub enum End {
     Interrupted(Kept),
     /// A bad input line (rows before it are kept) or an engine or output failure.
     Failed {
+        /// What went wrong.
         error: Error,
+        /// The error is a bad input line (fix it, or skip such lines, and resume).
         bad_input: bool,
+        /// Rows finished before it.
         kept: Kept,
     },
 }
@@ -111,7 +123,9 @@ pub enum End {
 /// Finished rows kept in the partial output, for a later `resume`.
 #[derive(Debug, Clone, Default)]
 pub struct Kept {
+    /// Rows in the partial file.
     pub rows: u64,
+    /// The partial file (`None` for a run without output).
     pub partial: Option<PathBuf>,
 }
 

@@ -27,20 +27,30 @@ const NPY_PLACEHOLDER: &[u8] = b"EMBER-PARTIAL-NPY: incomplete; finish it with `
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+/// The output file's format.
 pub enum OutputFormat {
+    /// A NumPy array: `[rows, values]` (embeddings) or `[rows]` (scores).
     Npy,
+    /// One JSON object per row: `{"id"?, "embedding": [...]}` or `{"id"?, "score": x}`.
     Jsonl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+/// The element type of the output's values.
 pub enum Dtype {
+    /// The values as computed.
     F32,
+    /// Rounded to IEEE half precision (.npy only).
     F16,
-    /// Quantized as sentence-transformers' `quantize_embeddings` does (see [`crate::quantize`]).
+    /// Quantized as sentence-transformers' `quantize_embeddings` does (see [`crate::quantize`]):
+    /// 256 buckets per dimension over a calibration range, as int8.
     Int8,
+    /// The same buckets as uint8.
     Uint8,
+    /// One sign bit per dimension, packed eight to a byte, offset by -128 into int8.
     Binary,
+    /// One sign bit per dimension, packed eight to a byte, as uint8.
     Ubinary,
 }
 
@@ -60,7 +70,9 @@ impl Dtype {
 /// What one row is: an embedding vector, or one relevance score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum RowKind {
+    /// A vector of values.
     Embedding,
+    /// One score.
     Score,
 }
 
@@ -95,6 +107,8 @@ pub struct Checkpoint {
     pub bytes: u64,
 }
 
+/// An output being written: rows go to a partial file beside the target, checkpoints to its
+/// journal; [`Output::finish`] renames it into place, [`Output::abandon`] keeps it for resume.
 pub struct Output {
     target: PathBuf,
     partial: PathBuf,
@@ -220,6 +234,7 @@ impl Output {
         self.ranges = Some(ranges);
     }
 
+    /// The partial file the rows are written to until the run finishes.
     pub fn partial(&self) -> &Path {
         &self.partial
     }

@@ -30,7 +30,9 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// One model on one device, as the pipeline drives it.
 pub trait Engine: Send + Sync {
+    /// The token sequences of parsed lines (texts, or pairs for a cross-encoder).
     fn tokenize(&self, items: &[Item]) -> Result<Vec<Sequence>>;
+    /// Packs sequences into one batch for the forward pass.
     fn pack(&self, sequences: &[&Sequence]) -> Result<Batch>;
     /// One row per sequence of the batch, in batch order.
     fn run(&self, batch: &Batch) -> Result<HostMatrix>;
@@ -45,7 +47,9 @@ pub trait Engine: Send + Sync {
     fn encoder(&self) -> &Encoder;
 }
 
+/// Embeddings: one row of `dimensions` (or the model's width) values per text.
 pub struct EmbedEngine {
+    /// The model, with its pooling, normalization and max length.
     pub embedder: Embedder,
     /// Put the query instruction in front of each text.
     pub queries: bool,
@@ -110,8 +114,11 @@ impl Engine for EmbedEngine {
     }
 }
 
+/// Scores: one relevance score per query/passage pair.
 pub struct RerankEngine {
+    /// The cross-encoder (one label).
     pub reranker: Reranker,
+    /// Map each logit to (0, 1) with a sigmoid.
     pub sigmoid: bool,
     /// `--query`: every line is a passage for this query.
     pub query: Option<String>,
@@ -161,13 +168,17 @@ impl Engine for RerankEngine {
 
 /// What to read and how to batch it.
 pub struct Plan {
+    /// The input file; `-` is standard input.
     pub input: PathBuf,
+    /// How each line is read.
     pub format: Format,
     /// The lines of this run (all, or a shard).
     pub range: LineRange,
     /// Lines of the range already done by an earlier run (`--resume`).
     pub done_lines: u64,
+    /// Skip lines that cannot be read (listed in [`Stats::skipped`]) instead of stopping.
     pub skip_invalid: bool,
+    /// The most tokens in one forward pass.
     pub batch_tokens: usize,
     /// Texts per length-sorted window.
     pub window: usize,
@@ -175,6 +186,7 @@ pub struct Plan {
     pub checkpoint: Duration,
     /// Lines the progress bar counts to, when known.
     pub total_lines: Option<u64>,
+    /// Draw a progress bar on standard error.
     pub progress: bool,
     /// Keep the best K rows by score (rerank `--top-k`).
     pub top_k: Option<usize>,
@@ -189,16 +201,26 @@ impl Plan {
     }
 }
 
+/// What a run did.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Rows written (in input order, so the first `texts` lines of the range are done).
     pub texts: u64,
+    /// Tokens through the forward pass, special tokens included.
     pub tokens: u64,
+    /// Texts cut at the max length.
     pub truncated: u64,
+    /// Line numbers skipped as unreadable (`skip_invalid`).
     pub skipped: Vec<u64>,
+    /// Seconds of tokenizing and packing (overlapped with the forward pass).
     pub tokenize_s: f64,
+    /// Seconds of forward passes, summed over the devices.
     pub forward_s: f64,
+    /// Seconds of ordering and writing rows.
     pub write_s: f64,
+    /// Seconds from start to end.
     pub wall_s: f64,
+    /// Stopped by Ctrl-C, SIGTERM or the plan's cancel flag before the end of the input.
     pub interrupted: bool,
     /// The smallest token budget a device ran out of memory into (batches were cut to it).
     pub token_budget: Option<usize>,
