@@ -43,8 +43,14 @@ mod kernels {
     /// The same with `vdpbf16ps` (AVX512-BF16): 16 lanes x 2 products per instruction.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn avx512bf16(iterations: u64) -> f32 {
-        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        // SAFETY: 512 bits of integers as 512 bits of bf16 pairs: plain vectors of one size,
+        // every bit pattern a value of either.
+        let (a, b): (__m512bh, __m512bh) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3380_3380)),
+            )
+        };
         let mut acc = [_mm512_set1_ps(1.0); 12];
         for _ in 0..iterations {
             for r in acc.iter_mut() {
@@ -96,36 +102,47 @@ mod kernels {
         struct Tile([u16; 512]);
         let ones = Tile([0x3f80; 512]); // bf16 1.0
         let mut out = Tile([0; 512]);
-        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "tileloadd tmm4, [{p} + {s} * 1]",
-            "tileloadd tmm5, [{p} + {s} * 1]",
-            p = in(reg) ones.0.as_ptr(),
-            s = in(reg) 64usize,
-        );
-        for _ in 0..iterations {
+        // SAFETY: AMX is usable (the caller's contract); `config` is the 64-byte, 64-aligned
+        // operand of ldtilecfg (palette 1, eight tiles of 16 rows x 64 bytes), and `ones` a whole
+        // 1 KiB tile, 16 rows of 64 bytes, for both loads.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
             asm!(
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                options(nostack, nomem)
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{p} + {s} * 1]",
+                "tileloadd tmm5, [{p} + {s} * 1]",
+                p = in(reg) ones.0.as_ptr(),
+                s = in(reg) 64usize,
             );
         }
-        asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
-        asm!("tilerelease");
+        for _ in 0..iterations {
+            // SAFETY: the configuration is loaded; tile multiplies touch no memory.
+            unsafe {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    options(nostack, nomem)
+                );
+            }
+        }
+        // SAFETY: `out` is a whole 1 KiB tile for the store; then the tiles are released.
+        unsafe {
+            asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
+            asm!("tilerelease");
+        }
         f32::from_bits(u32::from(out.0[0]) | (u32::from(out.0[1]) << 16))
     }
 
@@ -145,7 +162,8 @@ mod kernels {
         for r in acc {
             total = _mm256_add_ps(total, r);
         }
-        _mm256_storeu_ps(out.as_mut_ptr(), total);
+        // SAFETY: `out` is 8 floats, the 32 bytes the store writes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
         out.iter().sum()
     }
 }

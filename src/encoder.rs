@@ -24,6 +24,7 @@ use crate::weights::{StoredDtype, Weights};
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// The host's cores, on the caller's rayon pool.
     #[default]
     Cpu,
     /// A CUDA GPU by ordinal.
@@ -264,10 +265,12 @@ impl Encoder {
         })
     }
 
+    /// The model's validated configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// Where the forward pass runs.
     pub fn device(&self) -> Device {
         self.device
     }

@@ -32,6 +32,7 @@ struct ClassifierHead<B: Backend> {
     out: B::Linear,
 }
 
+/// A BERT-family encoder (and its classifier head, if any) with its weights on a backend.
 pub struct Model<B: Backend> {
     config: ModelConfig,
     embeddings: EmbeddingTables<B::Tensor>,
@@ -103,6 +104,7 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The configuration the model was loaded with.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -17,11 +17,13 @@ use crate::error::Result;
 /// The nonlinearity applied in a linear layer's output pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// No nonlinearity: the attention output projection, the classifier's last layer.
     Identity,
     /// The exact GELU, `x · Φ(x)` with the erf form (`hidden_act: "gelu"`).
     Gelu,
     /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// `max(x, 0)` (`hidden_act: "relu"`).
     Relu,
     /// Used by the BERT pooler and the XLM-R classification head.
     Tanh,
@@ -41,7 +43,7 @@ impl Activation {
 /// How token rows become one row per sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
-    /// The first token of each sequence ([CLS] / <s>).
+    /// The first token of each sequence (`[CLS]` / `<s>`).
     Cls,
     /// The mean over every token of the sequence (packing means there is no padding to mask).
     Mean,
@@ -50,12 +52,19 @@ pub enum Pooling {
 /// A matrix copied back to the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostMatrix {
+    /// Rows: tokens or sequences.
     pub rows: usize,
+    /// Values per row.
     pub cols: usize,
+    /// `rows * cols` values, row-major: row `r` is `data[r * cols..(r + 1) * cols]`.
     pub data: Vec<f32>,
 }
 
 impl HostMatrix {
+    /// Row `r`.
+    ///
+    /// # Panics
+    /// If `r` is not below `rows`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -70,6 +79,7 @@ enum PendingInner {
 }
 
 impl PendingMatrix {
+    /// A matrix already on the host.
     pub fn ready(matrix: HostMatrix) -> PendingMatrix {
         PendingMatrix(PendingInner::Ready(matrix))
     }
@@ -106,6 +116,7 @@ pub trait Backend: Send + Sync {
     /// A packed batch's index arrays, on the device.
     type DeviceBatch: Send + Sync;
 
+    /// The backend's name in errors and reports (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
     /// Uploads a host matrix `[rows, cols]` (embedding tables, LayerNorm vectors as `[1, n]`).
@@ -120,9 +131,12 @@ pub trait Backend: Send + Sync {
         in_features: usize,
     ) -> Result<Self::Linear>;
 
+    /// Uploads a packed batch's token, type and position ids and its sequence boundaries.
     fn upload_batch(&self, batch: &Batch) -> Result<Self::DeviceBatch>;
 
+    /// Copies `tensor` back to the host, waiting for every operation queued before it.
     fn download(&self, tensor: &Self::Tensor) -> Result<HostMatrix>;
+
     /// The most device memory the backend has held at once, for devices with memory of their
     /// own (`None` on the CPU, whose activations live in the process's heap).
     fn peak_device_bytes(&self) -> Option<usize> {
@@ -176,8 +190,6 @@ pub trait Backend: Send + Sync {
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }
 
-/// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
-/// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
 /// A fault-injection knob for tests: with `EMBER_FAULT_ALLOC_LIMIT=BYTES` in the environment,
 /// every activation buffer of more than BYTES bytes fails to allocate as if the device were out
 /// of memory, on any backend. It lets the out-of-memory path (the typed error, the encoder's
@@ -187,6 +199,8 @@ pub(crate) fn injected_alloc_limit() -> Option<usize> {
     *LIMIT.get_or_init(|| std::env::var("EMBER_FAULT_ALLOC_LIMIT").ok()?.trim().parse().ok())
 }
 
+/// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
+/// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
 pub(crate) fn check_ids(
     backend: &'static str,
     op: &'static str,
@@ -206,14 +220,20 @@ pub(crate) fn check_ids(
 
 /// The three embedding tables, each `[entries, hidden]`.
 pub struct EmbeddingTables<T> {
+    /// One row per vocabulary id.
     pub word: T,
+    /// One row per position id.
     pub position: T,
+    /// One row per token type id.
     pub token_type: T,
 }
 
 /// LayerNorm's scale and shift, each `[1, hidden]`, and its epsilon.
 pub struct LayerNormWeights<T> {
+    /// The scale (`weight` in PyTorch).
     pub gamma: T,
+    /// The shift (`bias` in PyTorch).
     pub beta: T,
+    /// Added to the variance before its square root.
     pub eps: f32,
 }

@@ -11,7 +11,7 @@
 //!
 //! Per (sequence, head): K is packed as the `W` of a [`gemm`] (`scores = Q Kᵀ`) and V as the `W`
 //! of a second one (`context = P V`), both from their strided columns of `qkv` without a copy of
-//! Q. Queries go in blocks of [`QUERY_BLOCK`] rows so that the score block (`QUERY_BLOCK x len`)
+//! Q. Queries go in blocks of `QUERY_BLOCK` rows so that the score block (`QUERY_BLOCK x len`)
 //! stays small however long the sequence. Softmax is in f32 with the row maximum subtracted; the
 //! division by the row sum is applied to the `head_dim` context values, not the `len` weights.
 

@@ -134,6 +134,7 @@ impl PackedMatrix {
         self.k
     }
 
+    /// Panels of [`NR`] output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }

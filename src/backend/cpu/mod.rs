@@ -15,8 +15,8 @@
 //! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
 //!
-//! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
-//! [`testutil`] the seeded random inputs and the error measure the tests use.
+//! `reference` holds the scalar f64 versions of every op that the tests compare against, and
+//! `testutil` the seeded random inputs and the error measure the tests use.
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
@@ -51,8 +51,11 @@ fn error(op: &'static str, message: impl Into<String>) -> Error {
 /// A row-major f32 matrix in host memory: `data[r * cols + c]`, `data.len() == rows * cols`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuTensor {
+    /// Rows: tokens or sequences.
     pub rows: usize,
+    /// Values per row.
     pub cols: usize,
+    /// `rows * cols` values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -68,6 +71,10 @@ impl CpuTensor {
         Ok(Self { rows, cols, data })
     }
 
+    /// Row `r`.
+    ///
+    /// # Panics
+    /// If `r` is not below `rows`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -140,6 +147,7 @@ pub struct CpuLinear {
 }
 
 impl CpuLinear {
+    /// Output features: the rows of the weight.
     pub fn out_features(&self) -> usize {
         match &self.weight {
             LinearWeight::F32(w) => w.n(),
@@ -148,6 +156,7 @@ impl CpuLinear {
         }
     }
 
+    /// Input features: the columns of the weight.
     pub fn in_features(&self) -> usize {
         match &self.weight {
             LinearWeight::F32(w) => w.k(),
@@ -164,6 +173,7 @@ impl CpuLinear {
         }
     }
 
+    /// The bias, `out_features` values.
     pub fn bias(&self) -> &[f32] {
         &self.bias
     }
@@ -193,6 +203,7 @@ impl CpuBackend {
         Ok(Self { dtype })
     }
 
+    /// The dtype of this backend's linear layers.
     pub fn dtype(&self) -> CpuDtype {
         self.dtype
     }

@@ -51,10 +51,12 @@ pub struct CudaTensor {
 }
 
 impl CudaTensor {
+    /// Rows: tokens or sequences.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Values per row.
     pub fn cols(&self) -> usize {
         self.cols
     }
