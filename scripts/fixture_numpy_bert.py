@@ -1,7 +1,7 @@
 """A plain numpy float64 BERT / XLM-R forward pass, written from the safetensors files alone.
 
 make_fixtures.py checks transformers' outputs against it, so the fixtures provably hold the textbook
-math that ember implements (design.md section 3): post-LayerNorm encoder, exact erf GELU unless the
+math that ember implements (src/model.rs): post-LayerNorm encoder, exact erf GELU unless the
 config says gelu_new / gelu_pytorch_tanh, XLM-R positions from pad_token_id + 1, BERT classifier on
 tanh(pooler(CLS)), XLM-R classifier dense -> tanh -> out_proj on <s>.
 """

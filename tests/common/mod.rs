@@ -108,8 +108,8 @@ pub fn rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(floats).collect()
 }
 
-/// The numerics contract for the f32 CPU path against the float64 Hugging Face reference
-/// (design.md section 3): cosine >= 0.99999 and max abs diff <= 1e-4, row by row.
+/// The numerics contract for the f32 CPU path against the float64 Hugging Face reference:
+/// cosine >= 0.99999 and max abs diff <= 1e-4, row by row.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let dot: f64 = got.iter().zip(want).map(|(&a, &b)| a as f64 * b).sum();

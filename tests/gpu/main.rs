@@ -110,5 +110,5 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-30)
 }
 
-/// The design's bar for the f16 GPU path against the f32 CPU path.
+/// The bar for the f16 GPU path against the f32 CPU path.
 const MIN_COSINE: f64 = 0.9995;
