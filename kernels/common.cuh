@@ -9,7 +9,8 @@
 
 #define EMBER_WARP 32
 
-// Activation codes, in the order of the Rust enum backend::Activation.
+// Activation codes: Activation::kernel_code in src/backend/mod.rs, whose unit test reads these
+// lines (a define renamed, renumbered or added without its variant fails it).
 #define ACT_IDENTITY 0
 #define ACT_GELU 1
 #define ACT_GELU_TANH 2

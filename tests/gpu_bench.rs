@@ -210,7 +210,11 @@ fn main() {
         let tokens: usize = sequences.iter().map(Sequence::len).sum();
         let (embeddings, _) = run(&gpu, &model, &sequences, batch_tokens); // warm-up: PTX JIT, pool
         gpu.gpu_seconds().expect("timing");
-        let peak_after_warmup = gpu.peak_device_bytes();
+        let peak = || {
+            gpu.peak_device_bytes()
+                .expect("a GPU reports its peak device memory")
+        };
+        let peak_after_warmup = peak();
         let (launches0, batches0) = gpu.launch_counts();
         let (mut best, mut busy, mut queueing) = (f64::INFINITY, 0.0, 0.0);
         for _ in 0..passes {
@@ -232,7 +236,7 @@ fn main() {
             tokens as f64 / best,
             (launches1 - launches0) as f64 / (batches1 - batches0).max(1) as f64,
             (batches1 - batches0) / passes.max(1) as u64,
-            gpu.peak_device_bytes(),
+            peak(),
             gemm.name(),
         );
     }
@@ -262,9 +266,8 @@ fn run(
     let mut in_flight: Option<(Vec<usize>, PendingMatrix)> = None;
     let mut queueing = 0.0;
     for members in ember::batch::plan_batches(&lengths, batch_tokens, usize::MAX) {
-        let batch: Batch = model
-            .pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())
-            .expect("pack");
+        let refs: Vec<&Sequence> = members.iter().map(|&i| &sequences[i]).collect();
+        let batch = Batch::pack(&refs, model.config().position_offset() as u32).expect("pack");
         let queued = Instant::now();
         let device_batch = gpu.upload_batch(&batch).expect("upload");
         let embeddings = model

@@ -11,8 +11,10 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use std::str::FromStr;
+
 use crate::batch::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The nonlinearity applied in a linear layer's output pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,19 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation's code in the kernels: its `ACT_*` define of kernels/common.cuh (a unit
+    /// test holds the two together).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn kernel_code(self) -> i32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::Relu => 3,
+            Activation::Tanh => 4,
+        }
+    }
+
     /// Every activation, for tests and benches that try each.
     pub const ALL: [Activation; 5] = [
         Activation::Identity,
@@ -38,6 +53,49 @@ impl Activation {
         Activation::Relu,
         Activation::Tanh,
     ];
+}
+
+/// The storage and arithmetic of the linear layers. Embeddings, attention, LayerNorm and
+/// activations are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// f32 weights and arithmetic: matches the float64 reference to about 1e-6.
+    #[default]
+    F32,
+    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
+    /// only, on CPUs with AMX or AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
+    Bf16,
+    /// int8 weights and activations, quantized in groups along k (weights at load, activations
+    /// per token at run time), exact integer sums per group, f32 everywhere else
+    /// ([`cpu::int8`]). CPU only, on CPUs with AVX512-VNNI (others get an error); cosine >=
+    /// 0.995 against f32.
+    Int8,
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Dtype> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            "int8" => Ok(Dtype::Int8),
+            _ => Err(Error::Option {
+                option: "dtype".into(),
+                message: format!("`{s}` is not a dtype (f32, bf16, int8)"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        })
+    }
 }
 
 /// How token rows become one row per sequence.
@@ -236,4 +294,45 @@ pub struct LayerNormWeights<T> {
     pub beta: T,
     /// Added to the variance before its square root.
     pub eps: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Activation;
+
+    /// The kernels take the activation as an int: each variant's code must be the `ACT_*` define
+    /// of its name in kernels/common.cuh (`GeluTanh` is `ACT_GELU_TANH`), and every define a
+    /// variant's. Read as text, so the check runs without the CUDA build.
+    #[test]
+    fn activation_codes_match_the_kernels_defines() {
+        let header = include_str!("../../kernels/common.cuh");
+        let defines: Vec<(String, i32)> = header
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("#define ACT_")?.split_whitespace();
+                let name = words.next()?.to_string();
+                let code = words
+                    .next()?
+                    .parse()
+                    .expect("an ACT_* define's value is an integer");
+                Some((name, code))
+            })
+            .collect();
+        assert_eq!(defines.len(), Activation::ALL.len(), "ACT_* defines: {defines:?}");
+        for activation in Activation::ALL {
+            let mut name = String::new();
+            for (i, c) in format!("{activation:?}").chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            let define = defines.iter().find(|(n, _)| *n == name);
+            assert_eq!(
+                define.map(|(_, code)| *code),
+                Some(activation.kernel_code()),
+                "{activation:?}: ACT_{name} in kernels/common.cuh"
+            );
+        }
+    }
 }

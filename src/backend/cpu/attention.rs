@@ -49,8 +49,8 @@ impl HeadKernel {
     /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 and
     /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, f32
     /// otherwise.
-    pub fn choose(dtype: super::CpuDtype, head_dim: usize) -> HeadKernel {
-        let amx = dtype != super::CpuDtype::F32
+    pub fn choose(dtype: crate::backend::Dtype, head_dim: usize) -> HeadKernel {
+        let amx = dtype != crate::backend::Dtype::F32
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
             && cfg!(target_arch = "x86_64")
             && head_dim_fits_amx(head_dim);

@@ -1,4 +1,4 @@
-//! The int8 linear layers (`CpuDtype::Int8`): weights quantized once at load, activations at run
+//! The int8 linear layers (`Dtype::Int8`): weights quantized once at load, activations at run
 //! time, both in groups of [`GROUP`] consecutive k; products summed exactly in i32 by `vpdpbusd`
 //! (AVX512-VNNI), each group's sum scaled into an f32 accumulator; everything else f32.
 //!

@@ -1,4 +1,4 @@
-//! The CPU backend: f32 activations, f32, bf16 or int8 linear weights ([`CpuDtype`]), parallel with
+//! The CPU backend: f32 activations, f32, bf16 or int8 linear weights ([`Dtype`]), parallel with
 //! rayon on the caller's current pool (it never builds a pool of its own, so
 //! `pool.install(|| model.forward(..))` decides the threads and nothing is oversubscribed).
 //!
@@ -9,8 +9,8 @@
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
-//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
-//! - [`int8`]: the int8 linear layers ([`CpuDtype::Int8`]), on AVX512-VNNI.
+//! - [`bf16`]: the bf16 linear layers ([`Dtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
+//! - [`int8`]: the int8 linear layers ([`Dtype::Int8`]), on AVX512-VNNI.
 //!
 //! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
@@ -35,7 +35,7 @@ mod rowwise;
 mod tests;
 pub mod testutil;
 
-use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
+use crate::backend::{Activation, Backend, Dtype, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use matmul::PackedMatrix;
@@ -116,21 +116,6 @@ impl From<HostMatrix> for CpuTensor {
     }
 }
 
-/// The storage and arithmetic of the CPU backend's linear layers. Everything else (embeddings,
-/// attention, LayerNorm, activations) is f32 either way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CpuDtype {
-    /// f32 weights, f32 arithmetic.
-    #[default]
-    F32,
-    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation
-    /// (AVX512-BF16 only).
-    Bf16,
-    /// int8 weights and activations in groups along k, exact i32 sums per group, f32 output
-    /// (AVX512-VNNI only; see [`int8`]).
-    Int8,
-}
-
 /// A packed linear weight, f32, bf16 or int8.
 #[derive(Debug, Clone)]
 enum LinearWeight {
@@ -183,7 +168,7 @@ impl CpuLinear {
 /// construct and to share.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend {
-    dtype: CpuDtype,
+    dtype: Dtype,
 }
 
 impl CpuBackend {
@@ -194,17 +179,17 @@ impl CpuBackend {
 
     /// A backend whose linear layers use `dtype`; bf16 is refused with a clear error on a CPU
     /// without AVX512-BF16, int8 on one without AVX512-VNNI.
-    pub fn with_dtype(dtype: CpuDtype) -> Result<Self> {
+    pub fn with_dtype(dtype: Dtype) -> Result<Self> {
         match dtype {
-            CpuDtype::F32 => {}
-            CpuDtype::Bf16 => bf16::check_supported().map_err(|message| error("bf16", message))?,
-            CpuDtype::Int8 => int8::check_supported().map_err(|message| error("int8", message))?,
+            Dtype::F32 => {}
+            Dtype::Bf16 => bf16::check_supported().map_err(|message| error("bf16", message))?,
+            Dtype::Int8 => int8::check_supported().map_err(|message| error("int8", message))?,
         }
         Ok(Self { dtype })
     }
 
     /// The dtype of this backend's linear layers.
-    pub fn dtype(&self) -> CpuDtype {
+    pub fn dtype(&self) -> Dtype {
         self.dtype
     }
 }
@@ -267,18 +252,14 @@ impl Backend for CpuBackend {
             ));
         }
         let weight = match self.dtype {
-            CpuDtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
+            Dtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
                 weight,
                 out_features,
                 in_features,
                 in_features,
             )),
-            CpuDtype::Bf16 => {
-                LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features))
-            }
-            CpuDtype::Int8 => {
-                LinearWeight::Int8(int8::PackedInt8::from_rows(weight, out_features, in_features))
-            }
+            Dtype::Bf16 => LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features)),
+            Dtype::Int8 => LinearWeight::Int8(int8::PackedInt8::from_rows(weight, out_features, in_features)),
         };
         Ok(CpuLinear {
             weight,
