@@ -16,8 +16,12 @@
 
 use std::time::Duration;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::backend::cpu::testutil::SplitMix64;
 use ember::backend::cpu::{math, matmul, CpuBackend};
 use ember::backend::{Activation, Backend};
 

@@ -8,8 +8,12 @@
 
 use std::time::Duration;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use ember::backend::cpu::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice};
 use ember::backend::{Activation, Backend};
 

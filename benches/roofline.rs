@@ -18,6 +18,10 @@
 
 use std::time::Instant;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 #[cfg(target_arch = "x86_64")]
 mod kernels {
     use std::arch::x86_64::*;
@@ -212,8 +216,8 @@ fn best_rate(
 
 /// The one-thread bf16 GEMM of `isa` against `peak`, the rate of its own instruction.
 fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, usize, usize), runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::bf16;
-    use ember::backend::cpu::testutil::SplitMix64;
     let (m, n, k) = shape;
     let mut rng = SplitMix64::new(5);
     let a = rng.values(m * k, 1.0);
@@ -229,8 +233,8 @@ fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, us
 /// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`. The activations'
 /// quantization is part of the time, as in a real layer.
 fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::int8;
-    use ember::backend::cpu::testutil::SplitMix64;
     let (m, n, k) = shape;
     let mut rng = SplitMix64::new(6);
     let a = rng.values(m * k, 1.0);
@@ -245,8 +249,8 @@ fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
 
 /// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.
 fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::matmul;
-    use ember::backend::cpu::testutil::SplitMix64;
     let mut rng = SplitMix64::new(4);
     let a = rng.values(m * k, 1.0);
     let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);

@@ -7,7 +7,7 @@
 #                models against the CPU
 #   gpu-faults   tests/gpu_faults.rs: out of memory halves batches, a kernel fault names the
 #                kernel, each sm90 failure falls back to sm80
-#   gpu-bench    tests/gpu_bench.rs: the ember side of the PyTorch comparison
+#   gpu-bench    benches/gpu_bench.rs: the ember side of the PyTorch comparison
 #   minilm/      all-MiniLM-L6-v2 in f16 with its vocabulary cut to the test texts' tokens
 #                (scripts/trim_model.py: identical tokens and embeddings on those texts)
 # With nvcc there, a kernel fix can be tried without Rust: nvcc --ptx -arch=compute_80 -o
@@ -23,13 +23,13 @@ export EMBER_CUDA_TOOLS="$tools"
 
 echo "== building (release, --features cuda)"
 cargo build --release --features cuda --bin ember
-test_out=$(cargo test --release --features cuda --test gpu --test gpu_faults --test gpu_bench --no-run 2>&1) || { echo "$test_out"; exit 1; }
+test_out=$(cargo test --release --features cuda --test gpu --test gpu_faults --bench gpu_bench --no-run 2>&1) || { echo "$test_out"; exit 1; }
 echo "$test_out" | tail -3
 executable() { echo "$test_out" | sed -n "s/.*Executable $1 (\(.*\)).*/\1/p"; }
 gpu_tests=$(executable 'tests\/gpu\/main\.rs')
-gpu_bench=$(executable 'tests\/gpu_bench\.rs')
+gpu_bench=$(executable 'benches\/gpu_bench\.rs')
 gpu_faults=$(executable 'tests\/gpu_faults\.rs')
-[ -x "$gpu_tests" ] && [ -x "$gpu_bench" ] && [ -x "$gpu_faults" ] || { echo "gpu-check: test executables not found in cargo's output" >&2; exit 1; }
+[ -x "$gpu_tests" ] && [ -x "$gpu_bench" ] && [ -x "$gpu_faults" ] || { echo "gpu-check: test and bench executables not found in cargo's output" >&2; exit 1; }
 
 echo "== checking the PTX"
 ptx_dir=$(dirname "$(ls -t target/release/build/ember-*/out/kernels.rs | head -1)")

@@ -1,7 +1,7 @@
 //! The seam between the model and the hardware. The BERT forward pass (`model.rs`) is written once
 //! against this trait; each backend implements a dozen BERT-level operations. The cut is at the
 //! level of BERT, not of general tensor algebra, so that a backend is small enough to write twice
-//! and to test op by op against the scalar reference in `cpu::reference`.
+//! and to test op by op against the scalar reference in tests/common/reference.rs.
 //!
 //! Every activation is a row-major matrix `[rows, cols]` whose rows are tokens (packed, no padding)
 //! or sequences (after pooling). Linear weights follow PyTorch's `nn.Linear` layout `[out, in]`:

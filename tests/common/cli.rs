@@ -37,6 +37,31 @@ pub fn ok(out: Output) -> Output {
     out
 }
 
+/// No complete-looking output at `target`: it is absent, and its `.partial` (which a run that
+/// can be resumed keeps) does not load as NumPy.
+pub fn assert_nothing_complete(target: &Path) {
+    assert!(!target.exists(), "{} exists after a failed run", target.display());
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    if let Ok(bytes) = std::fs::read(&partial) {
+        assert!(!bytes.starts_with(b"\x93NUMPY"), "a partial .npy loads as NumPy");
+    }
+}
+
+/// A run that failed cleanly: a nonzero status, an error that contains `needle` and is no
+/// panic, and nothing left at `output`, not even a partial.
+pub fn assert_failed_cleanly(out: &Output, needle: &str, output: &Path) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "ember succeeded: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_nothing_complete(output);
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    assert!(!Path::new(&partial).exists(), "a partial output was left behind");
+}
+
+/// What the run wrote to stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -2,7 +2,8 @@
 //! all-MiniLM-L6-v2. Test names end in `_cpu`: scripts/gpu-run.sh runs them on the sm80 GEMM,
 //! then again on the GEMM the device chooses.
 
-use ember::backend::cpu::testutil::deviation;
+use crate::common::cosine;
+use crate::common::testutil::deviation;
 use ember::{Device, Embedder, EmbedderOptions, Reranker, RerankerOptions};
 
 use super::*;

@@ -1,7 +1,7 @@
 //! The pipeline (src/backend/cuda/transfer.rs): batches in through the slots and the copy
 //! stream, results out asynchronously.
 
-use ember::backend::cpu::testutil::SplitMix64;
+use crate::common::testutil::SplitMix64;
 use ember::backend::{Backend, Pooling};
 
 use super::*;

@@ -5,7 +5,8 @@
 //! (src/backend/cuda/gemm_choice.rs). On a GPU that is not compute capability 9.x these print
 //! why they do nothing; on a 9.x GPU an sm90 GEMM that failed to set up fails them.
 
-use ember::backend::cpu::testutil::SplitMix64;
+use crate::common::reference;
+use crate::common::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice, GemmPath, BERT_GEMM_SHAPES, TILES};
 use ember::backend::{Activation, Backend};
 
@@ -118,7 +119,7 @@ fn linear_f64(
             (0..n).map(move |c| {
                 let wc = &w.data[c * k..(c + 1) * k];
                 let dot: f64 = xr.iter().zip(wc).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let y = activate_f64(dot + bias[c] as f64, activation);
+                let y = reference::activate(activation, dot + bias[c] as f64);
                 y + residual.map_or(0.0, |res| res.data[r * n + c] as f64)
             })
         })

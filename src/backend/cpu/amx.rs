@@ -5,7 +5,7 @@
 //! One `tdpbf16ps` multiplies a 16 x 32 bf16 tile of A by a 32 x 16 bf16 tile of W into a
 //! 16 x 16 f32 tile of C: 16,384 FLOPs, issued once per 16 cycles, 16 times the f32 FMA rate
 //! of the two AVX-512 units. Eight tile registers: C as a 2 x 2 block of tiles (`tmm0..3`, 32
-//! rows x 32 columns, one W panel of [`NR`]), two A tiles (`tmm4, 5`) and two W tiles
+//! rows x 32 columns, one W panel of `NR`), two A tiles (`tmm4, 5`) and two W tiles
 //! (`tmm6, 7`): per step of 32 k, four 1 KiB loads feed four multiplies.
 //!
 //! Layouts:

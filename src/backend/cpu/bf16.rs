@@ -8,7 +8,7 @@
 //! A CPU without either gets a clear error from [`check_supported`].
 //!
 //! Layouts (pairs of consecutive k, as both instructions multiply pairs):
-//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
+//! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
 //!   for `q` below `ceil(k / 32) * 16` (whole AMX k steps), zero past `n` and past `k`; 64-byte
 //!   aligned.
 //! - A: per K block and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
@@ -61,7 +61,7 @@ fn to_bits(value: f32) -> u16 {
     bf16::from_f32(value).to_bits()
 }
 
-/// `W [n, k]` as bf16, packed in k-pair panels of [`NR`] columns (see the module header).
+/// `W [n, k]` as bf16, packed in k-pair panels of `NR` columns (see the module header).
 #[derive(Debug, Clone, Default)]
 pub struct PackedBf16 {
     n: usize,
@@ -108,7 +108,7 @@ impl PackedBf16 {
         self.k
     }
 
-    /// Panels of [`NR`] output columns, the last one padded.
+    /// Panels of `NR` output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }

@@ -23,7 +23,7 @@
 //! the same order for every row whatever its neighbours (batching invariance).
 //!
 //! Layouts (quads of consecutive k, as `vpdpbusd` sums four byte products per 32-bit lane):
-//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
+//! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
 //!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
 //! - A: per K block of [`KC_INT8`] and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
@@ -93,7 +93,7 @@ fn stored_quads(k: usize) -> usize {
 }
 
 /// `W [n, k]` quantized to int8 per output channel and group of k, packed in k-quad panels of
-/// [`NR`] columns (see the module header), with each (channel, group)'s scale and sum of codes.
+/// `NR` columns (see the module header), with each (channel, group)'s scale and sum of codes.
 #[derive(Debug, Clone, Default)]
 pub struct PackedInt8 {
     n: usize,
@@ -168,7 +168,7 @@ impl PackedInt8 {
         self.k
     }
 
-    /// Panels of [`NR`] output columns, the last one padded.
+    /// Panels of `NR` output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }

@@ -12,11 +12,12 @@
 //! - [`bf16`]: the bf16 linear layers ([`Dtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
 //! - [`int8`]: the int8 linear layers ([`Dtype::Int8`]), on AVX512-VNNI.
 //!
-//! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
+//! [`matmul::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
 //!
-//! `reference` holds the scalar f64 versions of every op that the tests compare against, and
-//! `testutil` the seeded random inputs and the error measure the tests use.
+//! The tests compare each op against the scalar f64 versions of tests/common/reference.rs, on
+//! the seeded random inputs of tests/common/testutil.rs; the unit tests include both files, which
+//! are test code, not API.
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
@@ -28,12 +29,16 @@ mod buffers;
 pub mod int8;
 pub mod math;
 pub mod matmul;
-pub mod microkernel;
-pub mod reference;
+mod microkernel;
+#[cfg(test)]
+#[path = "../../../tests/common/reference.rs"]
+mod reference;
 mod rowwise;
 #[cfg(test)]
 mod tests;
-pub mod testutil;
+#[cfg(test)]
+#[path = "../../../tests/common/testutil.rs"]
+mod testutil;
 
 use crate::backend::{Activation, Backend, Dtype, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
 use crate::batch::Batch;

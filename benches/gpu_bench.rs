@@ -1,5 +1,6 @@
-//! The ember side of scripts/gpu-run.sh's comparison with PyTorch. A `harness = false` test
-//! target so that it is built with the test binaries; without arguments it does nothing.
+//! The ember side of scripts/gpu-run.sh's comparison with PyTorch: a program, not a test (a
+//! `harness = false` bench, built with the GPU tests by scripts/gpu-check.sh); without arguments
+//! it does nothing.
 //!
 //! usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...]
 //!   For each (IDS, OUT): reads token id lists (special tokens included), embeds them on the GPU
@@ -34,7 +35,11 @@
 
 use std::time::Instant;
 
-use ember::backend::cpu::testutil::SplitMix64;
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice};
 use ember::backend::{Activation, Backend, HostMatrix, PendingMatrix};
 use ember::model::Model;

@@ -1,10 +1,10 @@
-//! Helpers for testing a backend against [`super::reference`]: a small seeded PRNG (no
-//! dependency, same numbers on every machine), random inputs that are never zero, and a
-//! normalized error measure. Public so that integration tests and the CUDA backend's tests use
-//! the same inputs and the same yardstick.
+//! Helpers for testing a backend against the f64 reference (reference.rs beside this file): a
+//! small seeded PRNG (no dependency, same numbers on every machine), random inputs that are never
+//! zero, and a normalized error measure. Included, as reference.rs is, by the library's unit
+//! tests and by the integration tests and benches, so that all use the same inputs and the same
+//! yardstick; the includer brings `Batch` and `HostMatrix` into scope.
 
-use crate::backend::HostMatrix;
-use crate::batch::Batch;
+use super::{Batch, HostMatrix};
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one 64-bit state, a good enough stream for test data.
 #[derive(Debug, Clone)]
