@@ -1,5 +1,5 @@
-//! The ember side of scripts/gpu-run.sh's comparison with PyTorch: a program, not a test (a
-//! `harness = false` bench, built with the GPU tests by scripts/gpu-check.sh); without arguments
+//! The ember side of scripts/cuda/gpu-run.sh's comparison with PyTorch: a program, not a test (a
+//! `harness = false` bench, built with the GPU tests by scripts/cuda/gpu-check.sh); without arguments
 //! it does nothing.
 //!
 //! usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...]
@@ -20,7 +20,7 @@
 //!   and sequence: Q Kᵀ and P V, no mask).
 
 //! usage: gpu_bench gemm PATH MxNxK[,MxNxK...] [MIN_MS]
-//!   The GEMM table's ember side, one path per process (scripts/gpu_bench.py runs sm80 first,
+//!   The GEMM table's ember side, one path per process (scripts/cuda/gpu_bench.py runs sm80 first,
 //!   then each sm90 tile in a process of its own, cooperative tiles first, ping-pong last: a
 //!   trap in one tile kernel leaves the others' figures). PATH: `sm80`, an sm90 tile name of
 //!   TILES without `gemm_sm90_` (`128x256`, ..., `pp_64x192`: the sm90 path forced, no

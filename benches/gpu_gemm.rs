@@ -4,7 +4,7 @@
 //! criterion's "elem/s" reads as FLOP/s. Each iteration launches and waits for the kernel.
 //!
 //! Without a GPU (or a driver) it prints why and exits cleanly. The GEMM table of
-//! scripts/gpu-run.sh (scripts/gpu_bench.py --gemm) is the comparison with cuBLAS.
+//! scripts/cuda/gpu-run.sh (scripts/cuda/gpu_bench.py --gemm) is the comparison with cuBLAS.
 
 use std::time::Duration;
 

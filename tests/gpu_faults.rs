@@ -6,7 +6,7 @@
 //! process, so those cases run in a child process: this test binary started again with one
 //! `#[ignore]`d child test selected and the fault set up in its environment.
 //! Without a GPU, or in a build without `--features cuda` (the README's test command), every
-//! test prints why it did nothing and passes (scripts/gpu-run.sh sets EMBER_REQUIRE_GPU=1,
+//! test prints why it did nothing and passes (scripts/cuda/gpu-run.sh sets EMBER_REQUIRE_GPU=1,
 //! which turns a skip into a failure).
 
 mod common;

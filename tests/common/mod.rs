@@ -50,7 +50,7 @@ pub fn cosine<T: Copy + Into<f64>>(a: &[f32], b: &[T]) -> f64 {
 }
 
 /// What `open` gives when a GPU is usable; otherwise `None`, after printing why `test` does
-/// nothing. With EMBER_REQUIRE_GPU set (scripts/gpu-run.sh sets it) a failure to open panics
+/// nothing. With EMBER_REQUIRE_GPU set (scripts/cuda/gpu-run.sh sets it) a failure to open panics
 /// instead: on the GPU machine a skip would hide a failure.
 pub fn usable_gpu<T>(test: &str, open: impl FnOnce() -> ember::Result<T>) -> Option<T> {
     match open() {

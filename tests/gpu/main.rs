@@ -4,14 +4,14 @@
 //! without a GPU every test prints why it did nothing and passes, except the one that checks that
 //! such a machine gets a clear error instead of a panic.
 //!
-//! The modules are the groups scripts/gpu-run.sh runs apart, each test in a process of its own
+//! The modules are the groups scripts/cuda/gpu-run.sh runs apart, each test in a process of its own
 //! (a trap leaves its process's CUDA context unusable, so one fault must not hide another):
 //! - `ops`: each kernel family against f64 (on the sm80 GEMM there);
 //! - `sm90`: the sm90 GEMM, one test per tile, and the GEMM path's self-check and report;
 //! - `models`: whole models against the CPU path (first on sm80, then on the device's choice);
 //! - `pipeline`: overlapped uploads and flat device memory.
 //!
-//! Paths are read at run time so that the test binary can run from scripts/gpu-check.sh's bundle:
+//! Paths are read at run time so that the test binary can run from scripts/cuda/gpu-check.sh's bundle:
 //! `EMBER_FIXTURES` (default: the repository's fixtures/) and `EMBER_TEST_MODEL` (the real
 //! all-MiniLM-L6-v2; default .cache/models/all-MiniLM-L6-v2).
 #![cfg(feature = "cuda")]

@@ -1,5 +1,5 @@
 //! Whole models on the GPU against the CPU path: the fixture embedders and rerankers, and the real
-//! all-MiniLM-L6-v2. Test names end in `_cpu`: scripts/gpu-run.sh runs them on the sm80 GEMM,
+//! all-MiniLM-L6-v2. Test names end in `_cpu`: scripts/cuda/gpu-run.sh runs them on the sm80 GEMM,
 //! then again on the GEMM the device chooses.
 
 use crate::common::cosine;

@@ -1,5 +1,5 @@
 //! Each kernel family against the f64 scalar reference (kernels/gemm.cu through `linear`,
-//! kernels/attention.cu, kernels/layernorm.cu). scripts/gpu-run.sh runs these on the sm80 GEMM.
+//! kernels/attention.cu, kernels/layernorm.cu). scripts/cuda/gpu-run.sh runs these on the sm80 GEMM.
 
 use crate::common::reference;
 use crate::common::testutil::SplitMix64;

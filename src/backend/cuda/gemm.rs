@@ -54,7 +54,7 @@ pub struct Tile {
     pub pingpong: bool,
     /// Relative tensor-core efficiency of the shape at full occupancy (128x256 = 1): smaller
     /// tiles read more shared memory per flop and pay the epilogue more often. First guesses, to
-    /// be replaced by H100 measurements (the GEMM table of scripts/gpu_bench.py times every tile
+    /// be replaced by H100 measurements (the GEMM table of scripts/cuda/gpu_bench.py times every tile
     /// on every shape).
     pub efficiency: f64,
 }

@@ -15,7 +15,7 @@
 //!
 //! A self-check cannot contain a trap: a kernel that traps (the sm90 pipeline's watchdog) leaves
 //! the CUDA context unusable, for every kernel. The self-check then returns that error instead of
-//! a verdict; scripts/gpu-run.sh runs the sm90 kernels in processes of their own for that reason.
+//! a verdict; scripts/cuda/gpu-run.sh runs the sm90 kernels in processes of their own for that reason.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};

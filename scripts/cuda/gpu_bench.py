@@ -1,4 +1,4 @@
-"""ember against PyTorch on the GPU machine; run by scripts/gpu-run.sh from the bundle.
+"""ember against PyTorch on the GPU machine; run by scripts/cuda/gpu-run.sh from the bundle.
 
 This file runs ember's processes (the gpu_bench binary, benches/gpu_bench.rs) and writes the tables; every torch
 measurement is in gpu_torch.py beside it, imported only when a table needs it. Each ember
@@ -36,7 +36,7 @@ targets are printed as MET / MISSED lines.
 --compare-npy A B: the worst row cosine of two .npy files (float32, 2-D), no numpy needed;
 exit status 1 below --min-cosine.
 
-Each mode writes OUT/key.txt, one line for scripts/gpu-run.sh's summary, and OUT/*-short.txt, the
+Each mode writes OUT/key.txt, one line for scripts/cuda/gpu-run.sh's summary, and OUT/*-short.txt, the
 table as gpu-run.sh prints it last.
 """
 import argparse
