@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cli::{assert_failed_cleanly, ember, encode, scratch, stderr};
+use common::cli::{assert_failed_cleanly, ember, encode, rerank, scratch, stderr};
 use common::*;
 use serde_json::Value;
 
@@ -119,18 +119,8 @@ fn rerank_scores_match_the_reference() {
         let want = rows(&expected["logits"]);
         for sigmoid in [false, true] {
             let output = dir.join("scores.jsonl");
-            let mut args = vec![
-                "rerank",
-                "--model",
-                model.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-            ];
-            args.extend(["--output", output.to_str().unwrap()]);
-            if sigmoid {
-                args.push("--sigmoid");
-            }
-            let out = ember(&args);
+            let extra: &[&str] = if sigmoid { &["--sigmoid"] } else { &[] };
+            let out = rerank(&model, &input, &output, extra);
             assert!(out.status.success(), "{}", stderr(&out));
             let text = std::fs::read_to_string(&output).unwrap();
             let lines: Vec<&str> = text.lines().collect();
@@ -166,19 +156,12 @@ fn bad_jsonl_line_is_named_and_leaves_no_output() {
     .unwrap();
     let output = dir.join("scores.jsonl");
     let model = fixtures().join("tiny-xlmr-rerank-f32");
-    let args = [
-        "rerank",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    let out = rerank(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "line 2", &output);
     assert!(stderr(&out).contains("passage"));
 
     std::fs::write(&input, "not json\n").unwrap();
-    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    let out = rerank(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "line 1", &output);
 }
 
@@ -193,7 +176,7 @@ fn invalid_utf8_is_named_by_line() {
     assert_failed_cleanly(&out, "line 3", &output);
 }
 
-// A GPU that is not there, and an unwritable output: tests/faults.rs.
+// A GPU that is not there: tests/pipeline.rs; an unwritable output: tests/faults.rs.
 #[test]
 fn unknown_device_and_bad_options_are_errors() {
     let dir = scratch("device");

@@ -1,6 +1,6 @@
 //! Faults while encoding (issue: hostile inputs and faults): kill -9 at random points of a long
-//! run then `--resume`, a full disk, an unwritable output folder, running out of memory, and a
-//! GPU that is not there. After each, either the run finishes with the bytes of an
+//! run then `--resume`, a full disk, an unwritable output folder, running out of memory (a GPU
+//! that is not there: tests/pipeline.rs). After each, either the run finishes with the bytes of an
 //! uninterrupted run, or it stops with an error and leaves no output that looks complete.
 
 mod common;
@@ -242,15 +242,4 @@ fn the_cli_cuts_batches_when_memory_runs_out_and_says_so() {
         "{err}"
     );
     assert_nothing_complete(&output);
-}
-
-#[test]
-fn a_gpu_that_is_not_there_is_an_error_and_writes_nothing() {
-    let dir = scratch("no-gpu");
-    let input = dir.join("in.txt");
-    write_lines(&input, &mixed_corpus(20));
-    let output = dir.join("out.npy");
-    let out = encode(&embed_model(), &input, &output, &["--device", "cuda:7"]);
-    assert_failed_cleanly(&out, "cuda", &output);
-    assert!(!dir.join("out.npy.journal").exists());
 }

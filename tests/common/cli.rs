@@ -16,14 +16,25 @@ pub fn ember(args: &[&str]) -> Output {
 
 /// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
 pub fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    run("encode", model, input, output, extra)
+}
+
+/// `ember rerank --model MODEL --input INPUT --output OUTPUT` plus `extra`.
+pub fn rerank(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    run("rerank", model, input, output, extra)
+}
+
+fn run(command: &str, model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
     let base = [
-        "encode",
+        command,
         "--model",
-        model.to_str().unwrap(),
+        s(model),
         "--input",
-        input.to_str().unwrap(),
+        s(input),
+        "--output",
+        s(output),
     ];
-    ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
+    ember(&[&base[..], extra].concat())
 }
 
 /// `encode --model MODEL --input INPUT`, for argument lists that go on.
