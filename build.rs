@@ -4,7 +4,7 @@
 //! PTX for the GPU it finds, once, and caches it).
 //!
 //! The compiler: `nvcc` when one is found (`$NVCC`, `$CUDA_HOME/bin/nvcc`, or on PATH), else NVRTC
-//! loaded at build time from `$EMBER_NVRTC_LIB` or from `scripts/install-cuda-tools.sh`'s folder
+//! loaded at build time from `$EMBER_NVRTC_LIB` or from `scripts/cuda/install-cuda-tools.sh`'s folder
 //! (`$EMBER_CUDA_TOOLS`, default `.cache/cuda-tools`), with the CUDA headers from
 //! `$EMBER_CUDA_INCLUDE` or the same folder.
 //!
@@ -124,7 +124,7 @@ impl Compiler {
         if !lib.exists() || !include.join("cuda_fp16.h").exists() {
             fail(&format!(
                 "no CUDA compiler found: no nvcc (looked at $NVCC, $CUDA_HOME/bin and PATH), and no NVRTC at {} \
-                 with headers at {}.\nRun scripts/install-cuda-tools.sh (installs NVRTC, the CUDA headers and \
+                 with headers at {}.\nRun scripts/cuda/install-cuda-tools.sh (installs NVRTC, the CUDA headers and \
                  ptxas 12.9 from PyPI into .cache/cuda-tools, no GPU needed), or set EMBER_NVRTC_LIB and \
                  EMBER_CUDA_INCLUDE, or build without `--features cuda`.",
                 lib.display(),

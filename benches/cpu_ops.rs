@@ -16,8 +16,12 @@
 
 use std::time::Duration;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::backend::cpu::testutil::SplitMix64;
 use ember::backend::cpu::{math, matmul, CpuBackend};
 use ember::backend::{Activation, Backend};
 
@@ -111,14 +115,14 @@ fn attention(c: &mut Criterion) {
 /// matrix products (linear 2·t·(4h² + 2h·f), attention 4·L²·h per sequence), so "elem/s" reads
 /// as FLOP/s; the parts are timed per call.
 fn layer(c: &mut Criterion) {
-    use ember::backend::cpu::CpuDtype;
     use ember::backend::LayerNormWeights;
+    use ember::Dtype;
     let mut rng = SplitMix64::new(6);
     let (sequences, len, hidden, heads, ffn) = (64, 56, 384, 12, 1536);
     let tokens = sequences * len;
     let batch = rng.batch(&vec![len; sequences], 100, 1);
     let flops = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * sequences * len * len * hidden;
-    for dtype in [CpuDtype::F32, CpuDtype::Bf16, CpuDtype::Int8] {
+    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
         let Ok(cpu) = CpuBackend::with_dtype(dtype) else {
             continue;
         };

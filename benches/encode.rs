@@ -1,7 +1,7 @@
 //! End to end through the library: `Embedder::encode` on a corpus (one text per line), f32 or
 //! bf16, on a rayon pool of the given size; the model is loaded and warmed up before the clock
 //! starts (as the PyTorch and ONNX Runtime scripts time `encode` only). Prints one line of JSON
-//! like scripts/bench_torch.py, for scripts/compare-cpu.sh.
+//! like scripts/bench/bench_torch.py, for scripts/bench/compare-cpu.sh.
 //!
 //! `cargo bench --bench encode -- --model DIR --corpus FILE [--dtype f32|bf16|int8] [--threads N] [--repeat 3]
 //! [--batch-tokens N] [--max-length N]`

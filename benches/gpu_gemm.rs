@@ -4,12 +4,16 @@
 //! criterion's "elem/s" reads as FLOP/s. Each iteration launches and waits for the kernel.
 //!
 //! Without a GPU (or a driver) it prints why and exits cleanly. The GEMM table of
-//! scripts/gpu-run.sh (scripts/gpu_bench.py --gemm) is the comparison with cuBLAS.
+//! scripts/cuda/gpu-run.sh (scripts/cuda/gpu_bench.py --gemm) is the comparison with cuBLAS.
 
 use std::time::Duration;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use ember::backend::cpu::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice};
 use ember::backend::{Activation, Backend};
 

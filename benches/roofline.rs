@@ -18,6 +18,10 @@
 
 use std::time::Instant;
 
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 #[cfg(target_arch = "x86_64")]
 mod kernels {
     use std::arch::x86_64::*;
@@ -43,8 +47,14 @@ mod kernels {
     /// The same with `vdpbf16ps` (AVX512-BF16): 16 lanes x 2 products per instruction.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn avx512bf16(iterations: u64) -> f32 {
-        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        // SAFETY: 512 bits of integers as 512 bits of bf16 pairs: plain vectors of one size,
+        // every bit pattern a value of either.
+        let (a, b): (__m512bh, __m512bh) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3380_3380)),
+            )
+        };
         let mut acc = [_mm512_set1_ps(1.0); 12];
         for _ in 0..iterations {
             for r in acc.iter_mut() {
@@ -96,36 +106,47 @@ mod kernels {
         struct Tile([u16; 512]);
         let ones = Tile([0x3f80; 512]); // bf16 1.0
         let mut out = Tile([0; 512]);
-        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "tileloadd tmm4, [{p} + {s} * 1]",
-            "tileloadd tmm5, [{p} + {s} * 1]",
-            p = in(reg) ones.0.as_ptr(),
-            s = in(reg) 64usize,
-        );
-        for _ in 0..iterations {
+        // SAFETY: AMX is usable (the caller's contract); `config` is the 64-byte, 64-aligned
+        // operand of ldtilecfg (palette 1, eight tiles of 16 rows x 64 bytes), and `ones` a whole
+        // 1 KiB tile, 16 rows of 64 bytes, for both loads.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
             asm!(
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm5",
-                "tdpbf16ps tmm2, tmm4, tmm5",
-                "tdpbf16ps tmm3, tmm4, tmm5",
-                options(nostack, nomem)
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{p} + {s} * 1]",
+                "tileloadd tmm5, [{p} + {s} * 1]",
+                p = in(reg) ones.0.as_ptr(),
+                s = in(reg) 64usize,
             );
         }
-        asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
-        asm!("tilerelease");
+        for _ in 0..iterations {
+            // SAFETY: the configuration is loaded; tile multiplies touch no memory.
+            unsafe {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    options(nostack, nomem)
+                );
+            }
+        }
+        // SAFETY: `out` is a whole 1 KiB tile for the store; then the tiles are released.
+        unsafe {
+            asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
+            asm!("tilerelease");
+        }
         f32::from_bits(u32::from(out.0[0]) | (u32::from(out.0[1]) << 16))
     }
 
@@ -145,7 +166,8 @@ mod kernels {
         for r in acc {
             total = _mm256_add_ps(total, r);
         }
-        _mm256_storeu_ps(out.as_mut_ptr(), total);
+        // SAFETY: `out` is 8 floats, the 32 bytes the store writes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
         out.iter().sum()
     }
 }
@@ -194,8 +216,8 @@ fn best_rate(
 
 /// The one-thread bf16 GEMM of `isa` against `peak`, the rate of its own instruction.
 fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, usize, usize), runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::bf16;
-    use ember::backend::cpu::testutil::SplitMix64;
     let (m, n, k) = shape;
     let mut rng = SplitMix64::new(5);
     let a = rng.values(m * k, 1.0);
@@ -211,8 +233,8 @@ fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, us
 /// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`. The activations'
 /// quantization is part of the time, as in a real layer.
 fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::int8;
-    use ember::backend::cpu::testutil::SplitMix64;
     let (m, n, k) = shape;
     let mut rng = SplitMix64::new(6);
     let a = rng.values(m * k, 1.0);
@@ -227,8 +249,8 @@ fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
 
 /// Best-of-`runs` GFLOP/s of the one-thread GEMM at (m, n, k) for every kernel level.
 fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
+    use common::testutil::SplitMix64;
     use ember::backend::cpu::matmul;
-    use ember::backend::cpu::testutil::SplitMix64;
     let mut rng = SplitMix64::new(4);
     let a = rng.values(m * k, 1.0);
     let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.05), n, k, k);

@@ -55,7 +55,7 @@
 //   C (16 x 8):       c0, c1 = (g, 2t..2t+1), c2, c3 = (g + 8, 2t..2t+1)
 //   ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; register i of lane l holds
 //   matrix i's (row l / 4, cols 2(l % 4)..+1), or with .trans its (rows 2(l % 4)..+1, col l / 4).
-// scripts/attention_fragments_sim.py replays this index arithmetic lane by lane on a CPU against
+// scripts/cuda/attention_fragments_sim.py replays this index arithmetic lane by lane on a CPU against
 // a float64 reference; keep the two in step.
 // Accumulation: f32 throughout (scores, softmax, P V); only Q, K, V, P and the output are f16.
 #include "mma.cuh"

@@ -1,5 +1,5 @@
-// Shared helpers for ember's kernels: f16 <-> f32 conversion, warp reductions, the activation
-// functions of the GEMM epilogue, and the error function in f32.
+// Shared by ember's kernels: the warp width, the activation codes, warp reductions (sum and max),
+// and the activation functions of the GEMM epilogue (the exact GELU on CUDA's erff).
 //
 // Every kernel reads and writes row-major matrices whose rows are packed tokens (no padding).
 // Activations are f16; LayerNorm vectors and biases are f32; all arithmetic that is not a tensor-
@@ -9,7 +9,8 @@
 
 #define EMBER_WARP 32
 
-// Activation codes, in the order of the Rust enum backend::Activation.
+// Activation codes: Activation::kernel_code in src/backend/mod.rs, whose unit test reads these
+// lines (a define renamed, renumbered or added without its variant fails it).
 #define ACT_IDENTITY 0
 #define ACT_GELU 1
 #define ACT_GELU_TANH 2

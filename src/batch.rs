@@ -7,17 +7,21 @@ use crate::error::{Error, Result};
 /// One tokenized input: a text or a (query, passage) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sequence {
+    /// Vocabulary ids, special tokens included.
     pub token_ids: Vec<u32>,
+    /// Token type (segment) ids, one per token: 0 for the query, 1 for the passage of a pair.
     pub type_ids: Vec<u32>,
     /// Whether tokens were cut to fit the max length.
     pub truncated: bool,
 }
 
 impl Sequence {
+    /// Tokens, special tokens included.
     pub fn len(&self) -> usize {
         self.token_ids.len()
     }
 
+    /// Whether the sequence has no token at all.
     pub fn is_empty(&self) -> bool {
         self.token_ids.is_empty()
     }
@@ -74,10 +78,12 @@ impl Batch {
         Ok(batch)
     }
 
+    /// Tokens of every sequence together: the rows of the batch's activations.
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
 
+    /// Sequences in the batch.
     pub fn num_sequences(&self) -> usize {
         self.cu_seqlens.len() - 1
     }

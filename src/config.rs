@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// The encoder family: decides tensor prefixes and the position id offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// BERT: tensors under `bert.` (or no prefix), positions from 0.
     Bert,
     /// XLM-RoBERTa and RoBERTa: positions start at `pad_token_id + 1`.
     XlmRoberta,
@@ -23,40 +24,63 @@ pub enum Family {
 pub enum Head {
     /// `BertModel` / `XLMRobertaModel`: hidden states, pooled into embeddings.
     None,
-    /// `*ForSequenceClassification`: [CLS] → dense → tanh → linear → `num_labels` logits.
+    /// `*ForSequenceClassification`: `[CLS]` → dense → tanh → linear → `num_labels` logits.
     /// (BERT calls the first dense its pooler; XLM-R calls it `classifier.dense`.)
-    Classifier { num_labels: usize },
+    Classifier {
+        /// Logits per sequence: 1 for a reranker.
+        num_labels: usize,
+    },
 }
 
 /// The model's own defaults for the embedding API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddingDefaults {
+    /// How token rows become the text's vector.
     pub pooling: Pooling,
+    /// Whether vectors are scaled to unit length.
     pub normalize: bool,
+    /// The most tokens of a text, special tokens included.
     pub max_length: usize,
     /// Where the defaults came from, for `ember info` and error messages.
     pub source: &'static str,
 }
 
+/// A model folder's configuration, validated: every size is positive and consistent (the
+/// hidden size divides into the heads), every choice one ember implements.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    /// The model folder.
     pub dir: PathBuf,
+    /// BERT or XLM-RoBERTa (`model_type`).
     pub family: Family,
+    /// Embeddings or a classifier (`architectures`, `num_labels`).
     pub head: Head,
+    /// Rows of the word embedding table (`vocab_size`).
     pub vocab_size: usize,
+    /// Width of every hidden state (`hidden_size`).
     pub hidden_size: usize,
+    /// Encoder layers (`num_hidden_layers`).
     pub num_layers: usize,
+    /// Attention heads per layer (`num_attention_heads`).
     pub num_heads: usize,
+    /// Width of the feed-forward layer (`intermediate_size`).
     pub intermediate_size: usize,
+    /// The feed-forward layer's nonlinearity (`hidden_act`).
     pub activation: Activation,
+    /// Rows of the position table (`max_position_embeddings`).
     pub max_position_embeddings: usize,
+    /// Rows of the token type table (`type_vocab_size`; 1 for XLM-R).
     pub type_vocab_size: usize,
+    /// LayerNorm's epsilon (`layer_norm_eps`).
     pub layer_norm_eps: f32,
+    /// The padding token (`pad_token_id`), which sets XLM-R's position offset.
     pub pad_token_id: usize,
+    /// The embedding API's defaults, from the sentence-transformers files when present.
     pub defaults: EmbeddingDefaults,
 }
 
 impl ModelConfig {
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
@@ -96,6 +120,7 @@ impl ModelConfig {
         embeddings + l * layer + head
     }
 
+    /// Reads `config.json` of the folder `dir` and the sentence-transformers files beside it.
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;

@@ -19,11 +19,16 @@ pub const BGE_QUERY_INSTRUCTION_ZH: &str = "为这个句子生成表示以用于
 /// Overrides of the model's own configuration; `None` keeps the model's default.
 #[derive(Debug, Clone)]
 pub struct EmbedderOptions {
+    /// How token rows become the text's vector; the model's default comes from its
+    /// sentence-transformers files (CLS for bge, mean for MiniLM).
     pub pooling: Option<Pooling>,
+    /// Whether each vector is scaled to unit length, so that a dot product is a cosine.
     pub normalize: Option<bool>,
+    /// The most tokens of a text, special tokens included; longer texts are cut.
     pub max_length: Option<usize>,
     /// Put before each text by [`Embedder::encode_queries`] (not by [`Embedder::encode`]).
     pub query_instruction: Option<String>,
+    /// Where the forward pass runs.
     pub device: Device,
     /// The most tokens in one forward pass; `None`: the device's own default
     /// ([`Encoder::default_batch_tokens`]).
@@ -46,6 +51,9 @@ impl Default for EmbedderOptions {
 /// Embeddings, one row per text: `[texts, dim]`, row-major.
 pub type Embeddings = HostMatrix;
 
+/// A text embedder: a BERT-family encoder with its tokenizer, pooling and normalization, loaded
+/// from a model folder (config.json, model.safetensors, tokenizer.json and, when present, the
+/// sentence-transformers files that set the defaults).
 pub struct Embedder {
     encoder: Encoder,
     tokenizer: TextTokenizer,
@@ -57,6 +65,20 @@ pub struct Embedder {
 }
 
 impl Embedder {
+    /// Loads the model folder `dir` with f32 weights; `options` override the model's defaults.
+    ///
+    /// ```no_run
+    /// use ember::{Embedder, EmbedderOptions};
+    ///
+    /// let embedder = Embedder::load(".cache/models/all-MiniLM-L6-v2", EmbedderOptions::default())?;
+    /// let vectors = embedder.encode(&["A first text.", "A second one."])?;
+    /// assert_eq!((vectors.rows, vectors.cols), (2, embedder.dim()));
+    /// # Ok::<(), ember::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A missing or malformed file (named in the error), a model ember cannot run, or an option
+    /// the model cannot honour (a `max_length` past its position table).
     pub fn load(dir: impl AsRef<Path>, options: EmbedderOptions) -> Result<Embedder> {
         Self::load_with_dtype(dir, options, Dtype::F32)
     }
@@ -90,7 +112,17 @@ impl Embedder {
         self.batch_tokens
     }
 
-    /// Embeds each text as it is.
+    /// Embeds each text as it is: one row per text, in their order.
+    ///
+    /// ```no_run
+    /// # let embedder = ember::Embedder::load("model", Default::default())?;
+    /// let vectors = embedder.encode(&["Paris is the capital of France."])?;
+    /// println!("{:?}", &vectors.row(0)[..4]);
+    /// # Ok::<(), ember::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A text the tokenizer rejects (the error names its index), or a device failure.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Embeddings> {
         self.embed_sequences(&self.tokenize(texts, false)?)
     }
@@ -131,26 +163,32 @@ impl Embedder {
         Ok(out)
     }
 
+    /// The length of each embedding (the model's hidden size).
     pub fn dim(&self) -> usize {
         self.encoder.config().hidden_size
     }
 
+    /// The pooling in effect (the option, or the model's default).
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
 
+    /// Whether embeddings come out with unit length.
     pub fn normalize(&self) -> bool {
         self.normalize
     }
 
+    /// The most tokens of a text, special tokens included (the option, or the model's default).
     pub fn max_length(&self) -> usize {
         self.max_length
     }
 
+    /// The engine underneath, for callers that pack and run batches themselves.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }
 
+    /// The model's tokenizer, with the special tokens and length limits this embedder uses.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
     }

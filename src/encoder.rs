@@ -13,7 +13,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backend::cpu::{CpuBackend, CpuDtype};
+use crate::backend::cpu::CpuBackend;
+pub use crate::backend::Dtype;
 use crate::backend::{Backend, HostMatrix, PendingMatrix, Pooling};
 use crate::batch::{Batch, Sequence};
 use crate::config::ModelConfig;
@@ -24,6 +25,7 @@ use crate::weights::{StoredDtype, Weights};
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// The host's cores, on the caller's rayon pool.
     #[default]
     Cpu,
     /// A CUDA GPU by ordinal.
@@ -56,48 +58,6 @@ impl std::fmt::Display for Device {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
-    }
-}
-
-/// The storage and arithmetic of the linear layers (embeddings, attention, LayerNorm and
-/// activations are f32 either way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dtype {
-    /// f32 weights and arithmetic: matches the float64 reference to about 1e-6.
-    #[default]
-    F32,
-    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
-    /// only, on CPUs with AMX or AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
-    Bf16,
-    /// int8 linear layers: weights quantized per output channel at load, activations per token
-    /// at run time, exact integer sums, f32 everywhere else. CPU only, on CPUs with AVX512-VNNI
-    /// (others get an error); cosine >= 0.995 against f32.
-    Int8,
-}
-
-impl FromStr for Dtype {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Dtype> {
-        match s {
-            "f32" => Ok(Dtype::F32),
-            "bf16" => Ok(Dtype::Bf16),
-            "int8" => Ok(Dtype::Int8),
-            _ => Err(Error::Option {
-                option: "dtype".into(),
-                message: format!("`{s}` is not a dtype (f32, bf16, int8)"),
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-            Dtype::Int8 => "int8",
-        })
     }
 }
 
@@ -233,11 +193,7 @@ impl Encoder {
         let stored_dtype = weights.stored_dtype();
         let engine: Box<dyn DeviceModel> = match device {
             Device::Cpu => {
-                let backend = CpuBackend::with_dtype(match dtype {
-                    Dtype::F32 => CpuDtype::F32,
-                    Dtype::Bf16 => CpuDtype::Bf16,
-                    Dtype::Int8 => CpuDtype::Int8,
-                })?;
+                let backend = CpuBackend::with_dtype(dtype)?;
                 let model = Model::load(&backend, config.clone(), &weights)?;
                 Box::new(Loaded { backend, model })
             }
@@ -264,10 +220,12 @@ impl Encoder {
         })
     }
 
+    /// The model's validated configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// Where the forward pass runs.
     pub fn device(&self) -> Device {
         self.device
     }

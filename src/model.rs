@@ -6,7 +6,6 @@
 //! packed (no padding, so no attention mask: attention never crosses a sequence boundary).
 
 use crate::backend::{Activation, Backend, EmbeddingTables, LayerNormWeights, Pooling};
-use crate::batch::Batch;
 use crate::config::{Family, Head, ModelConfig};
 use crate::error::Result;
 use crate::weights::Weights;
@@ -32,6 +31,7 @@ struct ClassifierHead<B: Backend> {
     out: B::Linear,
 }
 
+/// A BERT-family encoder (and its classifier head, if any) with its weights on a backend.
 pub struct Model<B: Backend> {
     config: ModelConfig,
     embeddings: EmbeddingTables<B::Tensor>,
@@ -103,6 +103,7 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The configuration the model was loaded with.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -153,11 +154,6 @@ impl<B: Backend> Model<B> {
         backend
             .linear(&pooled, &head.out, Activation::Identity, None)
             .map(Some)
-    }
-
-    /// Packs tokenized sequences with this model's position offset.
-    pub fn pack(&self, sequences: &[&crate::batch::Sequence]) -> Result<Batch> {
-        Batch::pack(sequences, self.config.position_offset() as u32)
     }
 }
 

@@ -20,11 +20,16 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
+/// An output precision of quantized embeddings (the module's list says how each is computed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
+    /// One signed byte per dimension, from calibration ranges.
     Int8,
+    /// One unsigned byte per dimension, from calibration ranges.
     Uint8,
+    /// One bit per dimension, packed, each byte offset by -128.
     Binary,
+    /// One bit per dimension, packed.
     Ubinary,
 }
 
@@ -111,6 +116,7 @@ impl Ranges {
         Ranges::from_rows(data.chunks(cols.max(1)), dim)
     }
 
+    /// Dimensions the ranges cover.
     pub fn dim(&self) -> usize {
         self.start.len()
     }

@@ -14,10 +14,12 @@ use crate::encoder::{Device, Dtype, Encoder};
 use crate::error::{Error, Result};
 use crate::tokenize::TextTokenizer;
 
+/// Overrides of the model's own configuration, and where it runs.
 #[derive(Debug, Clone)]
 pub struct RerankerOptions {
     /// `None` keeps the model's default (512, or what its files say, clipped to its positions).
     pub max_length: Option<usize>,
+    /// Where the forward pass runs.
     pub device: Device,
     /// The most tokens in one forward pass; `None`: the device's own default
     /// ([`Encoder::default_batch_tokens`]).
@@ -34,6 +36,8 @@ impl Default for RerankerOptions {
     }
 }
 
+/// A cross-encoder: a `*ForSequenceClassification` model that reads a query and a passage
+/// together and gives the pair a relevance score.
 pub struct Reranker {
     encoder: Encoder,
     tokenizer: TextTokenizer,
@@ -42,6 +46,20 @@ pub struct Reranker {
 }
 
 impl Reranker {
+    /// Loads the model folder `dir` with f32 weights.
+    ///
+    /// ```no_run
+    /// use ember::{Reranker, RerankerOptions};
+    ///
+    /// let reranker = Reranker::load("path/to/bge-reranker-base", RerankerOptions::default())?;
+    /// let scores = reranker.compute_score(&[("capital of france", "Paris is the capital of France.")], true)?;
+    /// assert_eq!(scores.len(), 1);
+    /// # Ok::<(), ember::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A missing or malformed file (named in the error), a model without a classification head,
+    /// or a `max_length` past the model's position table.
     pub fn load(dir: impl AsRef<Path>, options: RerankerOptions) -> Result<Reranker> {
         Self::load_with_dtype(dir, options, Dtype::F32)
     }
@@ -105,6 +123,19 @@ impl Reranker {
     }
 
     /// One score per pair: the logit of a single-label model, through a sigmoid when asked.
+    ///
+    /// ```no_run
+    /// # let reranker = ember::Reranker::load("model", Default::default())?;
+    /// let pairs = [("what is ember?", "An inference engine."), ("what is ember?", "A glowing coal.")];
+    /// let scores = reranker.compute_score(&pairs, false)?;
+    /// let best = if scores[0] >= scores[1] { 0 } else { 1 };
+    /// println!("best passage: {}", pairs[best].1);
+    /// # Ok::<(), ember::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A model with more than one label (use [`Reranker::logits`]), a pair the tokenizer
+    /// rejects, or a device failure.
     pub fn compute_score<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(
         &self,
         pairs: &[(Q, P)],
@@ -132,6 +163,7 @@ impl Reranker {
             .collect())
     }
 
+    /// The classifier's outputs per pair: 1 for a reranker, more for a multi-class model.
     pub fn num_labels(&self) -> usize {
         match self.encoder.config().head {
             Head::Classifier { num_labels } => num_labels,
@@ -139,6 +171,7 @@ impl Reranker {
         }
     }
 
+    /// The most tokens of a pair, special tokens included (the option, or the model's default).
     pub fn max_length(&self) -> usize {
         self.max_length
     }
@@ -153,6 +186,7 @@ impl Reranker {
         &self.tokenizer
     }
 
+    /// The engine underneath, for callers that pack and run batches themselves.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

@@ -18,6 +18,8 @@ use tokenizers::{
 use crate::batch::Sequence;
 use crate::error::{Error, Result};
 
+/// A model's `tokenizer.json`, with ember's truncation: texts and pairs are cut to a max length
+/// that counts the special tokens, passages before queries.
 pub struct TextTokenizer {
     inner: Tokenizer,
     path: PathBuf,
@@ -60,13 +62,13 @@ impl TextTokenizer {
         })
     }
 
-    /// The smallest max length that leaves room for one content token of a pair.
     /// The `tokenizers` tokenizer itself (padding and truncation off), for callers that show
     /// tokens or decode ids (`ember serve`'s /tokenize and /decode).
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
 
+    /// The smallest max length that leaves room for one content token of a pair.
     pub fn min_max_length(&self) -> usize {
         self.pair_specials + 2
     }

@@ -20,12 +20,16 @@ use crate::error::{Error, Result};
 /// The floating-point formats ember reads weights from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredDtype {
+    /// IEEE single precision.
     F32,
+    /// IEEE half precision, widened to f32 at load.
     F16,
+    /// bfloat16, widened to f32 at load.
     Bf16,
 }
 
 impl StoredDtype {
+    /// The name `ember info` prints.
     pub fn name(self) -> &'static str {
         match self {
             StoredDtype::F32 => "f32",
@@ -86,6 +90,8 @@ const ENCODER_PREFIXES: [&str; 3] = ["", "bert.", "roberta."];
 const PROBE_TENSOR: &str = "embeddings.word_embeddings.weight";
 
 impl Weights {
+    /// Maps the folder's `model.safetensors` (or the shards its index lists) and checks every
+    /// header: each tensor's byte range must lie inside its file.
     pub fn open(dir: &Path) -> Result<Weights> {
         let index_path = dir.join("model.safetensors.index.json");
         let single_path = dir.join("model.safetensors");
@@ -176,6 +182,7 @@ impl Weights {
             .and_then(|t| t.dtype)
     }
 
+    /// The prefix of the encoder's tensor names in this checkpoint: `""`, `bert.` or `roberta.`.
     pub fn encoder_prefix(&self) -> &'static str {
         self.encoder_prefix
     }

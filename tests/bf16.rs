@@ -1,6 +1,6 @@
 //! The CPU bf16 path (`Dtype::Bf16`: bf16 weights, f32 accumulation) on the real MiniLM against
-//! the float64 sentence-transformers fixtures and against ember's own f32 path: the design's
-//! target is cosine >= 0.999. On a CPU without AVX512-BF16 the load must fail with a clear
+//! the float64 sentence-transformers fixtures and against ember's own f32 path: the target
+//! (`Dtype::Bf16`'s doc) is cosine >= 0.999. On a CPU without AVX512-BF16 the load must fail with a clear
 //! error instead (never a silent f32 fallback).
 
 mod common;

@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::cli::{ember, encode, scratch, stderr};
+use common::cli::{assert_failed_cleanly, ember, encode, rerank, scratch, stderr};
 use common::*;
 use serde_json::Value;
 
@@ -119,18 +119,8 @@ fn rerank_scores_match_the_reference() {
         let want = rows(&expected["logits"]);
         for sigmoid in [false, true] {
             let output = dir.join("scores.jsonl");
-            let mut args = vec![
-                "rerank",
-                "--model",
-                model.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-            ];
-            args.extend(["--output", output.to_str().unwrap()]);
-            if sigmoid {
-                args.push("--sigmoid");
-            }
-            let out = ember(&args);
+            let extra: &[&str] = if sigmoid { &["--sigmoid"] } else { &[] };
+            let out = rerank(&model, &input, &output, extra);
             assert!(out.status.success(), "{}", stderr(&out));
             let text = std::fs::read_to_string(&output).unwrap();
             let lines: Vec<&str> = text.lines().collect();
@@ -155,17 +145,6 @@ fn rerank_scores_match_the_reference() {
     }
 }
 
-fn assert_failed_cleanly(out: &Output, needle: &str, output: &Path) {
-    assert!(!out.status.success());
-    let err = stderr(out);
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(!output.exists(), "an output was left behind");
-    let mut partial = output.as_os_str().to_owned();
-    partial.push(".partial");
-    assert!(!Path::new(&partial).exists(), "a partial output was left behind");
-}
-
 #[test]
 fn bad_jsonl_line_is_named_and_leaves_no_output() {
     let dir = scratch("bad-jsonl");
@@ -177,19 +156,12 @@ fn bad_jsonl_line_is_named_and_leaves_no_output() {
     .unwrap();
     let output = dir.join("scores.jsonl");
     let model = fixtures().join("tiny-xlmr-rerank-f32");
-    let args = [
-        "rerank",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    let out = rerank(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "line 2", &output);
     assert!(stderr(&out).contains("passage"));
 
     std::fs::write(&input, "not json\n").unwrap();
-    let out = ember(&[&args[..], &["--output", output.to_str().unwrap()]].concat());
+    let out = rerank(&model, &input, &output, &[]);
     assert_failed_cleanly(&out, "line 1", &output);
 }
 
@@ -204,15 +176,14 @@ fn invalid_utf8_is_named_by_line() {
     assert_failed_cleanly(&out, "line 3", &output);
 }
 
+// A GPU that is not there: tests/pipeline.rs; an unwritable output: tests/faults.rs.
 #[test]
-fn unavailable_device_and_bad_options_are_errors() {
+fn unknown_device_and_bad_options_are_errors() {
     let dir = scratch("device");
     let input = dir.join("texts.txt");
     std::fs::write(&input, "hello\n").unwrap();
     let output = dir.join("out.npy");
     let model = fixtures().join("tiny-bert-embed-f32");
-    let out = encode(&model, &input, &output, &["--device", "cuda"]);
-    assert_failed_cleanly(&out, "cuda", &output);
     let out = encode(&model, &input, &output, &["--device", "tpu"]);
     assert_failed_cleanly(&out, "not a device", &output);
     let out = encode(&model, &input, &output, &["--max-length", "100000"]);
@@ -220,17 +191,6 @@ fn unavailable_device_and_bad_options_are_errors() {
     let missing = dir.join("no-such-model");
     let out = encode(&missing, &input, &output, &[]);
     assert_failed_cleanly(&out, "no-such-model", &output);
-}
-
-#[test]
-fn unwritable_output_fails_before_any_work() {
-    let dir = scratch("unwritable");
-    let input = dir.join("texts.txt");
-    std::fs::write(&input, "hello\n").unwrap();
-    let output = dir.join("missing-dir").join("out.npy");
-    let model = fixtures().join("tiny-bert-embed-f32");
-    let out = encode(&model, &input, &output, &[]);
-    assert_failed_cleanly(&out, "missing-dir", &output);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! process, so those cases run in a child process: this test binary started again with one
 //! `#[ignore]`d child test selected and the fault set up in its environment.
 //! Without a GPU, or in a build without `--features cuda` (the README's test command), every
-//! test prints why it did nothing and passes (scripts/gpu-run.sh sets EMBER_REQUIRE_GPU=1,
+//! test prints why it did nothing and passes (scripts/cuda/gpu-run.sh sets EMBER_REQUIRE_GPU=1,
 //! which turns a skip into a failure).
 
 mod common;
@@ -16,16 +16,10 @@ use ember::{Device, Embedder, EmbedderOptions, Encoder, Error};
 
 /// Whether a GPU is usable, after printing why a test does nothing when it is not.
 fn have_gpu(test: &str) -> bool {
-    match Encoder::load(fixtures().join("tiny-bert-embed-f32"), Device::Cuda(0)) {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
-            panic!("{test}: EMBER_REQUIRE_GPU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped, no usable GPU: {e}");
-            false
-        }
-    }
+    usable_gpu(test, || {
+        Encoder::load(fixtures().join("tiny-bert-embed-f32"), Device::Cuda(0))
+    })
+    .is_some()
 }
 
 #[test]
@@ -141,8 +135,8 @@ fn each_sm90_failure_falls_back_to_the_sm80_gemm() {
 fn child_falls_back_to_sm80() {
     #[cfg(feature = "cuda")]
     if is_child() {
-        use ember::backend::cpu::reference;
-        use ember::backend::cpu::testutil::{deviation, SplitMix64};
+        use crate::common::reference;
+        use crate::common::testutil::{deviation, SplitMix64};
         use ember::backend::cuda::{CudaBackend, GemmPath};
         use ember::backend::{Activation, Backend, HostMatrix};
 

@@ -1,5 +1,5 @@
 //! End-to-end checks against outputs of Hugging Face transformers / sentence-transformers in
-//! float64 (fixtures/, written by scripts/make_fixtures.py): the real all-MiniLM-L6-v2 and tiny
+//! float64 (fixtures/, written by scripts/fixtures/make_fixtures.py): the real all-MiniLM-L6-v2 and tiny
 //! random-weight BERT and XLM-R models stored as f32, f16 and bf16 (bf16 sharded).
 
 mod common;

@@ -1,7 +1,7 @@
 //! The seam between the model and the hardware. The BERT forward pass (`model.rs`) is written once
 //! against this trait; each backend implements a dozen BERT-level operations. The cut is at the
 //! level of BERT, not of general tensor algebra, so that a backend is small enough to write twice
-//! and to test op by op against the scalar reference in `cpu::reference`.
+//! and to test op by op against the scalar reference in tests/common/reference.rs.
 //!
 //! Every activation is a row-major matrix `[rows, cols]` whose rows are tokens (packed, no padding)
 //! or sequences (after pooling). Linear weights follow PyTorch's `nn.Linear` layout `[out, in]`:
@@ -11,23 +11,40 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use std::str::FromStr;
+
 use crate::batch::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The nonlinearity applied in a linear layer's output pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// No nonlinearity: the attention output projection, the classifier's last layer.
     Identity,
     /// The exact GELU, `x · Φ(x)` with the erf form (`hidden_act: "gelu"`).
     Gelu,
     /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// `max(x, 0)` (`hidden_act: "relu"`).
     Relu,
     /// Used by the BERT pooler and the XLM-R classification head.
     Tanh,
 }
 
 impl Activation {
+    /// The activation's code in the kernels: its `ACT_*` define of kernels/common.cuh (a unit
+    /// test holds the two together).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn kernel_code(self) -> i32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::Relu => 3,
+            Activation::Tanh => 4,
+        }
+    }
+
     /// Every activation, for tests and benches that try each.
     pub const ALL: [Activation; 5] = [
         Activation::Identity,
@@ -38,10 +55,53 @@ impl Activation {
     ];
 }
 
+/// The storage and arithmetic of the linear layers. Embeddings, attention, LayerNorm and
+/// activations are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// f32 weights and arithmetic: matches the float64 reference to about 1e-6.
+    #[default]
+    F32,
+    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
+    /// only, on CPUs with AMX or AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
+    Bf16,
+    /// int8 weights and activations, quantized in groups along k (weights at load, activations
+    /// per token at run time), exact integer sums per group, f32 everywhere else
+    /// ([`cpu::int8`]). CPU only, on CPUs with AVX512-VNNI (others get an error); cosine >=
+    /// 0.995 against f32.
+    Int8,
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Dtype> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            "int8" => Ok(Dtype::Int8),
+            _ => Err(Error::Option {
+                option: "dtype".into(),
+                message: format!("`{s}` is not a dtype (f32, bf16, int8)"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        })
+    }
+}
+
 /// How token rows become one row per sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
-    /// The first token of each sequence ([CLS] / <s>).
+    /// The first token of each sequence (`[CLS]` / `<s>`).
     Cls,
     /// The mean over every token of the sequence (packing means there is no padding to mask).
     Mean,
@@ -50,12 +110,19 @@ pub enum Pooling {
 /// A matrix copied back to the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostMatrix {
+    /// Rows: tokens or sequences.
     pub rows: usize,
+    /// Values per row.
     pub cols: usize,
+    /// `rows * cols` values, row-major: row `r` is `data[r * cols..(r + 1) * cols]`.
     pub data: Vec<f32>,
 }
 
 impl HostMatrix {
+    /// Row `r`.
+    ///
+    /// # Panics
+    /// If `r` is not below `rows`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -70,6 +137,7 @@ enum PendingInner {
 }
 
 impl PendingMatrix {
+    /// A matrix already on the host.
     pub fn ready(matrix: HostMatrix) -> PendingMatrix {
         PendingMatrix(PendingInner::Ready(matrix))
     }
@@ -106,6 +174,7 @@ pub trait Backend: Send + Sync {
     /// A packed batch's index arrays, on the device.
     type DeviceBatch: Send + Sync;
 
+    /// The backend's name in errors and reports (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
     /// Uploads a host matrix `[rows, cols]` (embedding tables, LayerNorm vectors as `[1, n]`).
@@ -120,9 +189,12 @@ pub trait Backend: Send + Sync {
         in_features: usize,
     ) -> Result<Self::Linear>;
 
+    /// Uploads a packed batch's token, type and position ids and its sequence boundaries.
     fn upload_batch(&self, batch: &Batch) -> Result<Self::DeviceBatch>;
 
+    /// Copies `tensor` back to the host, waiting for every operation queued before it.
     fn download(&self, tensor: &Self::Tensor) -> Result<HostMatrix>;
+
     /// The most device memory the backend has held at once, for devices with memory of their
     /// own (`None` on the CPU, whose activations live in the process's heap).
     fn peak_device_bytes(&self) -> Option<usize> {
@@ -176,8 +248,6 @@ pub trait Backend: Send + Sync {
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }
 
-/// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
-/// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
 /// A fault-injection knob for tests: with `EMBER_FAULT_ALLOC_LIMIT=BYTES` in the environment,
 /// every activation buffer of more than BYTES bytes fails to allocate as if the device were out
 /// of memory, on any backend. It lets the out-of-memory path (the typed error, the encoder's
@@ -187,6 +257,8 @@ pub(crate) fn injected_alloc_limit() -> Option<usize> {
     *LIMIT.get_or_init(|| std::env::var("EMBER_FAULT_ALLOC_LIMIT").ok()?.trim().parse().ok())
 }
 
+/// An error unless every id in `ids` indexes a table of `entries` rows; shared by the backends,
+/// which check ids themselves because the trait is public and a caller may skip [`crate::Encoder`].
 pub(crate) fn check_ids(
     backend: &'static str,
     op: &'static str,
@@ -206,14 +278,61 @@ pub(crate) fn check_ids(
 
 /// The three embedding tables, each `[entries, hidden]`.
 pub struct EmbeddingTables<T> {
+    /// One row per vocabulary id.
     pub word: T,
+    /// One row per position id.
     pub position: T,
+    /// One row per token type id.
     pub token_type: T,
 }
 
 /// LayerNorm's scale and shift, each `[1, hidden]`, and its epsilon.
 pub struct LayerNormWeights<T> {
+    /// The scale (`weight` in PyTorch).
     pub gamma: T,
+    /// The shift (`bias` in PyTorch).
     pub beta: T,
+    /// Added to the variance before its square root.
     pub eps: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Activation;
+
+    /// The kernels take the activation as an int: each variant's code must be the `ACT_*` define
+    /// of its name in kernels/common.cuh (`GeluTanh` is `ACT_GELU_TANH`), and every define a
+    /// variant's. Read as text, so the check runs without the CUDA build.
+    #[test]
+    fn activation_codes_match_the_kernels_defines() {
+        let header = include_str!("../../kernels/common.cuh");
+        let defines: Vec<(String, i32)> = header
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("#define ACT_")?.split_whitespace();
+                let name = words.next()?.to_string();
+                let code = words
+                    .next()?
+                    .parse()
+                    .expect("an ACT_* define's value is an integer");
+                Some((name, code))
+            })
+            .collect();
+        assert_eq!(defines.len(), Activation::ALL.len(), "ACT_* defines: {defines:?}");
+        for activation in Activation::ALL {
+            let mut name = String::new();
+            for (i, c) in format!("{activation:?}").chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            let define = defines.iter().find(|(n, _)| *n == name);
+            assert_eq!(
+                define.map(|(_, code)| *code),
+                Some(activation.kernel_code()),
+                "{activation:?}: ACT_{name} in kernels/common.cuh"
+            );
+        }
+    }
 }

@@ -16,14 +16,25 @@ pub fn ember(args: &[&str]) -> Output {
 
 /// `ember encode --model MODEL --input INPUT --output OUTPUT` plus `extra`.
 pub fn encode(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    run("encode", model, input, output, extra)
+}
+
+/// `ember rerank --model MODEL --input INPUT --output OUTPUT` plus `extra`.
+pub fn rerank(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    run("rerank", model, input, output, extra)
+}
+
+fn run(command: &str, model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
     let base = [
-        "encode",
+        command,
         "--model",
-        model.to_str().unwrap(),
+        s(model),
         "--input",
-        input.to_str().unwrap(),
+        s(input),
+        "--output",
+        s(output),
     ];
-    ember(&[&base[..], &["--output", output.to_str().unwrap()], extra].concat())
+    ember(&[&base[..], extra].concat())
 }
 
 /// `encode --model MODEL --input INPUT`, for argument lists that go on.
@@ -37,6 +48,31 @@ pub fn ok(out: Output) -> Output {
     out
 }
 
+/// No complete-looking output at `target`: it is absent, and its `.partial` (which a run that
+/// can be resumed keeps) does not load as NumPy.
+pub fn assert_nothing_complete(target: &Path) {
+    assert!(!target.exists(), "{} exists after a failed run", target.display());
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    if let Ok(bytes) = std::fs::read(&partial) {
+        assert!(!bytes.starts_with(b"\x93NUMPY"), "a partial .npy loads as NumPy");
+    }
+}
+
+/// A run that failed cleanly: a nonzero status, an error that contains `needle` and is no
+/// panic, and nothing left at `output`, not even a partial.
+pub fn assert_failed_cleanly(out: &Output, needle: &str, output: &Path) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "ember succeeded: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_nothing_complete(output);
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    assert!(!Path::new(&partial).exists(), "a partial output was left behind");
+}
+
+/// What the run wrote to stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -3,9 +3,15 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod reference;
+pub mod testutil;
 
 use std::path::{Path, PathBuf};
 
+// What reference.rs and testutil.rs take from their includer (the library's unit tests include
+// them too, with the crate's own types).
+use ember::backend::{Activation, HostMatrix, Pooling};
+use ember::Batch;
 use serde_json::Value;
 
 pub fn repo() -> PathBuf {
@@ -35,12 +41,28 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
-/// The cosine of the angle between `a` and `b`, in f64.
-pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y).sum();
+/// The cosine of the angle between `a` and `b` (f32 or f64 values), in f64.
+pub fn cosine<T: Copy + Into<f64>>(a: &[f32], b: &[T]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y.into()).sum();
     let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    dot / (na * nb)
+    let nb: f64 = b.iter().map(|&y| y.into().powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+/// What `open` gives when a GPU is usable; otherwise `None`, after printing why `test` does
+/// nothing. With EMBER_REQUIRE_GPU set (scripts/cuda/gpu-run.sh sets it) a failure to open panics
+/// instead: on the GPU machine a skip would hide a failure.
+pub fn usable_gpu<T>(test: &str, open: impl FnOnce() -> ember::Result<T>) -> Option<T> {
+    match open() {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
+            panic!("{test}: EMBER_REQUIRE_GPU is set but: {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped, no usable GPU: {e}");
+            None
+        }
+    }
 }
 
 pub fn read_json(path: &Path) -> Value {
@@ -108,8 +130,8 @@ pub fn rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(floats).collect()
 }
 
-/// The numerics contract for the f32 CPU path against the float64 Hugging Face reference
-/// (design.md section 3): cosine >= 0.99999 and max abs diff <= 1e-4, row by row.
+/// The numerics contract for the f32 CPU path against the float64 Hugging Face reference:
+/// cosine >= 0.99999 and max abs diff <= 1e-4, row by row.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let dot: f64 = got.iter().zip(want).map(|(&a, &b)| a as f64 * b).sum();

@@ -4,14 +4,14 @@
 //! without a GPU every test prints why it did nothing and passes, except the one that checks that
 //! such a machine gets a clear error instead of a panic.
 //!
-//! The modules are the groups scripts/gpu-run.sh runs apart, each test in a process of its own
+//! The modules are the groups scripts/cuda/gpu-run.sh runs apart, each test in a process of its own
 //! (a trap leaves its process's CUDA context unusable, so one fault must not hide another):
 //! - `ops`: each kernel family against f64 (on the sm80 GEMM there);
 //! - `sm90`: the sm90 GEMM, one test per tile, and the GEMM path's self-check and report;
 //! - `models`: whole models against the CPU path (first on sm80, then on the device's choice);
 //! - `pipeline`: overlapped uploads and flat device memory.
 //!
-//! Paths are read at run time so that the test binary can run from scripts/gpu-check.sh's bundle:
+//! Paths are read at run time so that the test binary can run from scripts/cuda/gpu-check.sh's bundle:
 //! `EMBER_FIXTURES` (default: the repository's fixtures/) and `EMBER_TEST_MODEL` (the real
 //! all-MiniLM-L6-v2; default .cache/models/all-MiniLM-L6-v2).
 #![cfg(feature = "cuda")]
@@ -24,28 +24,17 @@ mod sm90;
 #[path = "../common/mod.rs"]
 mod common;
 
-use ember::backend::cpu::testutil::deviation;
+use common::testutil::deviation;
 use ember::backend::cuda::CudaBackend;
-use ember::backend::{Activation, Backend, HostMatrix};
+use ember::backend::{Backend, HostMatrix};
 use ember::Error;
 use half::f16;
 
 /// The GPU, in checked mode, or `None` after printing why the test does nothing.
 fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(backend) => {
-            backend.set_checked(true);
-            Some(backend)
-        }
-        // scripts/gpu-run.sh sets EMBER_REQUIRE_GPU: on the GPU machine a skip would hide a failure.
-        Err(e) if std::env::var_os("EMBER_REQUIRE_GPU").is_some() => {
-            panic!("{test}: EMBER_REQUIRE_GPU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped, no usable GPU: {e}");
-            None
-        }
-    }
+    let backend = common::usable_gpu(test, || CudaBackend::new(0))?;
+    backend.set_checked(true);
+    Some(backend)
 }
 
 /// Values as the GPU stores them (f16), so that the reference sees the same inputs.
@@ -91,24 +80,5 @@ fn without_a_gpu_the_error_is_clear_not_a_panic() {
     }
 }
 
-fn activate_f64(x: f64, activation: Activation) -> f64 {
-    match activation {
-        Activation::Identity => x,
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::GeluTanh => {
-            0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
-        }
-        Activation::Relu => x.max(0.0),
-        Activation::Tanh => x.tanh(),
-    }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-30)
-}
-
-/// The design's bar for the f16 GPU path against the f32 CPU path.
+/// The bar for the f16 GPU path against the f32 CPU path.
 const MIN_COSINE: f64 = 0.9995;

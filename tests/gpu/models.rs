@@ -1,8 +1,9 @@
 //! Whole models on the GPU against the CPU path: the fixture embedders and rerankers, and the real
-//! all-MiniLM-L6-v2. Test names end in `_cpu`: scripts/gpu-run.sh runs them on the sm80 GEMM,
+//! all-MiniLM-L6-v2. Test names end in `_cpu`: scripts/cuda/gpu-run.sh runs them on the sm80 GEMM,
 //! then again on the GEMM the device chooses.
 
-use ember::backend::cpu::testutil::deviation;
+use crate::common::cosine;
+use crate::common::testutil::deviation;
 use ember::{Device, Embedder, EmbedderOptions, Reranker, RerankerOptions};
 
 use super::*;

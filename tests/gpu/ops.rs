@@ -1,8 +1,8 @@
 //! Each kernel family against the f64 scalar reference (kernels/gemm.cu through `linear`,
-//! kernels/attention.cu, kernels/layernorm.cu). scripts/gpu-run.sh runs these on the sm80 GEMM.
+//! kernels/attention.cu, kernels/layernorm.cu). scripts/cuda/gpu-run.sh runs these on the sm80 GEMM.
 
-use ember::backend::cpu::reference;
-use ember::backend::cpu::testutil::SplitMix64;
+use crate::common::reference;
+use crate::common::testutil::SplitMix64;
 use ember::backend::cuda::{AttentionKernel, CudaBackend};
 use ember::backend::{Activation, EmbeddingTables, LayerNormWeights, Pooling};
 

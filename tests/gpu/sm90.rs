@@ -1,11 +1,12 @@
 //! The sm90 GEMM (kernels/gemm_sm90.cu: wgmma, TMA, warp specialization), one test per tile
-//! kernel, so that scripts/gpu-run.sh can run each in a process of its own (a trap, the
+//! kernel, so that scripts/cuda/gpu-run.sh can run each in a process of its own (a trap, the
 //! pipeline's watchdog, leaves the context unusable): the cooperative tiles first, the automatic
 //! tile choice, the ping-pong tiles last. Then the GEMM path's self-check and report
 //! (src/backend/cuda/gemm_choice.rs). On a GPU that is not compute capability 9.x these print
 //! why they do nothing; on a 9.x GPU an sm90 GEMM that failed to set up fails them.
 
-use ember::backend::cpu::testutil::SplitMix64;
+use crate::common::reference;
+use crate::common::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice, GemmPath, BERT_GEMM_SHAPES, TILES};
 use ember::backend::{Activation, Backend};
 
@@ -118,7 +119,7 @@ fn linear_f64(
             (0..n).map(move |c| {
                 let wc = &w.data[c * k..(c + 1) * k];
                 let dot: f64 = xr.iter().zip(wc).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let y = activate_f64(dot + bias[c] as f64, activation);
+                let y = reference::activate(activation, dot + bias[c] as f64);
                 y + residual.map_or(0.0, |res| res.data[r * n + c] as f64)
             })
         })
@@ -285,7 +286,7 @@ fn check_sm90(test: &str, tile: Option<&str>) {
 
 /// The device decides its GEMM path (on Hopper by the self-check, at first use), says which and
 /// why, and `linear` then takes that path and gives the right numbers. Run with EMBER_GEMM unset
-/// (scripts/gpu-run.sh's sm90 group); with EMBER_GEMM set it checks that the setting is obeyed.
+/// (scripts/cuda/gpu-run.sh's sm90 group); with EMBER_GEMM set it checks that the setting is obeyed.
 #[test]
 fn the_gemm_path_is_decided_reported_and_taken() {
     let test = "sm90::the_gemm_path_is_decided_reported_and_taken";

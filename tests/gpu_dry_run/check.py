@@ -1,4 +1,4 @@
-"""Checks one scenario of scripts/gpu-dry-run.sh: what gpu-run.sh left in OUT, printed and
+"""Checks one scenario of scripts/cuda/gpu-dry-run.sh: what gpu-run.sh left in OUT, printed and
 exited with, against what the issue asks of the one GPU run (see gpu-dry-run.sh's header)."""
 import argparse
 import io

@@ -1,5 +1,5 @@
-"""A stand-in for scripts/gpu_torch.py in scripts/gpu-dry-run.sh (no torch, no GPU here): the same
-functions, answering with fixed figures, so that scripts/gpu_bench.py runs for real around them.
+"""A stand-in for scripts/cuda/gpu_torch.py in scripts/cuda/gpu-dry-run.sh (no torch, no GPU here): the same
+functions, answering with fixed figures, so that scripts/cuda/gpu_bench.py runs for real around them.
 """
 import json
 import os

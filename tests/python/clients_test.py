@@ -1,4 +1,4 @@
-"""Python clients against `ember serve` (scripts/test-python-clients.sh starts the servers).
+"""Python clients against `ember serve` (scripts/python/test-python-clients.sh starts the servers).
 
 The openai package's embeddings.create (floats, base64, dimensions), and requests against
 TEI's /embed and /rerank, each compared with `ember encode` on the same texts; quantized

@@ -5,7 +5,7 @@
 //! One `tdpbf16ps` multiplies a 16 x 32 bf16 tile of A by a 32 x 16 bf16 tile of W into a
 //! 16 x 16 f32 tile of C: 16,384 FLOPs, issued once per 16 cycles, 16 times the f32 FMA rate
 //! of the two AVX-512 units. Eight tile registers: C as a 2 x 2 block of tiles (`tmm0..3`, 32
-//! rows x 32 columns, one W panel of [`NR`]), two A tiles (`tmm4, 5`) and two W tiles
+//! rows x 32 columns, one W panel of `NR`), two A tiles (`tmm4, 5`) and two W tiles
 //! (`tmm6, 7`): per step of 32 k, four 1 KiB loads feed four multiplies.
 //!
 //! Layouts:
@@ -18,7 +18,7 @@
 //!   k past `k` are zeros.
 //!
 //! Loop order: M block of [`MC`] rows (pack A, all of K), chunk of W panels (about
-//! [`CHUNK_BYTES`], kept in L2), 32-row pair of strips, W panel (streamed, the next k step
+//! `CHUNK_BYTES`, kept in L2), 32-row pair of strips, W panel (streamed, the next k step
 //! prefetched); every C block sums all of K in its tiles from zero, goes to a 4 KiB buffer, and
 //! its rows inside C are copied out with the bias added.
 //!
@@ -145,9 +145,13 @@ unsafe fn pack_a(a: &[f32], lda: usize, m: usize, k: usize, pack: &mut Vec<ATile
             let k0 = t * TILE_K;
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k0 + 16) as *const i8);
-            let converted = bf16_pairs(&row[k0..(k0 + TILE_K).min(k)]);
+            // SAFETY: AVX-512F and AVX512-BF16 are enabled on this function, as `bf16_pairs`
+            // needs; `row[k0..]` is at most TILE_K = 32 values, as it takes.
+            let converted = unsafe { bf16_pairs(&row[k0..(k0 + TILE_K).min(k)]) };
             let tile = &mut pack[strip * steps + t];
-            _mm512_store_si512(tile.0.as_mut_ptr().add(r * TILE_K) as *mut _, converted);
+            // SAFETY: row r < 16 of a 16 x 32 bf16 tile is 64 bytes at `r * TILE_K`, and
+            // `ATile` is 64-byte aligned, as the aligned store needs.
+            unsafe { _mm512_store_si512(tile.0.as_mut_ptr().add(r * TILE_K) as *mut _, converted) };
         }
     }
 }
@@ -169,9 +173,14 @@ pub(super) unsafe fn bf16_pairs(values: &[f32]) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     assert!(values.len() <= 2 * 16, "bf16_pairs: {} values", values.len());
     let [low_mask, high_mask] = lane_masks(values.len());
-    let low = _mm512_maskz_loadu_ps(low_mask, values.as_ptr());
-    let high = _mm512_maskz_loadu_ps(high_mask, values.as_ptr().wrapping_add(16));
-    std::mem::transmute(_mm512_cvtne2ps_pbh(high, low))
+    // SAFETY: the masks cover the first `values.len()` lanes of the two vectors and no more, so
+    // no lane past the end of `values` is read. The transmute turns 512 bits of bf16 pairs into
+    // 512 bits of integers: plain vectors of one size, every bit pattern a value of either.
+    unsafe {
+        let low = _mm512_maskz_loadu_ps(low_mask, values.as_ptr());
+        let high = _mm512_maskz_loadu_ps(high_mask, values.as_ptr().wrapping_add(16));
+        std::mem::transmute(_mm512_cvtne2ps_pbh(high, low))
+    }
 }
 
 /// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread; column 0 of `c`
@@ -237,16 +246,26 @@ pub fn gemm_panels(
     });
 }
 
+/// Loads [`CONFIG`] into this thread's tile configuration: every tile 16 rows of 64 bytes.
+///
 /// # Safety
-/// AMX present and permitted.
+/// AMX present and permitted for this process ([`is_available`]); otherwise the instruction
+/// faults.
 pub(super) unsafe fn load_tile_config() {
-    std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, preserves_flags, readonly));
+    // SAFETY: AMX is usable (the caller's contract); `ldtilecfg` reads the 64 bytes of CONFIG, a
+    // static of exactly that size and alignment, and writes only the tile state.
+    unsafe {
+        std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, preserves_flags, readonly))
+    };
 }
 
+/// Releases this thread's tiles, so that context switches stop saving 8 KiB of tile state.
+///
 /// # Safety
-/// AMX present and permitted.
+/// AMX present and permitted for this process ([`is_available`]).
 pub(super) unsafe fn release_tiles() {
-    std::arch::asm!("tilerelease", options(nostack, preserves_flags, nomem));
+    // SAFETY: AMX is usable (the caller's contract); `tilerelease` touches no memory.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, preserves_flags, nomem)) };
 }
 
 /// One 32 x 32 block of C over `steps` k steps: `strips` is two strips of A tiles (`steps` each,
@@ -264,19 +283,28 @@ pub(super) unsafe fn release_tiles() {
 #[inline]
 unsafe fn block_2x2(steps: usize, strips: *const ATile, b: *const u16, out: &mut CBlock) {
     use std::arch::asm;
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, preserves_flags, nomem)
-    );
-    let (a_top, a_bottom) = (strips, strips.add(steps));
+    // SAFETY: the tile configuration is loaded (the caller's contract); tilezero touches no
+    // memory.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, preserves_flags, nomem)
+        )
+    };
+    let (a_top, a_bottom) = (strips, strips.wrapping_add(steps));
     for t in 0..steps {
         let next_b = b.wrapping_add((t + 1) * TILE_ROWS * NR * 2) as *const u8;
         prefetch_tile(next_b);
         prefetch_tile(next_b.wrapping_add(1024));
-        asm!(
+        // SAFETY: t < steps: A tile t of each strip is inside the `2 * steps` tiles of `strips`,
+        // and k step t of the panel, 16 rows of 128 bytes from `b + t * 16 * NR * 2`, inside its
+        // `steps * 16 * NR * 2` values (the caller's contract); each `tileloadd` reads 16 rows of
+        // 64 bytes at the stride given, within those extents.
+        unsafe {
+            asm!(
             "tileloadd tmm4, [{a0} + {a_stride} * 1]",
             "tileloadd tmm6, [{b} + {b_stride} * 1]",
             "tileloadd tmm7, [{b} + {b_stride} * 1 + 64]",
@@ -285,25 +313,30 @@ unsafe fn block_2x2(steps: usize, strips: *const ATile, b: *const u16, out: &mut
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a_top.add(t),
-            a1 = in(reg) a_bottom.add(t),
-            b = in(reg) b.add(t * TILE_ROWS * NR * 2),
-            a_stride = in(reg) TILE_K * 2,
-            b_stride = in(reg) NR * 2 * 2,
-            options(nostack, preserves_flags, readonly)
-        );
+                a0 = in(reg) a_top.add(t),
+                a1 = in(reg) a_bottom.add(t),
+                b = in(reg) b.add(t * TILE_ROWS * NR * 2),
+                a_stride = in(reg) TILE_K * 2,
+                b_stride = in(reg) NR * 2 * 2,
+                options(nostack, preserves_flags, readonly)
+            )
+        };
     }
     let c = out.0.as_mut_ptr();
-    asm!(
-        "tilestored [{c0} + {stride} * 1], tmm0",
-        "tilestored [{c0} + {stride} * 1 + 64], tmm1",
-        "tilestored [{c1} + {stride} * 1], tmm2",
-        "tilestored [{c1} + {stride} * 1 + 64], tmm3",
-        c0 = in(reg) c,
-        c1 = in(reg) c.add(TILE_ROWS * NR),
-        stride = in(reg) NR * 4,
-        options(nostack, preserves_flags)
-    );
+    // SAFETY: `out` is a 32 x 32 f32 block (rows of NR * 4 = 128 bytes): the four 16 x 16 tiles
+    // go to its quarters, each 16 rows of 64 bytes at that stride, all inside the block.
+    unsafe {
+        asm!(
+            "tilestored [{c0} + {stride} * 1], tmm0",
+            "tilestored [{c0} + {stride} * 1 + 64], tmm1",
+            "tilestored [{c1} + {stride} * 1], tmm2",
+            "tilestored [{c1} + {stride} * 1 + 64], tmm3",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(TILE_ROWS * NR),
+            stride = in(reg) NR * 4,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Copies the first `rows` rows and `width` columns of `block` to `out` (row `i` at
@@ -324,30 +357,39 @@ unsafe fn store_block(
     use std::arch::x86_64::*;
     let masks = lane_masks(width);
     let bias_halves = match bias {
-        Some(bias) => [
-            _mm512_maskz_loadu_ps(masks[0], bias.as_ptr()),
-            _mm512_maskz_loadu_ps(masks[1], bias.as_ptr().wrapping_add(16)),
-        ],
+        // SAFETY: `bias` holds `width` values and the masks cover the first `width` lanes.
+        Some(bias) => unsafe {
+            [
+                _mm512_maskz_loadu_ps(masks[0], bias.as_ptr()),
+                _mm512_maskz_loadu_ps(masks[1], bias.as_ptr().wrapping_add(16)),
+            ]
+        },
         None => [_mm512_setzero_ps(); 2],
     };
     for (i, block_row) in block.0.chunks_exact(NR).take(rows).enumerate() {
         let out_row = &mut out[i * ldc..i * ldc + width];
         for half in 0..2 {
-            let sums = _mm512_add_ps(
-                _mm512_load_ps(block_row.as_ptr().add(16 * half)),
-                bias_halves[half],
-            );
-            _mm512_mask_storeu_ps(out_row.as_mut_ptr().wrapping_add(16 * half), masks[half], sums);
+            // SAFETY: `block_row` is NR = 32 floats, 64-byte aligned at each half (CBlock is
+            // aligned to 64 and its rows are 128 bytes); the store's mask covers the first
+            // `width` lanes, and `out_row` holds `width` values.
+            unsafe {
+                let sums = _mm512_add_ps(
+                    _mm512_load_ps(block_row.as_ptr().add(16 * half)),
+                    bias_halves[half],
+                );
+                _mm512_mask_storeu_ps(out_row.as_mut_ptr().wrapping_add(16 * half), masks[half], sums);
+            }
         }
     }
 }
 
-/// Asks for the 16 cache lines of one 1 KiB tile in L1 (a hint: an address past the end of its
-/// buffer is harmless).
+/// Asks for the 16 cache lines of one 1 KiB tile in L1.
 #[inline(always)]
-unsafe fn prefetch_tile(tile: *const u8) {
+fn prefetch_tile(tile: *const u8) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for line in 0..16 {
-        _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(line * 64) as *const i8);
+        // SAFETY: SSE is part of the x86-64 baseline; a prefetch is a hint that reads nothing
+        // and never faults, so an address past the end of the buffer is harmless.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(line * 64) as *const i8) };
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Per (sequence, head): K is packed as the `W` of a [`gemm`] (`scores = Q Kᵀ`) and V as the `W`
 //! of a second one (`context = P V`), both from their strided columns of `qkv` without a copy of
-//! Q. Queries go in blocks of [`QUERY_BLOCK`] rows so that the score block (`QUERY_BLOCK x len`)
+//! Q. Queries go in blocks of `QUERY_BLOCK` rows so that the score block (`QUERY_BLOCK x len`)
 //! stays small however long the sequence. Softmax is in f32 with the row maximum subtracted; the
 //! division by the row sum is applied to the `head_dim` context values, not the `len` weights.
 
@@ -49,8 +49,8 @@ impl HeadKernel {
     /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 and
     /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, f32
     /// otherwise.
-    pub fn choose(dtype: super::CpuDtype, head_dim: usize) -> HeadKernel {
-        let amx = dtype != super::CpuDtype::F32
+    pub fn choose(dtype: crate::backend::Dtype, head_dim: usize) -> HeadKernel {
+        let amx = dtype != crate::backend::Dtype::F32
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
             && cfg!(target_arch = "x86_64")
             && head_dim_fits_amx(head_dim);

@@ -174,7 +174,9 @@ pub(super) fn attend_head(
 unsafe fn store_pairs(values: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     assert!(out.len() == TILE);
-    _mm512_storeu_si512(out.as_mut_ptr() as *mut _, bf16_pairs(values));
+    // SAFETY: the features `bf16_pairs` needs are enabled here (it asserts its length itself);
+    // `out` is 16 u32 (asserted), the 64 bytes the store writes.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut _, bf16_pairs(values)) };
 }
 
 /// Keys as the B operand of Q Kᵀ: tile (key block b, step t), row q, column j = the bf16 pair
@@ -194,9 +196,14 @@ unsafe fn pack_keys(rows: &[f32], ld: usize, at: usize, len: usize, head_dim: us
         let k = &rows[key * ld + at..][..head_dim];
         let (block, j) = (key / TILE, key % TILE);
         for t in 0..steps {
-            let pairs = bf16_pairs(&k[t * STEP..(t + 1) * STEP]);
+            // SAFETY: the features `bf16_pairs` needs are enabled here; it gets STEP = 32 values.
+            let pairs = unsafe { bf16_pairs(&k[t * STEP..(t + 1) * STEP]) };
             let tile = &mut keys[block * steps + t];
-            _mm512_i32scatter_epi32::<4>(tile.0.as_mut_ptr().add(j) as *mut _, down_a_column, pairs);
+            // SAFETY: `keys[block * steps + t]` is a bounds-checked 16 x 16 u32 tile; the scatter
+            // writes column j < 16 of its 16 rows (u32 offsets j + 16q, q < 16), inside it.
+            unsafe {
+                _mm512_i32scatter_epi32::<4>(tile.0.as_mut_ptr().add(j) as *mut _, down_a_column, pairs)
+            };
         }
     }
 }
@@ -222,12 +229,18 @@ unsafe fn pack_values(rows: &[f32], ld: usize, at: usize, len: usize, head_dim: 
         let second = (2 * key_pair + 1 < len).then(|| &rows[(2 * key_pair + 1) * ld + at..][..head_dim]);
         let (s, q) = (key_pair / TILE, key_pair % TILE);
         for c in 0..column_blocks {
-            let a = _mm512_loadu_ps(first.as_ptr().add(c * TILE));
-            let b = second.map_or(_mm512_setzero_ps(), |v| _mm512_loadu_ps(v.as_ptr().add(c * TILE)));
-            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            // SAFETY: `first` and `second` are `head_dim` values (bounds-checked slices) and
+            // c < head_dim / 16, so each load reads 16 floats inside them. The transmute turns
+            // 512 bits of bf16 pairs into 512 bits of integers: plain vectors of one size.
+            let both: __m512i = unsafe {
+                let a = _mm512_loadu_ps(first.as_ptr().add(c * TILE));
+                let b = second.map_or(_mm512_setzero_ps(), |v| _mm512_loadu_ps(v.as_ptr().add(c * TILE)));
+                std::mem::transmute(_mm512_cvtne2ps_pbh(b, a))
+            };
             let pairs = _mm512_permutexvar_epi16(interleave, both);
             let tile = &mut values[s * column_blocks + c];
-            _mm512_storeu_si512(tile.0.as_mut_ptr().add(q * TILE) as *mut _, pairs);
+            // SAFETY: row q < 16 of a bounds-checked 16 x 16 u32 tile: the 64 bytes written.
+            unsafe { _mm512_storeu_si512(tile.0.as_mut_ptr().add(q * TILE) as *mut _, pairs) };
         }
     }
 }
@@ -252,14 +265,21 @@ unsafe fn scores(
     let stride = TILE * 4;
     let out = scores.as_mut_ptr();
     for group in (0..key_blocks).step_by(4) {
-        zero_accumulators();
+        // SAFETY: the tile configuration is loaded (the caller's contract).
+        unsafe { zero_accumulators() };
         for t in 0..steps {
-            asm!("tileloadd tmm4, [{q} + {s} * 1]", q = in(reg) queries[t].0.as_ptr(), s = in(reg) stride,
-                options(nostack, preserves_flags, readonly));
+            // SAFETY: the configuration is loaded; `queries[t]` (bounds-checked) is a whole
+            // 1 KiB tile, 16 rows of 64 bytes at the stride given.
+            unsafe {
+                asm!("tileloadd tmm4, [{q} + {s} * 1]", q = in(reg) queries[t].0.as_ptr(), s = in(reg) stride,
+                    options(nostack, preserves_flags, readonly))
+            };
             // Blocks past the last compute on whatever tile sits there (the block index is
             // clamped) and are never stored.
             let key = |i: usize| keys[(group + i).min(key_blocks - 1) * steps + t].0.as_ptr();
-            asm!(
+            // SAFETY: as for the query tile: each key tile comes from a bounds-checked index.
+            unsafe {
+                asm!(
                 "tileloadd tmm6, [{k0} + {s} * 1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tileloadd tmm7, [{k1} + {s} * 1]",
@@ -268,16 +288,20 @@ unsafe fn scores(
                 "tdpbf16ps tmm2, tmm4, tmm6",
                 "tileloadd tmm7, [{k3} + {s} * 1]",
                 "tdpbf16ps tmm3, tmm4, tmm7",
-                k0 = in(reg) key(0),
-                k1 = in(reg) key(1),
-                k2 = in(reg) key(2),
-                k3 = in(reg) key(3),
-                s = in(reg) stride,
-                options(nostack, preserves_flags, readonly)
-            );
+                    k0 = in(reg) key(0),
+                    k1 = in(reg) key(1),
+                    k2 = in(reg) key(2),
+                    k3 = in(reg) key(3),
+                    s = in(reg) stride,
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
         }
         let live = (key_blocks - group).min(4);
-        store_accumulators(live, |i| out.add((group + i) * TILE) as *mut u8, ld * 4);
+        // SAFETY: block `group + i` (< key_blocks, as `live` stops there) is columns
+        // `16 (group + i)..+16` of the 16 rows of `scores` at stride `ld`, which the caller made
+        // at least `15 ld + 16 key_blocks` long (debug-asserted above).
+        unsafe { store_accumulators(live, |i| out.add((group + i) * TILE) as *mut u8, ld * 4) };
     }
 }
 
@@ -298,16 +322,24 @@ unsafe fn context(
     let stride = TILE * 4;
     for group in (0..column_blocks).step_by(4) {
         let live = (column_blocks - group).min(4);
-        zero_accumulators();
+        // SAFETY: the tile configuration is loaded (the caller's contract).
+        unsafe { zero_accumulators() };
         for s in 0..key_steps {
-            asm!("tileloadd tmm4, [{p} + {st} * 1]", p = in(reg) probabilities[s].0.as_ptr(), st = in(reg) stride,
-                options(nostack, preserves_flags, readonly));
+            // SAFETY: the configuration is loaded; `probabilities[s]` (bounds-checked) is a
+            // whole 1 KiB tile, 16 rows of 64 bytes at the stride given.
+            unsafe {
+                asm!("tileloadd tmm4, [{p} + {st} * 1]", p = in(reg) probabilities[s].0.as_ptr(), st = in(reg) stride,
+                    options(nostack, preserves_flags, readonly))
+            };
             let value = |i: usize| {
                 values[s * column_blocks + (group + i).min(column_blocks - 1)]
                     .0
                     .as_ptr()
             };
-            asm!(
+            // SAFETY: as for the probability tile: each value tile comes from a bounds-checked
+            // index.
+            unsafe {
+                asm!(
                 "tileloadd tmm6, [{v0} + {st} * 1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tileloadd tmm7, [{v1} + {st} * 1]",
@@ -316,16 +348,19 @@ unsafe fn context(
                 "tdpbf16ps tmm2, tmm4, tmm6",
                 "tileloadd tmm7, [{v3} + {st} * 1]",
                 "tdpbf16ps tmm3, tmm4, tmm7",
-                v0 = in(reg) value(0),
-                v1 = in(reg) value(1),
-                v2 = in(reg) value(2),
-                v3 = in(reg) value(3),
-                st = in(reg) stride,
-                options(nostack, preserves_flags, readonly)
-            );
+                    v0 = in(reg) value(0),
+                    v1 = in(reg) value(1),
+                    v2 = in(reg) value(2),
+                    v3 = in(reg) value(3),
+                    st = in(reg) stride,
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
         }
         let base = context.as_mut_ptr();
-        store_accumulators(live, |i| (*base.add(group + i)).0.as_mut_ptr() as *mut u8, stride);
+        // SAFETY: `group + i` < column_blocks (`live` stops there), and `context` holds
+        // `column_blocks` tiles (the caller's contract): each store fills one whole tile.
+        unsafe { store_accumulators(live, |i| (*base.add(group + i)).0.as_mut_ptr() as *mut u8, stride) };
     }
 }
 
@@ -335,13 +370,17 @@ unsafe fn context(
 /// The tile configuration is loaded.
 #[inline]
 unsafe fn zero_accumulators() {
-    std::arch::asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, preserves_flags, nomem)
-    );
+    // SAFETY: the tile configuration is loaded (the caller's contract); tilezero touches no
+    // memory.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, preserves_flags, nomem)
+        )
+    };
 }
 
 /// Stores the first `live` (1 to 4) accumulator tiles, `tmm{i}` to `at(i)` with rows `stride`
@@ -352,14 +391,27 @@ unsafe fn zero_accumulators() {
 #[inline]
 unsafe fn store_accumulators(live: usize, at: impl Fn(usize) -> *mut u8, stride: usize) {
     use std::arch::asm;
-    asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) at(0), s = in(reg) stride, options(nostack, preserves_flags));
+    // SAFETY: the configuration is loaded, and `at(i)` for i < live (live >= 1) is writable for
+    // 16 rows of 64 bytes at `stride` (the caller's contract).
+    unsafe {
+        asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) at(0), s = in(reg) stride, options(nostack, preserves_flags))
+    };
     if live > 1 {
-        asm!("tilestored [{c} + {s} * 1], tmm1", c = in(reg) at(1), s = in(reg) stride, options(nostack, preserves_flags));
+        // SAFETY: tile 1 (live > 1), as above.
+        unsafe {
+            asm!("tilestored [{c} + {s} * 1], tmm1", c = in(reg) at(1), s = in(reg) stride, options(nostack, preserves_flags))
+        };
     }
     if live > 2 {
-        asm!("tilestored [{c} + {s} * 1], tmm2", c = in(reg) at(2), s = in(reg) stride, options(nostack, preserves_flags));
+        // SAFETY: tile 2 (live > 2), as above.
+        unsafe {
+            asm!("tilestored [{c} + {s} * 1], tmm2", c = in(reg) at(2), s = in(reg) stride, options(nostack, preserves_flags))
+        };
     }
     if live > 3 {
-        asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) at(3), s = in(reg) stride, options(nostack, preserves_flags));
+        // SAFETY: tile 3 (live > 3), as above.
+        unsafe {
+            asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) at(3), s = in(reg) stride, options(nostack, preserves_flags))
+        };
     }
 }

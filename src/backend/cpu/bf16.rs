@@ -8,7 +8,7 @@
 //! A CPU without either gets a clear error from [`check_supported`].
 //!
 //! Layouts (pairs of consecutive k, as both instructions multiply pairs):
-//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
+//! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
 //!   for `q` below `ceil(k / 32) * 16` (whole AMX k steps), zero past `n` and past `k`; 64-byte
 //!   aligned.
 //! - A: per K block and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
@@ -61,7 +61,7 @@ fn to_bits(value: f32) -> u16 {
     bf16::from_f32(value).to_bits()
 }
 
-/// `W [n, k]` as bf16, packed in k-pair panels of [`NR`] columns (see the module header).
+/// `W [n, k]` as bf16, packed in k-pair panels of `NR` columns (see the module header).
 #[derive(Debug, Clone, Default)]
 pub struct PackedBf16 {
     n: usize,
@@ -98,14 +98,17 @@ impl PackedBf16 {
         Self { n, k, offset, data }
     }
 
+    /// Output features (`n`, the rows of W).
     pub fn n(&self) -> usize {
         self.n
     }
 
+    /// Reduction length (`k`, the columns of W).
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// Panels of `NR` output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -300,21 +303,33 @@ unsafe fn avx512bf16(pairs: usize, a: *const u32, b: *const u16, tile: *mut f32)
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for (i, row) in acc.iter_mut().enumerate() {
-        row[0] = _mm512_loadu_ps(tile.add(i * NR));
-        row[1] = _mm512_loadu_ps(tile.add(i * NR + 16));
+        // SAFETY: row i < MR of the tile, `NR` = 32 floats of the `MR * NR` the caller vouched for.
+        unsafe {
+            row[0] = _mm512_loadu_ps(tile.add(i * NR));
+            row[1] = _mm512_loadu_ps(tile.add(i * NR + 16));
+        }
     }
     for q in 0..pairs {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2 + 32) as *const _));
-        let a_q = a.add(q * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_q.add(i) as i32));
-            row[0] = _mm512_dpbf16_ps(row[0], a_iq, b0);
-            row[1] = _mm512_dpbf16_ps(row[1], a_iq, b1);
+        // SAFETY: q < pairs: `b[q * NR * 2..][..64]` and `a[q * MR..][..MR]` lie inside the
+        // `pairs * NR * 2` and `pairs * MR` values the caller vouched for. The transmutes turn
+        // 512 bits of integers into 512 bits of bf16 pairs, plain vectors of the same size for
+        // which every bit pattern is a value.
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2) as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2 + 32) as *const _));
+            let a_q = a.add(q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_q.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], a_iq, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], a_iq, b1);
+            }
         }
     }
     for (i, row) in acc.iter().enumerate() {
-        _mm512_storeu_ps(tile.add(i * NR), row[0]);
-        _mm512_storeu_ps(tile.add(i * NR + 16), row[1]);
+        // SAFETY: the same 32 floats of row i as loaded above.
+        unsafe {
+            _mm512_storeu_ps(tile.add(i * NR), row[0]);
+            _mm512_storeu_ps(tile.add(i * NR + 16), row[1]);
+        }
     }
 }

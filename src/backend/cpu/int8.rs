@@ -1,4 +1,4 @@
-//! The int8 linear layers (`CpuDtype::Int8`): weights quantized once at load, activations at run
+//! The int8 linear layers (`Dtype::Int8`): weights quantized once at load, activations at run
 //! time, both in groups of [`GROUP`] consecutive k; products summed exactly in i32 by `vpdpbusd`
 //! (AVX512-VNNI), each group's sum scaled into an f32 accumulator; everything else f32.
 //!
@@ -12,7 +12,7 @@
 //! Unsigned activations because `vpdpbusd` multiplies unsigned bytes of A by signed bytes of W;
 //! asymmetric because the inputs of the second FFN matrix (after GELU) are nearly all positive,
 //! where a symmetric scale would waste half the codes. Groups because BERT's hidden states have
-//! a few channels far larger than the rest (largest on [CLS], [SEP] and short texts), and some
+//! a few channels far larger than the rest (largest on `[CLS]`, `[SEP]` and short texts), and some
 //! weight rows a few large inputs: with one scale per row or channel those outliers coarsen every
 //! other value (per-row scales gave cosine 0.9935 against f32 on the empty text with MiniLM).
 //!
@@ -23,7 +23,7 @@
 //! the same order for every row whatever its neighbours (batching invariance).
 //!
 //! Layouts (quads of consecutive k, as `vpdpbusd` sums four byte products per 32-bit lane):
-//! - W: panels of [`NR`] = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
+//! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
 //!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
 //! - A: per K block of [`KC_INT8`] and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
@@ -93,7 +93,7 @@ fn stored_quads(k: usize) -> usize {
 }
 
 /// `W [n, k]` quantized to int8 per output channel and group of k, packed in k-quad panels of
-/// [`NR`] columns (see the module header), with each (channel, group)'s scale and sum of codes.
+/// `NR` columns (see the module header), with each (channel, group)'s scale and sum of codes.
 #[derive(Debug, Clone, Default)]
 pub struct PackedInt8 {
     n: usize,
@@ -158,14 +158,17 @@ impl PackedInt8 {
         }
     }
 
+    /// Output features (`n`, the rows of W).
     pub fn n(&self) -> usize {
         self.n
     }
 
+    /// Reduction length (`k`, the columns of W).
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// Panels of `NR` output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -199,7 +202,9 @@ impl PackedInt8 {
 /// The quantization of one group of a row of activations: `x ~ (q - zero) * scale`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quantization {
+    /// The width of one code step.
     pub scale: f32,
+    /// The code of the value 0.
     pub zero: i32,
 }
 
@@ -250,7 +255,9 @@ unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
     {
         *mask = (((1u32 << (values.len() - 16 * v).min(16)) - 1) & 0xffff) as u16;
         // Masked-off lanes load 0, which the range holds anyway.
-        *x = _mm512_maskz_loadu_ps(*mask, values.as_ptr().add(16 * v));
+        // SAFETY: v < values.len().div_ceil(16) and the mask covers only the lanes below
+        // `values.len() - 16 * v`: no lane past the end of `values` is read.
+        *x = unsafe { _mm512_maskz_loadu_ps(*mask, values.as_ptr().add(16 * v)) };
         low = _mm512_min_ps(low, *x);
         high = _mm512_max_ps(high, *x);
     }
@@ -264,7 +271,9 @@ unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
         let shifted = _mm512_add_ps(rounded, zero);
         let clamped = _mm512_min_ps(_mm512_max_ps(shifted, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
         let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(clamped));
-        _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask, bytes);
+        // SAFETY: `out` is as long as `values` (asserted on entry) and the mask is the load's:
+        // no byte past its end is written.
+        unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask, bytes) };
     }
     quantization
 }
@@ -500,28 +509,41 @@ unsafe fn vnni(
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
     for q in 0..quads {
-        let b0 = _mm512_loadu_si512(b.add(q * NR * 4).cast());
-        let b1 = _mm512_loadu_si512(b.add(q * NR * 4 + 64).cast());
-        let a_q = a.add(q * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a_iq = _mm512_set1_epi32(*a_q.add(i) as i32);
-            row[0] = _mm512_dpbusd_epi32(row[0], a_iq, b0);
-            row[1] = _mm512_dpbusd_epi32(row[1], a_iq, b1);
+        // SAFETY: q < quads: `b[q * NR * 4..][..128]` and `a[q * MR..][..MR]` lie inside the
+        // `quads * NR * 4` bytes and `quads * MR` values the caller vouched for.
+        unsafe {
+            let b0 = _mm512_loadu_si512(b.add(q * NR * 4).cast());
+            let b1 = _mm512_loadu_si512(b.add(q * NR * 4 + 64).cast());
+            let a_q = a.add(q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_iq = _mm512_set1_epi32(*a_q.add(i) as i32);
+                row[0] = _mm512_dpbusd_epi32(row[0], a_iq, b0);
+                row[1] = _mm512_dpbusd_epi32(row[1], a_iq, b1);
+            }
         }
     }
     // Unrolled by hand: as a loop, LLVM keeps the accumulators in a stack array (cleared with a
     // memset and stored there) instead of registers, a third of the time of a 128-wide group.
-    let s_w = [_mm512_loadu_ps(w_scales), _mm512_loadu_ps(w_scales.add(16))];
-    let colsum = [_mm512_loadu_ps(w_sums), _mm512_loadu_ps(w_sums.add(16))];
+    // SAFETY: `w_scales` and `w_sums` hold `NR` = 32 floats each (the caller's contract).
+    let (s_w, colsum) = unsafe {
+        (
+            [_mm512_loadu_ps(w_scales), _mm512_loadu_ps(w_scales.add(16))],
+            [_mm512_loadu_ps(w_sums), _mm512_loadu_ps(w_sums.add(16))],
+        )
+    };
     let scale_row = |i: usize, sums: [__m512i; 2]| {
-        let s_a = _mm512_set1_ps(*a_scales.add(i));
-        let z = _mm512_set1_ps(*a_zeros.add(i));
+        // SAFETY: i < MR (the rows below), and `a_scales`, `a_zeros` hold `MR` floats each.
+        let (s_a, z) = unsafe { (_mm512_set1_ps(*a_scales.add(i)), _mm512_set1_ps(*a_zeros.add(i))) };
         for h in 0..2 {
             // Exact: integers below 2^24 (module header).
             let centred = _mm512_fnmadd_ps(z, colsum[h], _mm512_cvtepi32_ps(sums[h]));
-            let out = c.add(i * ldc + 16 * h);
-            let sum = _mm512_fmadd_ps(centred, _mm512_mul_ps(s_a, s_w[h]), _mm512_loadu_ps(out));
-            _mm512_storeu_ps(out, sum);
+            // SAFETY: row i < MR of C, columns `16 * h..16 * h + 16` < NR: inside the `MR` rows
+            // of `NR` floats at stride `ldc` that the caller vouched for.
+            unsafe {
+                let out = c.add(i * ldc + 16 * h);
+                let sum = _mm512_fmadd_ps(centred, _mm512_mul_ps(s_a, s_w[h]), _mm512_loadu_ps(out));
+                _mm512_storeu_ps(out, sum);
+            }
         }
     };
     macro_rules! scale_rows {

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::backend::cpu::testutil::SplitMix64;
-use crate::backend::cpu::{reference, CpuBackend, CpuDtype, CpuTensor};
+use crate::backend::cpu::{reference, CpuBackend, CpuTensor};
+use crate::backend::Dtype;
 use crate::backend::{Activation, Backend};
 
 /// What the GEMM must produce, computed the slow way: every code from the same quantization
@@ -39,7 +40,7 @@ fn int8_model(a: &[f32], lda: usize, m: usize, w: &PackedInt8, bias: &[f32]) -> 
 fn int8_gemm_is_exactly_its_integer_model() {
     if !is_supported() {
         // Refusal is the contract there: the backend must say so, not fall back.
-        let err = CpuBackend::with_dtype(CpuDtype::Int8).unwrap_err().to_string();
+        let err = CpuBackend::with_dtype(Dtype::Int8).unwrap_err().to_string();
         assert!(err.contains("AVX512-VNNI"), "{err}");
         return;
     }
@@ -161,7 +162,7 @@ fn quantization_stays_within_half_a_step() {
 
 #[test]
 fn int8_linear_layer_stays_close_to_f32() {
-    let Ok(backend) = CpuBackend::with_dtype(CpuDtype::Int8) else {
+    let Ok(backend) = CpuBackend::with_dtype(Dtype::Int8) else {
         return; // refusal is checked above
     };
     let mut rng = SplitMix64::new(23);

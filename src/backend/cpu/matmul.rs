@@ -1,8 +1,8 @@
 //! The f32 matrix multiply behind every linear layer and both products of attention:
 //! `C[m, n] = A[m, k] · Wᵀ (+ bias)`, with `W` given as `[n, k]` (PyTorch's `nn.Linear` layout).
 //!
-//! BLIS-style blocking around the register micro-kernels of [`super::microkernel`]:
-//! - `W` is packed once (at load, for weights) into panels of [`NR`] = 32 output columns, each
+//! BLIS-style blocking around the register micro-kernels of `microkernel`:
+//! - `W` is packed once (at load, for weights) into panels of `NR` = 32 output columns, each
 //!   panel k-major (`panel[p * NR + j] = W[panel_start + j][p]`, zero-padded past `n`), the
 //!   storage aligned to 64 bytes so that every 16-lane load of the kernel is one cache line;
 //! - K is cut into blocks of [`KC`] = 384: a W micro-panel of one block (`KC x NR`, 48 KiB) and
@@ -31,7 +31,7 @@ use super::microkernel::{self, Tile, MR, NR};
 
 /// Reduction steps per K block.
 pub const KC: usize = 384;
-/// Rows of A per M block, and per parallel task. A multiple of [`MR`].
+/// Rows of A per M block, and per parallel task. A multiple of `MR`.
 pub const MC: usize = 96;
 /// Rows of `A` per parallel task (the M block).
 pub const ROW_BLOCK: usize = MC;
@@ -39,7 +39,7 @@ pub const ROW_BLOCK: usize = MC;
 /// Floats per 64-byte line: the alignment of packed storage.
 const LINE: usize = 16;
 
-/// `W [n, k]` repacked into k-major panels of [`NR`] columns (see the module header).
+/// `W [n, k]` repacked into k-major panels of `NR` columns (see the module header).
 #[derive(Debug, Clone, Default)]
 pub struct PackedMatrix {
     n: usize,
@@ -134,6 +134,7 @@ impl PackedMatrix {
         self.k
     }
 
+    /// Panels of `NR` output columns, the last one padded.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -314,7 +315,7 @@ pub trait PanelWeights: Sync {
     fn n(&self) -> usize;
     /// Reduction length.
     fn k(&self) -> usize;
-    /// Panels of [`NR`] columns.
+    /// Panels of `NR` columns.
     fn panels(&self) -> usize;
     /// `C = A · Wᵀ (+ bias)` for the columns of `panels` only, on the calling thread; column 0 of
     /// `c` is column `panels.start * NR` of the full product.

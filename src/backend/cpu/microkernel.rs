@@ -232,23 +232,34 @@ mod x86 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for (i, row) in acc.iter_mut().enumerate() {
-            let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
-            row[0] = _mm512_loadu_ps(src);
-            row[1] = _mm512_loadu_ps(src.add(16));
+            // SAFETY: row i < MR of the tile is `NR` = 32 floats at `c + i * ldc`, and `init` is
+            // an array of `NR` (the caller's contract); AVX-512F is enabled on this function.
+            unsafe {
+                let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
+                row[0] = _mm512_loadu_ps(src);
+                row[1] = _mm512_loadu_ps(src.add(16));
+            }
         }
         for p in 0..k {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            let a_p = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_ip = _mm512_set1_ps(*a_p.add(i));
-                row[0] = _mm512_fmadd_ps(a_ip, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(a_ip, b1, row[1]);
+            // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and `a` for
+            // `k * MR`: step p reads `b[p * NR..p * NR + 32]` and `a[p * MR..p * MR + MR]`.
+            unsafe {
+                let b0 = _mm512_loadu_ps(b.add(p * NR));
+                let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+                let a_p = a.add(p * MR);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a_ip = _mm512_set1_ps(*a_p.add(i));
+                    row[0] = _mm512_fmadd_ps(a_ip, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(a_ip, b1, row[1]);
+                }
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            _mm512_storeu_ps(c.add(i * ldc), row[0]);
-            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+            // SAFETY: as for the loads of C above, the same 32 floats of row i.
+            unsafe {
+                _mm512_storeu_ps(c.add(i * ldc), row[0]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+            }
         }
     }
 
@@ -267,20 +278,31 @@ mod x86 {
     ) {
         for row_half in 0..2 {
             for column_half in 0..2 {
-                avx2_6x16(
-                    k,
-                    a.add(row_half * 6),
-                    b.add(column_half * 16),
-                    c.add(row_half * 6 * ldc + column_half * 16),
-                    ldc,
-                    init.map(|init| init.as_ptr().add(column_half * 16)),
-                );
+                // SAFETY: each quarter is rows `6 * row_half..+6` and columns
+                // `16 * column_half..+16` of the tile the caller vouched for, with the full
+                // panels' strides, so every read and write stays inside the caller's extents;
+                // AVX2 and FMA are enabled here as the quarter kernel needs.
+                unsafe {
+                    avx2_6x16(
+                        k,
+                        a.add(row_half * 6),
+                        b.add(column_half * 16),
+                        c.add(row_half * 6 * ldc + column_half * 16),
+                        ldc,
+                        init.map(|init| init.as_ptr().add(column_half * 16)),
+                    );
+                }
             }
         }
     }
 
     /// 6 x 16 with 12 ymm accumulators; `a` and `b` keep the strides `MR` and `NR` of the full
     /// micro-panels.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `a` readable at `p * MR + i` and `b` at `p * NR..p * NR + 16` for
+    /// p < k, i < 6; `c` read/write for 16 floats at each `i * ldc`, i < 6; `init`, when given,
+    /// readable for 16 floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn avx2_6x16(
@@ -293,23 +315,33 @@ mod x86 {
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         for (i, row) in acc.iter_mut().enumerate() {
-            let src = init.unwrap_or(c.add(i * ldc) as *const f32);
-            row[0] = _mm256_loadu_ps(src);
-            row[1] = _mm256_loadu_ps(src.add(8));
+            // SAFETY: 16 floats of row i < 6 of C, or of `init` (the caller's contract).
+            unsafe {
+                let src = init.unwrap_or(c.add(i * ldc) as *const f32);
+                row[0] = _mm256_loadu_ps(src);
+                row[1] = _mm256_loadu_ps(src.add(8));
+            }
         }
         for p in 0..k {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let a_p = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_ip = _mm256_broadcast_ss(&*a_p.add(i));
-                row[0] = _mm256_fmadd_ps(a_ip, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(a_ip, b1, row[1]);
+            // SAFETY: p < k: `b[p * NR..p * NR + 16]` and `a[p * MR..p * MR + 6]`, inside the
+            // extents the caller vouched for.
+            unsafe {
+                let b0 = _mm256_loadu_ps(b.add(p * NR));
+                let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+                let a_p = a.add(p * MR);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a_ip = _mm256_broadcast_ss(&*a_p.add(i));
+                    row[0] = _mm256_fmadd_ps(a_ip, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(a_ip, b1, row[1]);
+                }
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            _mm256_storeu_ps(c.add(i * ldc), row[0]);
-            _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
+            // SAFETY: the same 16 floats of row i of C as loaded above.
+            unsafe {
+                _mm256_storeu_ps(c.add(i * ldc), row[0]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
+            }
         }
     }
 }

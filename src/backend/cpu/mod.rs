@@ -1,4 +1,4 @@
-//! The CPU backend: f32 activations, f32, bf16 or int8 linear weights ([`CpuDtype`]), parallel with
+//! The CPU backend: f32 activations, f32, bf16 or int8 linear weights ([`Dtype`]), parallel with
 //! rayon on the caller's current pool (it never builds a pool of its own, so
 //! `pool.install(|| model.forward(..))` decides the threads and nothing is oversubscribed).
 //!
@@ -9,14 +9,15 @@
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
-//! - [`bf16`]: the bf16 linear layers ([`CpuDtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
-//! - [`int8`]: the int8 linear layers ([`CpuDtype::Int8`]), on AVX512-VNNI.
+//! - [`bf16`]: the bf16 linear layers ([`Dtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
+//! - [`int8`]: the int8 linear layers ([`Dtype::Int8`]), on AVX512-VNNI.
 //!
-//! [`microkernel::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
+//! [`matmul::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
 //!
-//! [`reference`] holds the scalar f64 versions of every op that the tests compare against, and
-//! [`testutil`] the seeded random inputs and the error measure the tests use.
+//! The tests compare each op against the scalar f64 versions of tests/common/reference.rs, on
+//! the seeded random inputs of tests/common/testutil.rs; the unit tests include both files, which
+//! are test code, not API.
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
@@ -28,14 +29,18 @@ mod buffers;
 pub mod int8;
 pub mod math;
 pub mod matmul;
-pub mod microkernel;
-pub mod reference;
+mod microkernel;
+#[cfg(test)]
+#[path = "../../../tests/common/reference.rs"]
+mod reference;
 mod rowwise;
 #[cfg(test)]
 mod tests;
-pub mod testutil;
+#[cfg(test)]
+#[path = "../../../tests/common/testutil.rs"]
+mod testutil;
 
-use crate::backend::{Activation, Backend, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
+use crate::backend::{Activation, Backend, Dtype, EmbeddingTables, HostMatrix, LayerNormWeights, Pooling};
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use matmul::PackedMatrix;
@@ -51,8 +56,11 @@ fn error(op: &'static str, message: impl Into<String>) -> Error {
 /// A row-major f32 matrix in host memory: `data[r * cols + c]`, `data.len() == rows * cols`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuTensor {
+    /// Rows: tokens or sequences.
     pub rows: usize,
+    /// Values per row.
     pub cols: usize,
+    /// `rows * cols` values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -68,6 +76,10 @@ impl CpuTensor {
         Ok(Self { rows, cols, data })
     }
 
+    /// Row `r`.
+    ///
+    /// # Panics
+    /// If `r` is not below `rows`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -109,21 +121,6 @@ impl From<HostMatrix> for CpuTensor {
     }
 }
 
-/// The storage and arithmetic of the CPU backend's linear layers. Everything else (embeddings,
-/// attention, LayerNorm, activations) is f32 either way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CpuDtype {
-    /// f32 weights, f32 arithmetic.
-    #[default]
-    F32,
-    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation
-    /// (AVX512-BF16 only).
-    Bf16,
-    /// int8 weights and activations in groups along k, exact i32 sums per group, f32 output
-    /// (AVX512-VNNI only; see [`int8`]).
-    Int8,
-}
-
 /// A packed linear weight, f32, bf16 or int8.
 #[derive(Debug, Clone)]
 enum LinearWeight {
@@ -140,6 +137,7 @@ pub struct CpuLinear {
 }
 
 impl CpuLinear {
+    /// Output features: the rows of the weight.
     pub fn out_features(&self) -> usize {
         match &self.weight {
             LinearWeight::F32(w) => w.n(),
@@ -148,6 +146,7 @@ impl CpuLinear {
         }
     }
 
+    /// Input features: the columns of the weight.
     pub fn in_features(&self) -> usize {
         match &self.weight {
             LinearWeight::F32(w) => w.k(),
@@ -164,6 +163,7 @@ impl CpuLinear {
         }
     }
 
+    /// The bias, `out_features` values.
     pub fn bias(&self) -> &[f32] {
         &self.bias
     }
@@ -173,7 +173,7 @@ impl CpuLinear {
 /// construct and to share.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend {
-    dtype: CpuDtype,
+    dtype: Dtype,
 }
 
 impl CpuBackend {
@@ -184,16 +184,17 @@ impl CpuBackend {
 
     /// A backend whose linear layers use `dtype`; bf16 is refused with a clear error on a CPU
     /// without AVX512-BF16, int8 on one without AVX512-VNNI.
-    pub fn with_dtype(dtype: CpuDtype) -> Result<Self> {
+    pub fn with_dtype(dtype: Dtype) -> Result<Self> {
         match dtype {
-            CpuDtype::F32 => {}
-            CpuDtype::Bf16 => bf16::check_supported().map_err(|message| error("bf16", message))?,
-            CpuDtype::Int8 => int8::check_supported().map_err(|message| error("int8", message))?,
+            Dtype::F32 => {}
+            Dtype::Bf16 => bf16::check_supported().map_err(|message| error("bf16", message))?,
+            Dtype::Int8 => int8::check_supported().map_err(|message| error("int8", message))?,
         }
         Ok(Self { dtype })
     }
 
-    pub fn dtype(&self) -> CpuDtype {
+    /// The dtype of this backend's linear layers.
+    pub fn dtype(&self) -> Dtype {
         self.dtype
     }
 }
@@ -256,18 +257,14 @@ impl Backend for CpuBackend {
             ));
         }
         let weight = match self.dtype {
-            CpuDtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
+            Dtype::F32 => LinearWeight::F32(PackedMatrix::from_rows(
                 weight,
                 out_features,
                 in_features,
                 in_features,
             )),
-            CpuDtype::Bf16 => {
-                LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features))
-            }
-            CpuDtype::Int8 => {
-                LinearWeight::Int8(int8::PackedInt8::from_rows(weight, out_features, in_features))
-            }
+            Dtype::Bf16 => LinearWeight::Bf16(bf16::PackedBf16::from_rows(weight, out_features, in_features)),
+            Dtype::Int8 => LinearWeight::Int8(int8::PackedInt8::from_rows(weight, out_features, in_features)),
         };
         Ok(CpuLinear {
             weight,

@@ -245,13 +245,13 @@ fn attention_matches_reference() {
 fn bf16_attention_matches_reference_and_batching() {
     // The bf16 backend's attention: on AMX (head dimensions 32 and 64), Q, K, V and the
     // probabilities in bf16; elsewhere, and at head dimension 33, the f32 kernel.
-    let Ok(backend) = CpuBackend::with_dtype(CpuDtype::Bf16) else {
+    let Ok(backend) = CpuBackend::with_dtype(Dtype::Bf16) else {
         return; // refusal is checked by the bf16 GEMM test
     };
     let amx = matmul::Isa::detected() == matmul::Isa::Amx;
     let mut rng = SplitMix64::new(17);
     for (heads, head_dim) in [(6, 64), (12, 32), (5, 33)] {
-        let kernel = attention::HeadKernel::choose(CpuDtype::Bf16, head_dim);
+        let kernel = attention::HeadKernel::choose(Dtype::Bf16, head_dim);
         assert_eq!(
             kernel == attention::HeadKernel::Amx,
             amx && head_dim.is_multiple_of(32)
@@ -577,7 +577,7 @@ fn elementwise_code_is_bit_identical_at_every_isa_level() {
 fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
     if !bf16::is_supported() {
         // Refusal is the contract there: the backend must say so, not fall back.
-        assert!(CpuBackend::with_dtype(CpuDtype::Bf16).is_err());
+        assert!(CpuBackend::with_dtype(Dtype::Bf16).is_err());
         return;
     }
     let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
@@ -648,7 +648,7 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
 
 #[test]
 fn bf16_linear_layers_stay_close_to_f32() {
-    let Ok(backend) = CpuBackend::with_dtype(CpuDtype::Bf16) else {
+    let Ok(backend) = CpuBackend::with_dtype(Dtype::Bf16) else {
         return; // refusal is checked by the test above
     };
     let mut rng = SplitMix64::new(15);

@@ -39,22 +39,28 @@ use crate::error::Result;
 /// (its GEMM_SM90(...) line; `smem_bytes` must match its SmemLayout<..>::TOTAL).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tile {
+    /// The kernel's name in the PTX.
     pub name: &'static str,
+    /// Rows of the output tile (BM).
     pub bm: usize,
+    /// Columns of the output tile (BN).
     pub bn: usize,
+    /// Consumer warpgroups, which run the wgmma; one producer warpgroup feeds them.
     pub consumers: usize,
+    /// Pipeline stages of A and W tiles in shared memory.
     pub stages: usize,
     /// Each consumer warpgroup takes whole tiles of its own, in turn (BM = 64), rather than 64 rows
     /// of a shared one (BM = 64 x consumers).
     pub pingpong: bool,
     /// Relative tensor-core efficiency of the shape at full occupancy (128x256 = 1): smaller
     /// tiles read more shared memory per flop and pay the epilogue more often. First guesses, to
-    /// be replaced by H100 measurements (the GEMM table of scripts/gpu_bench.py times every tile
+    /// be replaced by H100 measurements (the GEMM table of scripts/cuda/gpu_bench.py times every tile
     /// on every shape).
     pub efficiency: f64,
 }
 
 impl Tile {
+    /// Threads per block: 128 per consumer warpgroup and 128 for the producer.
     pub fn threads(&self) -> u32 {
         128 * (self.consumers as u32 + 1)
     }

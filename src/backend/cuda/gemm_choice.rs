@@ -15,7 +15,7 @@
 //!
 //! A self-check cannot contain a trap: a kernel that traps (the sm90 pipeline's watchdog) leaves
 //! the CUDA context unusable, for every kernel. The self-check then returns that error instead of
-//! a verdict; scripts/gpu-run.sh runs the sm90 kernels in processes of their own for that reason.
+//! a verdict; scripts/cuda/gpu-run.sh runs the sm90 kernels in processes of their own for that reason.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -48,11 +48,14 @@ impl GemmChoice {
 /// The kernels `linear` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmPath {
+    /// kernels/gemm.cu: `mma.sync` tensor-core tiles, for compute capability 8.0 and later.
     Sm80,
+    /// kernels/gemm_sm90.cu: wgmma, TMA and warp specialization, for Hopper (9.0a) only.
     Sm90,
 }
 
 impl GemmPath {
+    /// The name `EMBER_GEMM` and `ember info` use.
     pub fn name(self) -> &'static str {
         match self {
             GemmPath::Sm80 => "sm80",
@@ -65,7 +68,12 @@ impl GemmPath {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sm90Setup {
     /// Not compute capability 9.x: compute_90a PTX loads nowhere else.
-    NotHopper { major: i32, minor: i32 },
+    NotHopper {
+        /// The device's compute capability, major part.
+        major: i32,
+        /// The device's compute capability, minor part.
+        minor: i32,
+    },
     /// Not loaded: the backend was opened with `EMBER_GEMM=sm80`.
     NotLoaded,
     /// Module loaded, shared-memory limits raised, and every tensor map so far encoded.
@@ -77,6 +85,7 @@ pub enum Sm90Setup {
 /// The self-check's outcome on a device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelfCheck {
+    /// Not run (yet) on this device.
     NotRun,
     /// What was checked ("3 shapes x 4 tiles against f64").
     Passed(String),
@@ -89,7 +98,14 @@ pub enum SelfCheck {
 pub enum Verdict {
     /// Run `path`; `why` is for `ember info` and errors; `warn`: the user should hear of it
     /// (the sm90 GEMM is off because something failed).
-    Use { path: GemmPath, why: String, warn: bool },
+    Use {
+        /// The kernels to run.
+        path: GemmPath,
+        /// Why this path, in words.
+        why: String,
+        /// Whether the user should hear of it.
+        warn: bool,
+    },
     /// The sm90 GEMM is set up but not yet checked on this device: run the self-check, record
     /// its outcome, and decide again.
     RunSelfCheck,

@@ -10,7 +10,7 @@
 //! host between batches. Pooling and L2 normalization run on the GPU: only `[sequences, hidden]`
 //! embeddings come back. Weights are uploaded once; activations come from a pool of freed buffers
 //! (see `device::DeviceBuffer`), so after the first batch of a size the forward pass allocates
-//! nothing, and `peak_device_bytes()` stops growing.
+//! nothing, and `Backend::peak_device_bytes` stops growing.
 //!
 //! No CUDA graphs: a layer is 7 launches (84 for bge-base, 168 for bge-large, plus 3 per batch),
 //! each a few microseconds of host time, queued while the previous batch still runs; on the GPU
@@ -51,10 +51,12 @@ pub struct CudaTensor {
 }
 
 impl CudaTensor {
+    /// Rows: tokens or sequences.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Values per row.
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -404,6 +406,8 @@ impl Backend for CudaBackend {
         })
     }
 
+    /// Never `None`. The buffer pool never frees, so this stops growing once every batch shape
+    /// has been seen.
     fn peak_device_bytes(&self) -> Option<usize> {
         Some(self.device.memory.peak())
     }
@@ -503,13 +507,7 @@ impl Backend for CudaBackend {
             r.check(OP, "residual", m, n)?;
         }
         let out = self.output(OP, m, n)?;
-        let act: i32 = match activation {
-            Activation::Identity => 0,
-            Activation::Gelu => 1,
-            Activation::GeluTanh => 2,
-            Activation::Relu => 3,
-            Activation::Tanh => 4,
-        };
+        let act = activation.kernel_code();
         // gemm.rs picks the path (sm90 on Hopper for BERT shapes, else gemm.cu) and the tile.
         let args = gemm::GemmArgs {
             x: x.buffer.ptr(),

@@ -373,12 +373,6 @@ impl super::CudaBackend {
         self.device.memory.live()
     }
 
-    /// The most device bytes the backend has held at once. The buffer pool never frees, so this
-    /// stops growing once every batch shape has been seen.
-    pub fn peak_device_bytes(&self) -> usize {
-        self.device.memory.peak()
-    }
-
     /// Copies batches in with a plain synchronous copy of their own (the path before slots and
     /// the copy stream): for tests that compare the two.
     pub fn set_synchronous_uploads(&self, on: bool) {

@@ -1,4 +1,4 @@
-"""Reads the JSON lines of scripts/compare-cpu.sh's engines on stdin (one per timed pass) and
+"""Reads the JSON lines of scripts/bench/compare-cpu.sh's engines on stdin (one per timed pass) and
 prints the Markdown ratio table: one row per engine (its median pass), one column per ember dtype
 giving ember's tokens/s over that row's."""
 import json

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The Python clients against `ember serve` (run by scripts/test.sh after cargo test): the
 # openai package's embeddings.create and requests against /embed and /rerank, on loopback.
-# Usage: scripts/test-python-clients.sh [EMBER_BINARY]   (default target/debug/ember)
+# Usage: scripts/python/test-python-clients.sh [EMBER_BINARY]   (default target/debug/ember)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 ember=${1:-target/debug/ember}
 [[ -x $ember ]] || { echo "error: $ember not built (cargo build first)" >&2; exit 1; }
-python=$(scripts/install-python-clients.sh)
+python=$(scripts/python/install-python-clients.sh)
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -3,10 +3,14 @@
 //! threads. They are the truth that the fast CPU ops (and later the CUDA kernels) are tested
 //! against, so clarity wins over speed everywhere in this file.
 //!
+//! Test code, not API: the library's unit tests include this file (`#[cfg(test)]` in
+//! src/backend/cpu/mod.rs) and so do the integration tests and benches, through tests/common.
+//! The includer brings `Activation`, `HostMatrix` and `Pooling` into scope.
+//!
 //! Matrices are [`HostMatrix`] (row-major `[rows, cols]`), vectors are slices. These are test
 //! oracles: inconsistent shapes panic with a message instead of returning an error.
 
-use crate::backend::{Activation, HostMatrix, Pooling};
+use super::{Activation, HostMatrix, Pooling};
 
 fn matrix(rows: usize, cols: usize, data: Vec<f64>) -> HostMatrix {
     HostMatrix {

@@ -8,7 +8,7 @@ sentence-transformers does them; texts sorted by length and batched by 32, as
 SentenceTransformer.encode does. Timed: tokenization + inference + pooling (encode only, model
 loaded and warmed up). Prints one line of JSON like bench_torch.py.
 
-usage: python3 scripts/bench_ort.py MODEL_DIR CORPUS.txt --threads 2 [--batch-size 32] [--repeat 3]
+usage: python3 scripts/bench/bench_ort.py MODEL_DIR CORPUS.txt --threads 2 [--batch-size 32] [--repeat 3]
        [--work DIR]   (where the exported .onnx files go; default .cache/bench)
        [--quantize none|int8] [--max-length N]   (default 256, sentence-transformers' MiniLM)
 """

@@ -1,7 +1,7 @@
-"""The PyTorch side of scripts/gpu_bench.py: every measurement that needs torch (and transformers)
+"""The PyTorch side of scripts/cuda/gpu_bench.py: every measurement that needs torch (and transformers)
 on the GPU, behind a few functions, so that gpu_bench.py itself (which runs ember's processes
 under timeouts and writes each row as it is measured) imports torch only when a step needs it,
-and so that the CPU dry run (scripts/gpu-dry-run.sh) can put a stand-in beside it.
+and so that the CPU dry run (scripts/cuda/gpu-dry-run.sh) can put a stand-in beside it.
 
 Everything here runs on the same card as ember, in the same run:
   - matmul_peak: the card's FP16 tensor-core rate, a large torch.matmul (8192^3, f16 in, f32

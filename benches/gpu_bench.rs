@@ -1,5 +1,6 @@
-//! The ember side of scripts/gpu-run.sh's comparison with PyTorch. A `harness = false` test
-//! target so that it is built with the test binaries; without arguments it does nothing.
+//! The ember side of scripts/cuda/gpu-run.sh's comparison with PyTorch: a program, not a test (a
+//! `harness = false` bench, built with the GPU tests by scripts/cuda/gpu-check.sh); without arguments
+//! it does nothing.
 //!
 //! usage: gpu_bench MODEL_DIR IDS.json OUT.npy [PASSES] [BATCH_TOKENS] [IDS2.json OUT2.npy ...]
 //!   For each (IDS, OUT): reads token id lists (special tokens included), embeds them on the GPU
@@ -19,7 +20,7 @@
 //!   and sequence: Q Kᵀ and P V, no mask).
 
 //! usage: gpu_bench gemm PATH MxNxK[,MxNxK...] [MIN_MS]
-//!   The GEMM table's ember side, one path per process (scripts/gpu_bench.py runs sm80 first,
+//!   The GEMM table's ember side, one path per process (scripts/cuda/gpu_bench.py runs sm80 first,
 //!   then each sm90 tile in a process of its own, cooperative tiles first, ping-pong last: a
 //!   trap in one tile kernel leaves the others' figures). PATH: `sm80`, an sm90 tile name of
 //!   TILES without `gemm_sm90_` (`128x256`, ..., `pp_64x192`: the sm90 path forced, no
@@ -34,7 +35,11 @@
 
 use std::time::Instant;
 
-use ember::backend::cpu::testutil::SplitMix64;
+// The tests' shared helpers: the seeded random inputs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::testutil::SplitMix64;
 use ember::backend::cuda::{CudaBackend, GemmChoice};
 use ember::backend::{Activation, Backend, HostMatrix, PendingMatrix};
 use ember::model::Model;
@@ -210,7 +215,11 @@ fn main() {
         let tokens: usize = sequences.iter().map(Sequence::len).sum();
         let (embeddings, _) = run(&gpu, &model, &sequences, batch_tokens); // warm-up: PTX JIT, pool
         gpu.gpu_seconds().expect("timing");
-        let peak_after_warmup = gpu.peak_device_bytes();
+        let peak = || {
+            gpu.peak_device_bytes()
+                .expect("a GPU reports its peak device memory")
+        };
+        let peak_after_warmup = peak();
         let (launches0, batches0) = gpu.launch_counts();
         let (mut best, mut busy, mut queueing) = (f64::INFINITY, 0.0, 0.0);
         for _ in 0..passes {
@@ -232,7 +241,7 @@ fn main() {
             tokens as f64 / best,
             (launches1 - launches0) as f64 / (batches1 - batches0).max(1) as f64,
             (batches1 - batches0) / passes.max(1) as u64,
-            gpu.peak_device_bytes(),
+            peak(),
             gemm.name(),
         );
     }
@@ -262,9 +271,8 @@ fn run(
     let mut in_flight: Option<(Vec<usize>, PendingMatrix)> = None;
     let mut queueing = 0.0;
     for members in ember::batch::plan_batches(&lengths, batch_tokens, usize::MAX) {
-        let batch: Batch = model
-            .pack(&members.iter().map(|&i| &sequences[i]).collect::<Vec<_>>())
-            .expect("pack");
+        let refs: Vec<&Sequence> = members.iter().map(|&i| &sequences[i]).collect();
+        let batch = Batch::pack(&refs, model.config().position_offset() as u32).expect("pack");
         let queued = Instant::now();
         let device_batch = gpu.upload_batch(&batch).expect("upload");
         let embeddings = model

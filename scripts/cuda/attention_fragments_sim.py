@@ -9,7 +9,7 @@ a float64 softmax(QKᵀ/sqrt(d))V for the tiled kernel (attention_fa: Q through 
 64-key tiles) and the short one (attention_short: Q fragments read directly, 32-key chunks),
 head dims 32 and 64, lengths that end inside a tile. It checks the index math, not the compiler
 or the hardware: a GPU run of tests/gpu/ops.rs stays the real test. Keep it in step with the kernel.
-usage: python3 scripts/attention_fragments_sim.py   (needs numpy; about a second)
+usage: python3 scripts/cuda/attention_fragments_sim.py   (needs numpy; about a second)
 """
 import numpy as np
 rng = np.random.default_rng(1)

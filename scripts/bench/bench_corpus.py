@@ -1,7 +1,7 @@
 """Writes a deterministic benchmark corpus: one text per line, lengths drawn from a log-normal
 distribution (median 40 words, as real passage collections), words from a fixed English list.
 
-usage: python3 scripts/bench_corpus.py OUT.txt [--lines 1024] [--median-words 40] [--seed 7]
+usage: python3 scripts/bench/bench_corpus.py OUT.txt [--lines 1024] [--median-words 40] [--seed 7]
 """
 import argparse
 import math

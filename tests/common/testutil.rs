@@ -1,10 +1,10 @@
-//! Helpers for testing a backend against [`super::reference`]: a small seeded PRNG (no
-//! dependency, same numbers on every machine), random inputs that are never zero, and a
-//! normalized error measure. Public so that integration tests and the CUDA backend's tests use
-//! the same inputs and the same yardstick.
+//! Helpers for testing a backend against the f64 reference (reference.rs beside this file): a
+//! small seeded PRNG (no dependency, same numbers on every machine), random inputs that are never
+//! zero, and a normalized error measure. Included, as reference.rs is, by the library's unit
+//! tests and by the integration tests and benches, so that all use the same inputs and the same
+//! yardstick; the includer brings `Batch` and `HostMatrix` into scope.
 
-use crate::backend::HostMatrix;
-use crate::batch::Batch;
+use super::{Batch, HostMatrix};
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one 64-bit state, a good enough stream for test data.
 #[derive(Debug, Clone)]
@@ -13,10 +13,12 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// The stream of `seed`: the same numbers for the same seed on every machine.
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -46,10 +48,12 @@ impl SplitMix64 {
         }
     }
 
+    /// `len` values of [`SplitMix64::nonzero`].
     pub fn values(&mut self, len: usize, scale: f32) -> Vec<f32> {
         (0..len).map(|_| self.nonzero(scale)).collect()
     }
 
+    /// A `[rows, cols]` matrix of [`SplitMix64::nonzero`] values.
     pub fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> HostMatrix {
         HostMatrix {
             rows,
@@ -84,7 +88,9 @@ impl SplitMix64 {
 /// largest magnitude in `expected` (a scale-free error, as ggml's normalized error).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Deviation {
+    /// The largest absolute difference.
     pub max_abs: f64,
+    /// `max_abs` over the largest magnitude of the expected values.
     pub relative_to_max: f64,
 }
 

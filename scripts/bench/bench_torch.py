@@ -4,7 +4,7 @@ bfloat16), which runs the matrix products through oneDNN (on AMX where the CPU h
 Prints one line of JSON: texts, tokens (as ember counts them: special tokens included, after
 truncation to the max length), seconds (encode only, model already loaded), tokens/s.
 
-usage: python3 scripts/bench_torch.py MODEL_DIR CORPUS.txt --threads 2 [--batch-size 32] [--repeat 3]
+usage: python3 scripts/bench/bench_torch.py MODEL_DIR CORPUS.txt --threads 2 [--batch-size 32] [--repeat 3]
        [--dtype fp32|bf16] [--max-length N]   (default: the model's own max_seq_length)
 """
 import contextlib

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Packs a bundle for the GPU machine (scripts/gpu-check.sh builds the real one;
-# scripts/gpu-dry-run.sh packs stand-ins the same way, so that the dry run tests this layout):
+# Packs a bundle for the GPU machine (scripts/cuda/gpu-check.sh builds the real one;
+# scripts/cuda/gpu-dry-run.sh packs stand-ins the same way, so that the dry run tests this layout):
 #   BUNDLE/bin/{ember,gpu-tests,gpu-faults,gpu-bench}.xz   stripped, xz-compressed (gpu-run.sh
 #                                                         unpacks them with Python's lzma)
 #   BUNDLE/fixtures/, BUNDLE/minilm/                      the test models and texts
@@ -10,10 +10,10 @@
 #   BUNDLE/kernels/                                       the sources (a fix can be tried there
 #                                                         with nvcc and EMBER_PTX_DIR)
 #   BUNDLE/COMMIT                                         what was built
-# usage: scripts/gpu-pack.sh BUNDLE EMBER GPU_TESTS GPU_FAULTS GPU_BENCH PTX_DIR MINILM_DIR
+# usage: scripts/cuda/gpu-pack.sh BUNDLE EMBER GPU_TESTS GPU_FAULTS GPU_BENCH PTX_DIR MINILM_DIR
 set -euo pipefail
 [ $# -eq 7 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 bundle=$1 ptx_dir=$6 minilm=$7
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/ptx"
@@ -27,7 +27,7 @@ done
 xz -T2 -9 "$bundle"/bin/*  # ~4x smaller
 cp -r fixtures "$bundle/fixtures"
 cp -r "$minilm" "$bundle/minilm"
-cp scripts/gpu-run.sh scripts/gpu_bench.py scripts/gpu_torch.py "$bundle/"
+cp scripts/cuda/gpu-run.sh scripts/cuda/gpu_bench.py scripts/cuda/gpu_torch.py "$bundle/"
 cp "$ptx_dir"/*.ptx "$bundle/ptx/"
 xz -T2 -9 "$bundle"/ptx/*.ptx  # 5 MiB of text, a tenth of it compressed
 cp -r kernels "$bundle/kernels"

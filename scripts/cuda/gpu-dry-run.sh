@@ -16,9 +16,9 @@
 # deadline, the output fits the device tool's 12,000-character tail, each test ran in a process
 # of its own. Needs the CUDA build's test binaries (cargo builds them if absent).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo=$PWD
-EMBER_CUDA_TOOLS=${EMBER_CUDA_TOOLS:-$(scripts/install-cuda-tools.sh)}
+EMBER_CUDA_TOOLS=${EMBER_CUDA_TOOLS:-$(scripts/cuda/install-cuda-tools.sh)}
 export EMBER_CUDA_TOOLS
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ember-dry-run.XXXXXX")
 # EMBER_DRY_RUN_KEEP=1 keeps the bundle, each scenario's OUT and output, to read them.
@@ -47,7 +47,7 @@ done
 cp tests/gpu_dry_run/nvidia-smi tests/gpu_dry_run/ptxas "$tmp/path/"
 echo "// stand-in PTX" > "$tmp/ptx/gemm.ptx"
 echo "// stand-in PTX" > "$tmp/ptx/gemm_sm90.ptx"
-scripts/gpu-pack.sh "$tmp/bundle" "$tmp/programs/ember" "$tmp/programs/gpu-tests" "$tmp/programs/gpu-faults" \
+scripts/cuda/gpu-pack.sh "$tmp/bundle" "$tmp/programs/ember" "$tmp/programs/gpu-tests" "$tmp/programs/gpu-faults" \
     "$tmp/programs/gpu-bench" "$tmp/ptx" fixtures/tiny-bert-embed-f16 > /dev/null
 cp tests/gpu_dry_run/gpu_torch.py "$tmp/bundle/gpu_torch.py"
 

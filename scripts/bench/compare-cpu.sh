@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # ember's CPU path against the engines a user would otherwise pick: PyTorch through
 # sentence-transformers in fp32 and in bf16 (torch.autocast, oneDNN, AMX where present;
-# scripts/bench_torch.py), ONNX Runtime on the transformer-optimized graph in fp32 and int8
-# (dynamic quantization, as fastembed and infinity ship; scripts/bench_ort.py). Same corpus
-# (scripts/bench_corpus.py), same thread count, same max length, same run; every engine is timed
+# scripts/bench/bench_torch.py), ONNX Runtime on the transformer-optimized graph in fp32 and int8
+# (dynamic quantization, as fastembed and infinity ship; scripts/bench/bench_ort.py). Same corpus
+# (scripts/bench/bench_corpus.py), same thread count, same max length, same run; every engine is timed
 # on encode only (model loaded, warmed up). The engines take turns, one timed pass each per round,
 # for EMBER_COMPARE_ROUNDS rounds (default 3), and each engine's median pass is kept: on a shared
 # machine the load drifts, and turns spread that drift over every engine instead of favouring
@@ -11,16 +11,16 @@
 # bf16, and where it has AVX512-VNNI in int8. Prints a ratio table for BENCHMARKS.md, headed by the CPU model.
 # Not run in CI (it needs torch and onnxruntime).
 #
-#   scripts/compare-cpu.sh [LINES]          (default 1024 lines, log-normal lengths, median 40 words)
+#   scripts/bench/compare-cpu.sh [LINES]          (default 1024 lines, log-normal lengths, median 40 words)
 #
 # Environment: EMBER_THREADS (default: every core), EMBER_MAX_LENGTH (default 512: longer texts
 # are truncated there by every engine), EMBER_TEST_MODEL (default .cache/models/all-MiniLM-L6-v2,
 # fetched when absent; EMBER_TEST_MODEL=bge-base makes and uses a random bge-base-shaped model,
-# scripts/make_random_bert.py), EMBER_COMPARE_VENV: the throwaway Python environment (default
+# scripts/bench/make_random_bert.py), EMBER_COMPARE_VENV: the throwaway Python environment (default
 # .cache/compare-venv), created with pip's default index when absent and left in place for the
 # next run (delete the folder to drop it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 lines=${1:-1024}
 threads=${EMBER_THREADS:-$(nproc)}
 rounds=${EMBER_COMPARE_ROUNDS:-3}
@@ -34,14 +34,14 @@ minilm=.cache/models/all-MiniLM-L6-v2
 EMBER_TEST_MODEL=$minilm scripts/fetch-test-model.sh >/dev/null
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch sentence-transformers onnxruntime onnx
+  "$venv/bin/pip" install --quiet -r scripts/bench/requirements.txt
 fi
 if [[ $model == bge-base ]]; then
   model=.cache/models/bge-base-random
-  "$venv/bin/python" scripts/make_random_bert.py "$model" --shape bge-base --tokenizer-from "$minilm"
+  "$venv/bin/python" scripts/bench/make_random_bert.py "$model" --shape bge-base --tokenizer-from "$minilm"
 fi
 cargo bench --quiet --bench encode --no-run 2>/dev/null
-python3 scripts/bench_corpus.py "$work/corpus.txt" --lines "$lines"
+python3 scripts/bench/bench_corpus.py "$work/corpus.txt" --lines "$lines"
 
 results=$work/compare-results.jsonl
 : >"$results"
@@ -56,8 +56,8 @@ run() { # NAME COMMAND...: one timed pass of one engine, its JSON line appended 
 }
 common=(--threads "$threads" --repeat 1 --max-length "$max_length")
 ember_bench() { cargo bench --quiet --bench encode -- --model "$model" --corpus "$work/corpus.txt" "${common[@]}" "$@"; }
-torch_bench() { "$venv/bin/python" scripts/bench_torch.py "$model" "$work/corpus.txt" "${common[@]}" "$@"; }
-ort_bench() { "$venv/bin/python" scripts/bench_ort.py "$model" "$work/corpus.txt" "${common[@]}" --work "$work" "$@"; }
+torch_bench() { "$venv/bin/python" scripts/bench/bench_torch.py "$model" "$work/corpus.txt" "${common[@]}" "$@"; }
+ort_bench() { "$venv/bin/python" scripts/bench/bench_ort.py "$model" "$work/corpus.txt" "${common[@]}" --work "$work" "$@"; }
 has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo 2>/dev/null || true)
 has_vnni=$(grep -c avx512_vnni /proc/cpuinfo 2>/dev/null || true)
 for round in $(seq "$rounds"); do
@@ -79,4 +79,4 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 flags=$(grep -o -w -E 'amx_bf16|amx_int8|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')
 echo
 echo "$(basename "$model"), $lines lines truncated at $max_length, $threads threads, $cpu ($flags), $(date -u +%F), encode only, median of $rounds interleaved rounds"
-python3 scripts/compare_table.py <"$results"
+python3 scripts/bench/compare_table.py <"$results"

@@ -7,7 +7,7 @@ benchmarks pass the max length explicitly.
 LayerNorm weights are drawn around 1 and 0, as a trained model's are, rather than left at
 exactly 1 and 0; linear weights keep transformers' initialization (std 0.02).
 
-usage: python3 scripts/make_random_bert.py OUT_DIR --shape bge-small|bge-base|bge-large
+usage: python3 scripts/bench/make_random_bert.py OUT_DIR --shape bge-small|bge-base|bge-large
        [--tokenizer-from DIR]   (default .cache/models/all-MiniLM-L6-v2)
 """
 import argparse

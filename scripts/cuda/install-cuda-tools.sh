@@ -2,14 +2,14 @@
 # Installs the CUDA compilers ember's build needs, from PyPI wheels, into .cache/cuda-tools:
 # NVRTC (compiles kernels/*.cu to PTX at build time), the CUDA runtime headers (cuda_fp16.h) and
 # ptxas (assembles the PTX for sm_80 / sm_90a to read registers and spills), and nvdisasm in disasm/
-# (scripts/check-ptx.sh reads the sm_90a machine code for HGMMA). No CUDA install or GPU needed.
+# (scripts/cuda/check-ptx.sh reads the sm_90a machine code for HGMMA). No CUDA install or GPU needed.
 # The compilers are pinned to 12.9: the GPU machines' driver is CUDA 13.0, and PTX newer than the
 # driver's ISA would not load there. nvdisasm only reads cubins, never makes what ships: its 13.5
 # wheel (the one on PyPI) reads ptxas 12.9's sm_90a cubins (checked), so it is pinned apart, in
 # its own folder with its own marker, and adding it never reinstalls the compilers.
 # Prints the folder; build.rs finds it there by default (or through EMBER_CUDA_TOOLS).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dest="${EMBER_CUDA_TOOLS:-$PWD/.cache/cuda-tools}"
 marker="$dest/.installed-12.9"
 if [ ! -f "$marker" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the bundle that scripts/gpu-check.sh made (no Rust, no network;
+# Run on the GPU machine, from the bundle that scripts/cuda/gpu-check.sh made (no Rust, no network;
 # Python with torch and transformers, and an NVIDIA driver):
 #     bash gpu-bundle/gpu-run.sh OUT_DIR
 # Made for one call that must succeed whatever breaks, and say everything:
@@ -28,7 +28,7 @@
 #   models        ember vs PyTorch fp16 on bge-small/base/large-shaped models
 # The last lines printed are the short tables and the summary; exit status 0 only if every
 # step that was asked for passed. From a session with the device tool, after
-# scripts/gpu-check.sh:
+# scripts/cuda/gpu-check.sh:
 #   run(command='bash gpu-bundle/gpu-run.sh "$OUT"', carry=['gpu-bundle'], timeout_s=540)
 # EMBER_GPU_PYTHON (python3) runs the Python parts; EMBER_GPU_WORK sets the scratch folder.
 set -uo pipefail

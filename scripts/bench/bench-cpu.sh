@@ -3,11 +3,11 @@
 # (sentence-transformers) on the same corpus, same machine, same threads, same run.
 # Not run in CI: it needs torch. Prints a table for BENCHMARKS.md.
 #
-#   scripts/bench-cpu.sh [LINES]        (default 1024 lines, log-normal lengths, median 40 words)
+#   scripts/bench/bench-cpu.sh [LINES]        (default 1024 lines, log-normal lengths, median 40 words)
 #
 # Python packages come from $EMBER_BENCH_VENV (default .cache/bench-venv), created when absent.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 lines=${1:-1024}
 threads=${EMBER_THREADS:-$(nproc)}
 venv=${EMBER_BENCH_VENV:-.cache/bench-venv}
@@ -18,10 +18,10 @@ mkdir -p "$work"
 scripts/fetch-test-model.sh >/dev/null
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch sentence-transformers
+  "$venv/bin/pip" install --quiet -r scripts/bench/requirements.txt
 fi
 cargo build --release --quiet
-python3 scripts/bench_corpus.py "$work/corpus.txt" --lines "$lines"
+python3 scripts/bench/bench_corpus.py "$work/corpus.txt" --lines "$lines"
 
 # ember: the whole command (model load, tokenization, forward, .npy write), median of 3 runs.
 ember_runs=()
@@ -35,7 +35,7 @@ done
 ember_seconds=$(printf '%s\n' "${ember_runs[@]}" | sort -g | sed -n 2p)
 ember_tokens=$(sed -n 's/.* \([0-9]*\) tokens,.*/\1/p' "$work/ember.log")
 
-torch_json=$("$venv/bin/python" scripts/bench_torch.py "$model" "$work/corpus.txt" --threads "$threads" 2>"$work/torch.log")
+torch_json=$("$venv/bin/python" scripts/bench/bench_torch.py "$model" "$work/corpus.txt" --threads "$threads" 2>"$work/torch.log")
 torch_tokens=$(echo "$torch_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"])')
 torch_seconds=$(echo "$torch_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
 torch_name=$(echo "$torch_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["engine"])')

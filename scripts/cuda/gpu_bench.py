@@ -1,6 +1,6 @@
-"""ember against PyTorch on the GPU machine; run by scripts/gpu-run.sh from the bundle.
+"""ember against PyTorch on the GPU machine; run by scripts/cuda/gpu-run.sh from the bundle.
 
-This file runs ember's processes (the gpu_bench test binary) and writes the tables; every torch
+This file runs ember's processes (the gpu_bench binary, benches/gpu_bench.rs) and writes the tables; every torch
 measurement is in gpu_torch.py beside it, imported only when a table needs it. Each ember
 process runs under a timeout (within --deadline, the step's end), and each measurement is
 appended to OUT/*-rows.jsonl the moment it is read, the markdown table (OUT/*.md) rewritten
@@ -36,7 +36,7 @@ targets are printed as MET / MISSED lines.
 --compare-npy A B: the worst row cosine of two .npy files (float32, 2-D), no numpy needed;
 exit status 1 below --min-cosine.
 
-Each mode writes OUT/key.txt, one line for scripts/gpu-run.sh's summary, and OUT/*-short.txt, the
+Each mode writes OUT/key.txt, one line for scripts/cuda/gpu-run.sh's summary, and OUT/*-short.txt, the
 table as gpu-run.sh prints it last.
 """
 import argparse
@@ -529,7 +529,7 @@ def compare_npy(a_path, b_path, min_cosine):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ember-bench", help="the gpu_bench test binary")
+    ap.add_argument("--ember-bench", help="the gpu_bench binary (benches/gpu_bench.rs)")
     ap.add_argument("--out", help="tables, rows, logs and key.txt")
     ap.add_argument("--work", help="scratch for the saved models, ids and embeddings (default: --out)")
     ap.add_argument("--deadline", type=float, help="epoch seconds by which to have finished (default: 1 hour)")

@@ -8,13 +8,13 @@
 #     contain HGMMA (the wgmma tensor-core instruction). A Hopper kernel whose SASS shows only
 #     HMMA or FFMA would be on a slower path without any error, so this is checked, not assumed.
 # Shared memory: the sm90 kernels take theirs dynamically (0 here; see gemm.rs's Tile::smem_bytes).
-# Usage: scripts/check-ptx.sh [PTX_DIR]   (default: the newest build's OUT_DIR under target/)
+# Usage: scripts/cuda/check-ptx.sh [PTX_DIR]   (default: the newest build's OUT_DIR under target/)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 tools="${EMBER_CUDA_TOOLS:-$PWD/.cache/cuda-tools}"
 ptxas="${PTXAS:-$tools/nvidia/cuda_nvcc/bin/ptxas}"
 nvdisasm="${NVDISASM:-$tools/disasm/nvidia/cu13/bin/nvdisasm}"
-[ -x "$ptxas" ] || { echo "check-ptx: no ptxas at $ptxas: run scripts/install-cuda-tools.sh" >&2; exit 1; }
+[ -x "$ptxas" ] || { echo "check-ptx: no ptxas at $ptxas: run scripts/cuda/install-cuda-tools.sh" >&2; exit 1; }
 dir="${1:-}"
 if [ -z "$dir" ]; then
     newest=$(ls -t target/*/build/ember-*/out/kernels.rs 2>/dev/null | head -1 || true)
@@ -65,7 +65,7 @@ done
 # The sm_90a machine code of the Hopper kernels: HGMMA in every entry.
 sm90=("$scratch"/*_sm90.sm_90a.cubin)
 if [ ${#sm90[@]} -gt 0 ]; then
-    [ -x "$nvdisasm" ] || { echo "check-ptx: no nvdisasm at $nvdisasm: run scripts/install-cuda-tools.sh" >&2; exit 1; }
+    [ -x "$nvdisasm" ] || { echo "check-ptx: no nvdisasm at $nvdisasm: run scripts/cuda/install-cuda-tools.sh" >&2; exit 1; }
     echo "check-ptx: SASS of the sm90 kernels ($("$nvdisasm" --version | tail -1))"
     printf '%-20s %-22s %6s %s\n' file kernel HGMMA shapes
     for cubin in "${sm90[@]}"; do

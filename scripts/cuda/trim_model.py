@@ -1,4 +1,4 @@
-"""Shrinks a BERT model folder for the GPU bundle (scripts/gpu-check.sh): weights stored as f16,
+"""Shrinks a BERT model folder for the GPU bundle (scripts/cuda/gpu-check.sh): weights stored as f16,
 and the vocabulary cut to the tokens that the given texts use (plus every special token), with
 the tokenizer, the word embedding table and config.json's vocab_size remapped together.
 
