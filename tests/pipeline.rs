@@ -371,20 +371,12 @@ fn rerank_query_with_passages_top_k_and_sigmoid() {
     let want = reranker.compute_score(&pairs, true).unwrap();
 
     let output = dir.join("scores.jsonl");
-    let out = ok(ember(&[
-        "rerank",
-        "--model",
-        s(&rerank_model()),
-        "--query",
-        query,
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--sigmoid",
-        "--top-k",
-        "3",
-    ]));
+    let out = ok(rerank(
+        &rerank_model(),
+        &input,
+        &output,
+        &["--query", query, "--sigmoid", "--top-k", "3"],
+    ));
     let scores: Vec<f32> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()
@@ -427,7 +419,12 @@ fn devices_parse_and_fail_clearly_without_cuda() {
             err.contains("device cuda:") && !err.contains("panicked"),
             "{device}: {err}"
         );
+        // Nothing is left behind: no output, no partial file, no journal.
         assert!(!output.exists() && !dir.join("out.npy.partial").exists());
+        assert!(
+            !dir.join("out.npy.journal").exists(),
+            "{device}: a journal was left"
+        );
     }
     for device in ["cuda:0,0", "cpu,cuda:0", "gpu"] {
         let out = ember(&[&base[..], &["--device", device]].concat());

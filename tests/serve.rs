@@ -6,7 +6,7 @@ mod common;
 mod serve_support;
 
 use base64::Engine as _;
-use common::cli::{ember, jsonl_scores, ok, rerank_model, s, scratch};
+use common::cli::{ember, jsonl_scores, ok, rerank, rerank_model, s, scratch};
 use common::*;
 use serde_json::{json, Value};
 use serve_support::{f32s, Server};
@@ -187,19 +187,12 @@ fn rerank_routes_match_ember_rerank() {
     let input = dir.join("passages.txt");
     std::fs::write(&input, texts.join("\n") + "\n").unwrap();
     let output = dir.join("scores.jsonl");
-    ok(ember(&[
-        "rerank",
-        "--model",
-        s(&model),
-        "--query",
-        query,
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--sigmoid",
-        "--quiet",
-    ]));
+    ok(rerank(
+        &model,
+        &input,
+        &output,
+        &["--query", query, "--sigmoid", "--quiet"],
+    ));
     let want = jsonl_scores(&output);
 
     // TEI's documented example: ranks best first, with index and score.

@@ -18,11 +18,16 @@ pub enum Format {
     Text,
     /// The line is a JSON object; the text is `text_field`, the optional id `id_field`.
     Jsonl {
+        /// The field holding the text.
         text_field: String,
+        /// The field holding the id, if any.
         id_field: Option<String>,
     },
     /// A JSON object with `query` and `passage` strings (and the optional id).
-    Pairs { id_field: Option<String> },
+    Pairs {
+        /// The field holding the id, if any.
+        id_field: Option<String>,
+    },
 }
 
 /// What a line holds once parsed.

@@ -82,6 +82,7 @@ pub struct IoArgs {
     window: usize,
 }
 
+/// Device, precision, batching and threads, shared by encode and rerank.
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// cpu, cuda, cuda:N, or cuda:0,1,... for one engine per GPU.
@@ -104,9 +105,12 @@ pub struct RunArgs {
     quiet: bool,
 }
 
+/// `--input-format`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormatArg {
+    /// One text per line.
     Text,
+    /// One JSON object per line (see --text-field, --id-field).
     Jsonl,
 }
 
@@ -155,6 +159,7 @@ fn install_interrupt_handler() {
     }
 }
 
+/// `--threads`: the size of the global rayon pool (tokenization and the CPU forward pass).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new()
@@ -173,6 +178,7 @@ pub fn model_dir(spec: &str) -> Result<PathBuf> {
     ember::hub::resolve(spec)
 }
 
+/// How lines are read: pairs (rerank without --query), or text / JSONL by `--input-format`.
 pub fn input_format(io: &IoArgs, pairs: bool) -> Format {
     match (io.input_format, pairs) {
         (_, true) => Format::Pairs {
@@ -270,6 +276,8 @@ pub fn shortest(x: f32) -> serde_json::Value {
     serde_json::from_str(&serde_json::to_string(&x).expect("a float")).unwrap_or(serde_json::Value::Null)
 }
 
+/// The one-line summary of a run on standard error: texts, tokens, time, rate, what was
+/// truncated or skipped, GPU memory and any cut of the token budget.
 pub fn summary(stats: &Stats) {
     let seconds = stats.wall_s;
     let mut line = format!(

@@ -1,10 +1,10 @@
 """ember's Python package timed as a user calls it: ember.SentenceTransformer(MODEL).encode(texts)
 on a corpus (one text per line), the model loaded and warmed up before the clock starts, as
-scripts/bench_torch.py times sentence-transformers and benches/encode.rs times the Rust library.
+scripts/bench/bench_torch.py times sentence-transformers and benches/encode.rs times the Rust library.
 Prints one line of JSON in their format (texts, tokens, seconds, tokens/s) for
-scripts/compare_table.py.
+scripts/bench/compare_table.py.
 
-usage: python scripts/bench_python.py MODEL_DIR CORPUS.txt --threads 2 [--repeat 3] [--dtype f32|bf16]
+usage: python scripts/bench/bench_python.py MODEL_DIR CORPUS.txt --threads 2 [--repeat 3] [--dtype f32|bf16]
 """
 import argparse
 import json

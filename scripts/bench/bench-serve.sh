@@ -12,9 +12,9 @@
 #   4. the same as 2 against infinity-emb (.cache/venv-infinity, torch on the CPU), when it is
 #      installed there (pip install "infinity-emb[server,torch]"); otherwise it says so.
 #
-# usage: scripts/bench-serve.sh [SECONDS] [MODEL]     results in .cache/bench/serve/
+# usage: scripts/bench/bench-serve.sh [SECONDS] [MODEL]     results in .cache/bench/serve/
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 seconds=${1:-30}
 model=${2:-.cache/models/all-MiniLM-L6-v2}
@@ -23,7 +23,7 @@ mkdir -p "$out"
 nice -n 15 cargo build --release --quiet --bin ember --example serve_load
 ember=target/release/ember
 load=target/release/examples/serve_load
-python3 scripts/bench_corpus.py "$out/corpus.txt" --lines 4096 --seed 11
+python3 scripts/bench/bench_corpus.py "$out/corpus.txt" --lines 4096 --seed 11
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
