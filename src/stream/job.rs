@@ -143,11 +143,37 @@ impl Kept {
     }
 }
 
+/// A job ready to run: its output open (resumed where a journal said), the model loaded on
+/// each device.
+pub struct Started {
+    plan: Plan,
+    engines: Vec<Box<dyn Engine>>,
+    output: Output,
+    resumed_rows: u64,
+}
+
+impl Started {
+    /// Rows an earlier run of the same job had written (`resume`); the run starts after them.
+    pub fn resumed_rows(&self) -> u64 {
+        self.resumed_rows
+    }
+
+    /// Runs the pipeline to its end.
+    pub fn run(self) -> Outcome {
+        finish(&self.plan, &self.engines, Some(self.output), self.resumed_rows)
+    }
+}
+
 impl EncodeJob {
-    /// Loads the model on each device and runs the job to its end. Bad options, an output
-    /// journal of another job and model errors are `Err` before any work; what happens after
-    /// the work starts is in the [`Outcome`].
+    /// [`EncodeJob::start`], then [`Started::run`].
     pub fn run(&self) -> Result<Outcome> {
+        Ok(self.start()?.run())
+    }
+
+    /// Checks the options, opens the output and loads the model on each device. Bad options,
+    /// an output journal of another job and model errors are `Err` here, before any work;
+    /// what happens after the work starts is in the run's [`Outcome`].
+    pub fn start(&self) -> Result<Started> {
         let format = OutputFormat::of(&self.output, self.output_format)?;
         self.check_output(format)?;
         let options = json!({
@@ -220,7 +246,12 @@ impl EncodeJob {
             checkpoint,
             None,
         );
-        Ok(finish(&plan, &engines, Some(output), checkpoint.rows))
+        Ok(Started {
+            plan,
+            engines,
+            output,
+            resumed_rows: checkpoint.rows,
+        })
     }
 
     /// The output options that do not go together.
@@ -389,7 +420,7 @@ pub fn finish(
     resumed_rows: u64,
 ) -> Outcome {
     let (stats, failure) = pipeline::run(plan, engines, &mut output);
-    let keep = |output: Option<Output>| -> std::result::Result<Kept, Error> {
+    let keep = |output: Option<Output>| -> Result<Kept> {
         match output {
             Some(out) => {
                 let partial = out.partial().to_path_buf();
@@ -408,18 +439,12 @@ pub fn finish(
                 Failure::Fatal(e) => (e, false),
                 Failure::Input(e) => (e, true),
             };
-            match keep(output) {
-                Ok(kept) => End::Failed {
-                    error,
-                    bad_input,
-                    kept,
-                },
-                // The run's own error first: it is the cause.
-                Err(_) => End::Failed {
-                    error,
-                    bad_input,
-                    kept: Kept::default(),
-                },
+            // The run's own error first, even when keeping its rows fails too: it is the cause.
+            let kept = keep(output).unwrap_or_default();
+            End::Failed {
+                error,
+                bad_input,
+                kept,
             }
         }
         None if stats.interrupted => match keep(output) {

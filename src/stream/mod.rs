@@ -13,5 +13,5 @@ pub mod job;
 pub mod output;
 pub mod pipeline;
 
-pub use job::{EncodeJob, End, Kept, Outcome, RunOptions};
+pub use job::{EncodeJob, End, Kept, Outcome, RunOptions, Started};
 pub use pipeline::{EmbedEngine, Engine, Failure, Plan, RerankEngine, Stats};

@@ -83,5 +83,7 @@ pub fn encode(args: EncodeArgs) -> Result<ExitCode> {
         dtype: args.run.dtype.parse()?,
         run: run_options(&args.io, &args.run),
     };
-    report(job.run()?, args.run.quiet)
+    let started = job.start()?;
+    announce_resume(started.resumed_rows(), args.run.quiet);
+    report(started.run(), args.run.quiet)
 }

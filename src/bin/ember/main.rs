@@ -206,13 +206,17 @@ pub fn run_options(io: &IoArgs, run: &RunArgs) -> RunOptions {
     }
 }
 
+/// Says, before the work starts, that a run continues an earlier one.
+pub fn announce_resume(resumed_rows: u64, quiet: bool) {
+    if resumed_rows > 0 && !quiet {
+        eprintln!("ember: resuming after {resumed_rows} rows");
+    }
+}
+
 /// Tells how a run ended: the summary and the best rows (rerank `--top-k`) when it finished,
 /// what is kept for `--resume` when it did not. Interrupted runs exit with 130, as a shell
 /// reports Ctrl-C.
 pub fn report(outcome: Outcome, quiet: bool) -> Result<ExitCode> {
-    if outcome.resumed_rows > 0 && !quiet {
-        eprintln!("ember: resuming after {} rows", outcome.resumed_rows);
-    }
     let stats = &outcome.stats;
     match outcome.end {
         End::Failed {

@@ -118,6 +118,7 @@ pub fn rerank(args: RerankArgs) -> Result<ExitCode> {
         checkpoint,
         args.top_k,
     );
+    announce_resume(checkpoint.rows, args.run.quiet);
     report(
         job::finish(&plan, &engines, output, checkpoint.rows),
         args.run.quiet,
