@@ -9,7 +9,8 @@
 //! The same for the bf16 and int8 GEMMs against the peak of their own instruction (`vdpbf16ps`,
 //! `tdpbf16ps`, `vpdpbusd`).
 //!
-//! `cargo bench --bench roofline` prints GFLOP/s (2 FLOPs per lane per FMA; for int8, 2
+//! `cargo bench --bench roofline` (MiniLM widths; `EMBER_BENCH_SHAPES=bge-base` for bge-base
+//! widths) prints GFLOP/s (2 FLOPs per lane per FMA; for int8, 2
 //! operations per byte product). Every figure is the
 //! best of several short runs: on a shared machine the best run is the one least disturbed by
 //! other processes, which is what a kernel's speed means (criterion's mean mixes in the noise).
@@ -273,6 +274,22 @@ fn gemm(peak: f64, m: usize, n: usize, k: usize, runs: usize) {
     }
 }
 
+/// `"MxNxK"` as `(m, n, k)`.
+fn parse_shape(text: &str) -> (usize, usize, usize) {
+    let sizes: Vec<usize> = text
+        .split('x')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("EMBER_BENCH_SHAPES: {text:?} is not MxNxK"))
+        })
+        .collect();
+    match sizes[..] {
+        [m, n, k] => (m, n, k),
+        _ => panic!("EMBER_BENCH_SHAPES: {text:?} is not MxNxK"),
+    }
+}
+
 fn main() {
     #[cfg(target_arch = "x86_64")]
     {
@@ -302,34 +319,49 @@ fn main() {
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(7);
-        let shapes = [
-            (4096, 1536, 384),
-            (4096, 384, 1536),
-            (4096, 1152, 384),
-            (4096, 384, 384),
-        ];
-        for (m, n, k) in shapes {
+        // MiniLM's widths by default; `EMBER_BENCH_SHAPES=bge-base` takes bge-base's (hidden 768,
+        // FFN 3,072), whose FFN weights outgrow a 2 MiB L2 in int8 where MiniLM's do not.
+        // `EMBER_BENCH_SHAPES=MxNxK,...` names shapes of its own (to profile one of them).
+        let shapes: Vec<(usize, usize, usize)> = match std::env::var("EMBER_BENCH_SHAPES").as_deref() {
+            Ok("bge-base") => vec![
+                (1024, 3072, 768),
+                (1024, 768, 3072),
+                (1024, 2304, 768),
+                (1024, 768, 768),
+            ],
+            Ok(list) if list.contains('x') => list.split(',').map(parse_shape).collect(),
+            _ => vec![
+                (4096, 1536, 384),
+                (4096, 384, 1536),
+                (4096, 1152, 384),
+                (4096, 384, 384),
+            ],
+        };
+        // `EMBER_BENCH_KINDS=f32,int8` runs only those GEMMs (default: all the CPU has).
+        let kinds = std::env::var("EMBER_BENCH_KINDS").unwrap_or_else(|_| "f32,bf16,int8,amx".into());
+        let wanted = |kind: &str| kinds.split(',').any(|k| k.trim() == kind);
+        for &(m, n, k) in shapes.iter().filter(|_| wanted("f32")) {
             gemm(one_thread_peak, m, n, k, runs);
         }
         use ember::backend::cpu::matmul::Isa;
-        if Isa::Avx512Bf16.is_available() {
+        if Isa::Avx512Bf16.is_available() && wanted("bf16") {
             // SAFETY: the CPU has AVX512-BF16 (checked just above).
             let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
-            for shape in shapes {
+            for &shape in &shapes {
                 gemm_bf16(Isa::Avx512Bf16, peak, shape, runs);
             }
         }
-        if ember::backend::cpu::int8::is_supported() {
+        if ember::backend::cpu::int8::is_supported() && wanted("int8") {
             // SAFETY: the CPU has AVX512-VNNI (checked just above).
             let peak = measure("vnni", 64, 1, |n| unsafe { kernels::avx512vnni(n) });
-            for shape in shapes {
+            for &shape in &shapes {
                 gemm_int8(peak, shape, runs);
             }
         }
-        if Isa::Amx.is_available() {
+        if Isa::Amx.is_available() && wanted("amx") {
             // SAFETY: AMX is present and permitted (checked just above).
             let peak = measure("tdpbf16", 16 * 16 * 32, 1, |n| unsafe { kernels::amx_bf16(n) });
-            for shape in shapes {
+            for &shape in &shapes {
                 gemm_bf16(Isa::Amx, peak, shape, runs);
             }
         }

@@ -26,9 +26,11 @@
 //! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
 //!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
-//! - A: per K block of [`KC_INT8`] and 12-row micro-panel, `pack[q * MR + i]` is the u32 holding
-//!   the four bytes `q_a[i][4q..4q + 4]` (zero past `m` and past `k`), broadcast by the kernel;
-//!   beside it, per group, the 12 rows' scales and zero points.
+//! - A: per K block of [`KC_INT8`], row by row: row `i`'s codes at `pack[i * KC_INT8..]`, so
+//!   that quantizing a row writes its codes in place, with no transpose; the kernel broadcasts
+//!   the u32 holding `q_a[i][4q..4q + 4]` from each of a 12-row tile's rows, all at offsets
+//!   known when it is compiled. Beside the codes, per 12-row tile and group, the rows' scales
+//!   and zero points.
 //!
 //! A CPU without AVX512-VNNI (or a level below AVX-512 forced by `EMBER_CPU_ISA`) gets a clear
 //! error from [`check_supported`]. AMX-INT8 (`tdpbusd`) is not used yet: CPUs with AMX run this
@@ -263,14 +265,13 @@ unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
     }
     let quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
     let inverse = _mm512_set1_ps(1.0 / quantization.scale);
-    let zero = _mm512_set1_ps(quantization.zero as f32);
+    let zero = _mm512_set1_epi32(quantization.zero);
     for (v, (&x, &mask)) in x.iter().zip(&masks).enumerate().take(values.len().div_ceil(16)) {
-        let rounded = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, inverse),
-        );
-        let shifted = _mm512_add_ps(rounded, zero);
-        let clamped = _mm512_min_ps(_mm512_max_ps(shifted, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
-        let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(clamped));
+        // The conversion rounds to nearest, ties to even (the default MXCSR mode), as
+        // `round_even`; the sum and clamp are exact in integers; the narrowing saturates at 255.
+        let rounded = _mm512_cvtps_epi32(_mm512_mul_ps(x, inverse));
+        let shifted = _mm512_max_epi32(_mm512_add_epi32(rounded, zero), _mm512_setzero_si512());
+        let bytes = _mm512_cvtusepi32_epi8(shifted);
         // SAFETY: `out` is as long as `values` (asserted on entry) and the mask is the load's:
         // no byte past its end is written.
         unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask, bytes) };
@@ -281,13 +282,11 @@ unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
 /// One K block of A, quantized and packed for the kernel (see the module header).
 #[derive(Default)]
 struct PackedA {
-    /// `[tile][quad][row of tile]`: four codes per u32.
-    codes: Vec<u32>,
+    /// `[row][k]`, rows `KC_INT8` bytes apart.
+    codes: Vec<u8>,
     /// `[tile][group][row of tile]`: `s_a`, then `z` as f32.
     scales: Vec<f32>,
     zeros: Vec<f32>,
-    /// One row's codes of one K block.
-    row: Vec<u8>,
 }
 
 thread_local! {
@@ -299,26 +298,27 @@ impl PackedA {
     /// Quantizes rows `0..m` (m <= MC), columns `k0..k0 + kc` of A per group and packs them in
     /// `MR`-row micro-panels.
     fn pack(&mut self, a: &[f32], lda: usize, m: usize, k0: usize, kc: usize) {
-        let (quads, groups, tiles) = (stored_quads(kc), kc.div_ceil(GROUP), m.div_ceil(MR));
+        let (groups, tiles) = (kc.div_ceil(GROUP), m.div_ceil(MR));
         // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
-        grow(&mut self.codes, tiles * quads * MR);
+        // Codes past `kc` in a row's last quad are left from earlier blocks (or zero from
+        // `grow`): they meet zero weights.
+        grow(&mut self.codes, tiles * MR * KC_INT8);
         grow(&mut self.scales, tiles * groups * MR);
         grow(&mut self.zeros, tiles * groups * MR);
-        grow(&mut self.row, quads * 4);
         for i in 0..tiles * MR {
             let (t, r) = (i / MR, i % MR);
-            let micro_panel = &mut self.codes[t * quads * MR..][..quads * MR];
+            let row_codes = &mut self.codes[i * KC_INT8..][..kc];
             let scales = &mut self.scales[t * groups * MR..][..groups * MR];
             let zeros = &mut self.zeros[t * groups * MR..][..groups * MR];
             if i >= m {
-                micro_panel.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0);
+                row_codes.fill(0);
                 scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
                 zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
                 continue;
             }
             let values = &a[i * lda + k0..][..kc];
             for (g, group) in values.chunks(GROUP).enumerate() {
-                let codes = &mut self.row[g * GROUP..][..group.len()];
+                let codes = &mut row_codes[g * GROUP..][..group.len()];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
                 let quantization = unsafe { quantize_group(group, codes) };
@@ -326,11 +326,6 @@ impl PackedA {
                 let quantization = Quantization::of(group);
                 scales[g * MR + r] = quantization.scale;
                 zeros[g * MR + r] = quantization.zero as f32;
-            }
-            // Bytes past `kc` in the last quad are left from earlier rows: they meet zero weights.
-            let quads_of_row = self.row[..quads * 4].chunks_exact(4);
-            for (slot, quad) in micro_panel.iter_mut().skip(r).step_by(MR).zip(quads_of_row) {
-                *slot = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
             }
         }
     }
@@ -385,7 +380,7 @@ pub fn gemm_panels(
                     let init = (kb == 0).then(|| bias.map(|bias| &bias[column..column + width]));
                     for t in 0..rows_in_block.div_ceil(MR) {
                         let a_tile = Activations {
-                            codes: &pack.codes[t * quads * MR..][..quads * MR],
+                            codes: &pack.codes[t * MR * KC_INT8..][..MR * KC_INT8],
                             scales: &pack.scales[t * groups * MR..][..groups * MR],
                             zeros: &pack.zeros[t * groups * MR..][..groups * MR],
                         };
@@ -407,9 +402,10 @@ struct Weights<'a> {
     quads: usize,
 }
 
-/// One K block of an A micro-panel: codes, and per group the rows' scales and zero points.
+/// One K block of a 12-row tile of A: codes (rows `KC_INT8` bytes apart), and per group the
+/// rows' scales and zero points.
 struct Activations<'a> {
-    codes: &'a [u32],
+    codes: &'a [u8],
     scales: &'a [f32],
     zeros: &'a [f32],
 }
@@ -428,7 +424,7 @@ fn run_tile(
     init: Option<Option<&[f32]>>,
 ) {
     let groups = b.groups.0.len() / NR;
-    assert!(a.codes.len() >= b.quads * MR && b.codes.len() >= b.quads * NR * 4);
+    assert!(a.codes.len() >= MR * KC_INT8 && b.quads * 4 <= KC_INT8 && b.codes.len() >= b.quads * NR * 4);
     assert!(a.scales.len() >= groups * MR && a.zeros.len() >= groups * MR);
     assert!(b.groups.1.len() >= groups * NR);
     let start = |row: &mut [f32], previous: Option<&[f32]>| match init {
@@ -469,7 +465,7 @@ unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
         unsafe {
             vnni(
                 quads,
-                a.codes.as_ptr().add(q0 * MR),
+                a.codes.as_ptr().add(q0 * 4),
                 b.codes.as_ptr().add(q0 * NR * 4),
                 a.scales.as_ptr().add(g * MR),
                 a.zeros.as_ptr().add(g * MR),
@@ -485,11 +481,13 @@ unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
 }
 
 /// One group of one `MR x NR` tile: 24 zmm accumulators of i32, per quad of k two 64-byte
-/// loads of W (16 columns x 4 codes each), twelve 32-bit broadcasts of A and 24 `vpdpbusd`;
-/// then, per row, `c += (S - z colsum) * (s_a s_w)`, straight from the registers.
+/// loads of W (16 columns x 4 codes each), twelve 32-bit broadcasts of A (one per row, rows
+/// `KC_INT8` bytes apart) and 24 `vpdpbusd`; then, per row, `c += (S - z colsum) * (s_a s_w)`,
+/// straight from the registers.
 ///
 /// # Safety
-/// AVX-512F and AVX512-VNNI present; `a` readable for `quads * MR` u32, `b` for
+/// AVX-512F and AVX512-VNNI present; `a` readable for `quads * 4` bytes at each of the `MR` row
+/// offsets `i * KC_INT8`, `b` for
 /// `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR` f32, `w_scales` and `w_sums` for
 /// `NR` f32; `c` read/write for `MR` rows of `NR` f32 at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
@@ -497,7 +495,7 @@ unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
 #[allow(clippy::too_many_arguments)]
 unsafe fn vnni(
     quads: usize,
-    a: *const u32,
+    a: *const u8,
     b: *const i8,
     a_scales: *const f32,
     a_zeros: *const f32,
@@ -509,14 +507,14 @@ unsafe fn vnni(
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
     for q in 0..quads {
-        // SAFETY: q < quads: `b[q * NR * 4..][..128]` and `a[q * MR..][..MR]` lie inside the
-        // `quads * NR * 4` bytes and `quads * MR` values the caller vouched for.
+        // SAFETY: q < quads: `b[q * NR * 4..][..128]` and the four bytes at `q * 4` of each row
+        // lie inside the `quads * NR * 4` bytes and the row extents the caller vouched for.
         unsafe {
             let b0 = _mm512_loadu_si512(b.add(q * NR * 4).cast());
             let b1 = _mm512_loadu_si512(b.add(q * NR * 4 + 64).cast());
-            let a_q = a.add(q * MR);
+            let a_q = a.add(q * 4);
             for (i, row) in acc.iter_mut().enumerate() {
-                let a_iq = _mm512_set1_epi32(*a_q.add(i) as i32);
+                let a_iq = _mm512_set1_epi32(a_q.add(i * KC_INT8).cast::<i32>().read_unaligned());
                 row[0] = _mm512_dpbusd_epi32(row[0], a_iq, b0);
                 row[1] = _mm512_dpbusd_epi32(row[1], a_iq, b1);
             }
