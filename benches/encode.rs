@@ -72,7 +72,7 @@ fn main() {
                 let isa = ember::backend::cpu::matmul::Isa::detected();
                 match dtype {
                     Dtype::F32 => isa.f32_kernels().name(),
-                    Dtype::Bf16 => isa.name(),
+                    Dtype::Bf16 => ember::backend::cpu::bf16::Kernel::detected().map_or("no bf16", |k| k.name()),
                     Dtype::Int8 => "avx512-vnni",
                 }
             },

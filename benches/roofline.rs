@@ -7,7 +7,7 @@
 //! GFLOP/s and as a percentage of the single-thread peak.
 //!
 //! The same for the bf16 and int8 GEMMs against the peak of their own instruction (`vdpbf16ps`,
-//! `tdpbf16ps`, `vpdpbusd`).
+//! `tdpbf16ps`, `vpdpbusd`; the FMA for bf16 weights widened to f32).
 //!
 //! `cargo bench --bench roofline` (MiniLM widths; `EMBER_BENCH_SHAPES=bge-base` for bge-base
 //! widths) prints GFLOP/s (2 FLOPs per lane per FMA; for int8, 2
@@ -215,8 +215,13 @@ fn best_rate(
     );
 }
 
-/// The one-thread bf16 GEMM of `isa` against `peak`, the rate of its own instruction.
-fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, usize, usize), runs: usize) {
+/// The one-thread bf16 GEMM with `kernel` against `peak`, the rate of its own instruction.
+fn gemm_bf16(
+    kernel: ember::backend::cpu::bf16::Kernel,
+    peak: f64,
+    shape: (usize, usize, usize),
+    runs: usize,
+) {
     use common::testutil::SplitMix64;
     use ember::backend::cpu::bf16;
     let (m, n, k) = shape;
@@ -225,8 +230,8 @@ fn gemm_bf16(isa: ember::backend::cpu::matmul::Isa, peak: f64, shape: (usize, us
     let w = bf16::PackedBf16::from_rows(&rng.values(n * k, 0.05), n, k);
     let bias = rng.values(n, 0.1);
     let mut out = vec![0.0; m * n];
-    best_rate(isa.name(), peak, shape, runs, || {
-        bf16::gemm_panels_with(isa, &a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
+    best_rate(kernel.name(), peak, shape, runs, || {
+        bf16::gemm_panels_with(kernel, &a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
     });
     std::hint::black_box(&out);
 }
@@ -343,12 +348,19 @@ fn main() {
         for &(m, n, k) in shapes.iter().filter(|_| wanted("f32")) {
             gemm(one_thread_peak, m, n, k, runs);
         }
+        use ember::backend::cpu::bf16::Kernel;
         use ember::backend::cpu::matmul::Isa;
+        if Isa::Avx512.is_available() && wanted("bf16") {
+            // bf16 weights widened to f32: the FMA's peak is its instruction's.
+            for &shape in &shapes {
+                gemm_bf16(Kernel::Widened, one_thread_peak, shape, runs);
+            }
+        }
         if Isa::Avx512Bf16.is_available() && wanted("bf16") {
             // SAFETY: the CPU has AVX512-BF16 (checked just above).
             let peak = measure("bf16dp", 32, 1, |n| unsafe { kernels::avx512bf16(n) });
             for &shape in &shapes {
-                gemm_bf16(Isa::Avx512Bf16, peak, shape, runs);
+                gemm_bf16(Kernel::Dot, peak, shape, runs);
             }
         }
         if ember::backend::cpu::int8::is_supported() && wanted("int8") {
@@ -362,7 +374,7 @@ fn main() {
             // SAFETY: AMX is present and permitted (checked just above).
             let peak = measure("tdpbf16", 16 * 16 * 32, 1, |n| unsafe { kernels::amx_bf16(n) });
             for &shape in &shapes {
-                gemm_bf16(Isa::Amx, peak, shape, runs);
+                gemm_bf16(Kernel::Amx, peak, shape, runs);
             }
         }
     }

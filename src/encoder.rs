@@ -179,7 +179,7 @@ impl Encoder {
     }
 
     /// [`Encoder::load`] with the linear layers in `dtype`. `Dtype::Bf16` is a CPU option: on
-    /// another device, or on a CPU without AVX512-BF16, it is an error (never a silent f32).
+    /// another device, or on a CPU without AVX-512, it is an error (never a silent f32).
     pub fn load_with_dtype(dir: impl AsRef<Path>, device: Device, dtype: Dtype) -> Result<Encoder> {
         let dir = dir.as_ref();
         if dtype != Dtype::F32 && device != Device::Cpu {

@@ -62,8 +62,10 @@ pub enum Dtype {
     /// f32 weights and arithmetic: matches the float64 reference to about 1e-6.
     #[default]
     F32,
-    /// bf16 weights, activations rounded to bf16 at each matrix multiply, f32 accumulation. CPU
-    /// only, on CPUs with AMX or AVX512-BF16 (others get an error); cosine >= 0.999 against f32.
+    /// bf16 weights, f32 accumulation; the activations rounded to bf16 at each matrix multiply
+    /// where the kernel multiplies bf16 pairs (AMX, `vdpbf16ps`), kept in f32 where the weights
+    /// are widened instead ([`cpu::bf16::Kernel`]). CPU only, on CPUs with AVX-512 (others get
+    /// an error); cosine >= 0.999 against f32.
     Bf16,
     /// int8 weights and activations, quantized in groups along k (weights at load, activations
     /// per token at run time), exact integer sums per group, f32 everywhere else

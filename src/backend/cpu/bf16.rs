@@ -1,11 +1,17 @@
-//! The bf16 linear layers: weights stored as bfloat16, activations rounded to bf16 as they are
-//! packed, products accumulated in f32. Two kernels share the packed weights:
-//! - AMX ([`super::amx`], level [`Isa::Amx`]): `tdpbf16ps` on 16 x 16 tiles;
-//! - AVX512-BF16 (this file, level [`Isa::Avx512Bf16`]): `vdpbf16ps`, 16 lanes x 2 products per
-//!   instruction, twice the multiply-adds of an f32 FMA on half the weight bytes (on Zen 4; a
-//!   Xeon with two 512-bit FMA units runs f32 FMAs as fast, which is why AMX matters there).
+//! The bf16 linear layers: weights stored as bfloat16, products accumulated in f32. Three
+//! kernels ([`Kernel`]) share the packed weights:
+//! - AMX ([`super::amx`], level [`Isa::Amx`]): `tdpbf16ps` on 16 x 16 tiles, activations rounded
+//!   to bf16 as they are packed;
+//! - dot (level [`Isa::Avx512Bf16`] on AMD): `vdpbf16ps`, 16 lanes x 2 products per instruction,
+//!   activations rounded to bf16. On Zen 4 that is twice the multiply-adds of an f32 FMA;
+//! - widened (every other AVX-512 CPU): the weights widened to f32 in registers (a shift or a
+//!   mask per 16 values) and f32 FMAs on f32 activations. An Intel core with two 512-bit FMA
+//!   units runs `vdpbf16ps` at half the multiply-adds of its FMAs (the roofline bench measured
+//!   80 against 167 GFLOP/s on a Xeon without AMX), so there the dot kernel made bf16 slower
+//!   than f32; widened, bf16 keeps f32's speed with half the weight bytes, and its activations
+//!   are not rounded at all.
 //!
-//! A CPU without either gets a clear error from [`check_supported`].
+//! A CPU without AVX-512 gets a clear error from [`check_supported`].
 //!
 //! Layouts (pairs of consecutive k, as both instructions multiply pairs):
 //! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 2 + e] = bf16(W[first + j][2q + e])`
@@ -23,13 +29,85 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::matmul::{check_operands, KC, MC};
+use super::matmul::{check_operands, pack_a as pack_f32, KC, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
-/// Whether this process runs the bf16 kernels: the level of [`Isa::detected`] has AMX or
-/// AVX512-BF16.
+/// The kernel that multiplies by bf16 weights (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `tdpbf16ps` on AMX tiles, activations rounded to bf16.
+    Amx,
+    /// `vdpbf16ps` (AVX512-BF16), activations rounded to bf16.
+    Dot,
+    /// f32 FMAs on weights widened from bf16 in registers (AVX-512F), f32 activations.
+    Widened,
+}
+
+impl Kernel {
+    /// The kernel of the level `isa` on this CPU, `None` below AVX-512.
+    pub fn for_level(isa: Isa) -> Option<Kernel> {
+        match isa {
+            Isa::Amx => Some(Kernel::Amx),
+            Isa::Avx512Bf16 if dot_outruns_fma() => Some(Kernel::Dot),
+            Isa::Avx512Bf16 | Isa::Avx512 => Some(Kernel::Widened),
+            Isa::Avx2 | Isa::Portable => None,
+        }
+    }
+
+    /// The kernel of [`Isa::detected`].
+    pub fn detected() -> Option<Kernel> {
+        Kernel::for_level(Isa::detected())
+    }
+
+    /// Every kernel this CPU can run, whichever the level would choose (tests run each).
+    pub fn available() -> Vec<Kernel> {
+        [
+            (Kernel::Amx, Isa::Amx),
+            (Kernel::Dot, Isa::Avx512Bf16),
+            (Kernel::Widened, Isa::Avx512),
+        ]
+        .into_iter()
+        .filter(|(_, isa)| isa.is_available())
+        .map(|(kernel, _)| kernel)
+        .collect()
+    }
+
+    /// Whether the kernel rounds activations to bf16 (Amx, Dot) or multiplies them as f32.
+    pub fn rounds_activations(self) -> bool {
+        self != Kernel::Widened
+    }
+
+    /// How benches and engine names call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "amx",
+            Kernel::Dot => "avx512-bf16",
+            Kernel::Widened => "avx512-widened",
+        }
+    }
+}
+
+/// Whether `vdpbf16ps` does more multiply-adds per cycle than f32 FMAs: on AMD's cores (Zen 4
+/// runs both at one 512-bit instruction per cycle, the dot product doing twice the work), not on
+/// Intel's (two FMA units against half the rate for `vdpbf16ps`). Decided from the vendor, not
+/// timed, so that a process's numerics never depend on a noisy measurement.
+fn dot_outruns_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this process runs bf16 linear layers: the level of [`Isa::detected`] is AVX-512 or
+/// above.
 pub fn is_supported() -> bool {
-    Isa::detected().has_bf16()
+    Kernel::detected().is_some()
 }
 
 /// `Ok` when [`is_supported`], else the error message to show.
@@ -37,17 +115,13 @@ pub fn check_supported() -> std::result::Result<(), String> {
     if is_supported() {
         return Ok(());
     }
-    if Isa::Avx512Bf16.is_available() {
+    if Isa::Avx512.is_available() {
         return Err(format!(
-            "bf16 on the CPU needs AVX512-BF16 or AMX, which EMBER_CPU_ISA={} rules out",
+            "bf16 on the CPU needs AVX-512, which EMBER_CPU_ISA={} rules out",
             Isa::detected().name()
         ));
     }
-    Err(
-        "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 or \
-         later); this CPU does not have it. Use f32."
-            .into(),
-    )
+    Err("bf16 on the CPU needs AVX-512 (Intel Skylake-SP, AMD Zen 4 or later); this CPU does not have it. Use f32.".into())
 }
 
 /// Pairs of k stored per panel: whole AMX k steps of 16 pairs.
@@ -121,7 +195,10 @@ impl PackedBf16 {
 }
 
 thread_local! {
+    /// Each thread's A block as bf16 pairs (the dot kernel).
     static A_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's A block as f32 (the widened kernel).
+    static F32_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A (k0 even) as bf16 pairs.
@@ -185,7 +262,7 @@ fn bf16_pairs_inline(row: &[f32], out: &mut [u32]) {
 
 /// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread; column 0 of `c`
 /// is column `panels.start * NR` of the full product (as `matmul::gemm_panels`), with the kernel
-/// of [`Isa::detected`].
+/// of [`Kernel::detected`].
 ///
 /// # Panics
 /// If that level has no bf16 kernel, or a slice is too short for its stride and extent.
@@ -200,17 +277,17 @@ pub fn gemm_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_panels_with(Isa::detected(), a, lda, m, w, panels, bias, c, ldc);
+    let kernel = Kernel::detected().expect("bf16 GEMM below AVX-512");
+    gemm_panels_with(kernel, a, lda, m, w, panels, bias, c, ldc);
 }
 
-/// [`gemm_panels`] with the kernel of `isa`: AMX for [`Isa::Amx`], `vdpbf16ps` for
-/// [`Isa::Avx512Bf16`] (tests run both where the CPU has them).
+/// [`gemm_panels`] with `kernel` (tests run each one the CPU has).
 ///
 /// # Panics
-/// If `isa` has no bf16 kernel or is not available, or a slice is too short.
+/// If the CPU cannot run `kernel`, or a slice is too short.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_panels_with(
-    isa: Isa,
+    kernel: Kernel,
     a: &[f32],
     lda: usize,
     m: usize,
@@ -220,11 +297,169 @@ pub fn gemm_panels_with(
     c: &mut [f32],
     ldc: usize,
 ) {
-    match isa {
+    match kernel {
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx => super::amx::gemm_panels(a, lda, m, w, panels, bias, c, ldc),
-        Isa::Avx512Bf16 => gemm_panels_avx512bf16(a, lda, m, w, panels, bias, c, ldc),
-        other => panic!("no bf16 GEMM at level {}", other.name()),
+        Kernel::Amx => super::amx::gemm_panels(a, lda, m, w, panels, bias, c, ldc),
+        Kernel::Dot => gemm_panels_avx512bf16(a, lda, m, w, panels, bias, c, ldc),
+        Kernel::Widened => gemm_panels_widened(a, lda, m, w, panels, bias, c, ldc),
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Amx => panic!("no AMX off x86-64"),
+    }
+}
+
+/// The widened kernel's driver: the f32 GEMM's blocking and A packing (`matmul::pack_a`), with
+/// the bf16 weight panels.
+#[allow(clippy::too_many_arguments)]
+fn gemm_panels_widened(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedBf16,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        Isa::Avx512.is_available(),
+        "bf16 widened GEMM on a CPU without AVX-512"
+    );
+    let (n, k) = (w.n, w.k);
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    let first_column = check_operands("gemm_bf16", (a, lda), m, n, k, &panels, bias, (c, ldc));
+    F32_PACK.with_borrow_mut(|pack| {
+        for m0 in (0..m).step_by(MC) {
+            let rows_in_block = MC.min(m - m0);
+            for kb in 0..k.div_ceil(KC).max(1) {
+                let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
+                pack_f32(&a[m0 * lda..], lda, rows_in_block, k0, kc, pack);
+                for panel_index in panels.clone() {
+                    let column = panel_index * NR;
+                    let width = NR.min(n - column);
+                    let b = w.panel_pairs(panel_index, k0 / 2, kc.div_ceil(2));
+                    let init = (kb == 0).then(|| {
+                        let mut init = [0.0f32; NR];
+                        if let Some(bias) = bias {
+                            init[..width].copy_from_slice(&bias[column..column + width]);
+                        }
+                        init
+                    });
+                    for t in 0..rows_in_block.div_ceil(MR) {
+                        let micro_panel = &pack[t * kc * MR..][..kc * MR];
+                        let row = m0 + t * MR;
+                        let rows = MR.min(m - row);
+                        let c_tile = &mut c[row * ldc + column - first_column..];
+                        let full = rows == MR && width == NR && ldc >= NR;
+                        let mut tile = Tile([0.0; MR * NR]);
+                        if !full && init.is_none() {
+                            for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+                                tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
+                            }
+                        }
+                        let (out, out_ld) = if full {
+                            assert!(c_tile.len() >= (MR - 1) * ldc + NR);
+                            (c_tile.as_mut_ptr(), ldc)
+                        } else {
+                            (tile.0.as_mut_ptr(), NR)
+                        };
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX-512F is present (asserted on entry); `micro_panel` holds
+                        // `kc * MR` floats and `b` `ceil(kc / 2) * NR * 2` values; `out` is
+                        // `MR` rows of `NR` floats at stride `out_ld` (C, checked just above,
+                        // or the tile).
+                        unsafe {
+                            widened(kc, micro_panel.as_ptr(), b.as_ptr(), out, out_ld, init.as_ref())
+                        };
+                        if !full {
+                            for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+                                c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The 12 x 32 tile with 24 zmm accumulators, on a bf16 weight panel: per pair of k, two 64-byte
+/// loads of W (16 columns x 2 bf16 each) widened into four f32 vectors (the even k by a 16-bit
+/// shift, the odd k by clearing the low half), then 48 FMAs with the f32 activations of both k.
+/// The sums run in the order of k for every element, as the f32 kernel's.
+///
+/// # Safety
+/// AVX-512F present; `a` readable for `kc * MR` floats, `b` for `ceil(kc / 2) * NR * 2` u16;
+/// `c` read/write for `NR` floats at each `i * ldc`, i < MR.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn widened(
+    kc: usize,
+    a: *const f32,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    init: Option<&[f32; NR]>,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for (i, row) in acc.iter_mut().enumerate() {
+        // SAFETY: row i < MR of the tile is `NR` = 32 floats at `c + i * ldc`, and `init` is an
+        // array of `NR` (the caller's contract).
+        unsafe {
+            let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
+            row[0] = _mm512_loadu_ps(src);
+            row[1] = _mm512_loadu_ps(src.add(16));
+        }
+    }
+    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    for q in 0..kc / 2 {
+        // SAFETY: q < kc / 2: `b[q * NR * 2..][..64]` and `a[2q * MR..][..2 * MR]` lie inside
+        // the extents the caller vouched for.
+        unsafe {
+            let raw = [
+                _mm512_loadu_si512(b.add(q * NR * 2).cast()),
+                _mm512_loadu_si512(b.add(q * NR * 2 + 32).cast()),
+            ];
+            let even = raw.map(|r| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(r)));
+            let odd = raw.map(|r| _mm512_castsi512_ps(_mm512_and_si512(r, high)));
+            let a_q = a.add(2 * q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_even = _mm512_set1_ps(*a_q.add(i));
+                row[0] = _mm512_fmadd_ps(a_even, even[0], row[0]);
+                row[1] = _mm512_fmadd_ps(a_even, even[1], row[1]);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_odd = _mm512_set1_ps(*a_q.add(MR + i));
+                row[0] = _mm512_fmadd_ps(a_odd, odd[0], row[0]);
+                row[1] = _mm512_fmadd_ps(a_odd, odd[1], row[1]);
+            }
+        }
+    }
+    if kc % 2 == 1 {
+        let q = kc / 2;
+        // SAFETY: the last pair of W (its odd half is padding) and the last k of A.
+        unsafe {
+            let raw = [
+                _mm512_loadu_si512(b.add(q * NR * 2).cast()),
+                _mm512_loadu_si512(b.add(q * NR * 2 + 32).cast()),
+            ];
+            let even = raw.map(|r| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(r)));
+            let a_q = a.add(2 * q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a_even = _mm512_set1_ps(*a_q.add(i));
+                row[0] = _mm512_fmadd_ps(a_even, even[0], row[0]);
+                row[1] = _mm512_fmadd_ps(a_even, even[1], row[1]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: the same 32 floats of row i as loaded above.
+        unsafe {
+            _mm512_storeu_ps(c.add(i * ldc), row[0]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+        }
     }
 }
 

@@ -151,7 +151,7 @@ thread_local! {
 
 /// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A into `MR`-row micro-panels:
 /// `pack[(t * kc + p) * MR + i] = a[(t * MR + i) * lda + k0 + p]`, zero for rows past `m`.
-fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
+pub(super) fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
     let tiles = m.div_ceil(MR);
     pack.clear();
     pack.resize(tiles * kc * MR, 0.0);

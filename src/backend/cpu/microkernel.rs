@@ -35,14 +35,15 @@ pub struct Tile(pub [f32; MR * NR]);
 
 /// The instruction-set level of the CPU kernels, best first. The f32 code has three variants
 /// (AVX-512, AVX2, portable); the two levels above AVX-512 only change the bf16 linear layers
-/// (see [`Isa::f32_kernels`] and `super::bf16`).
+/// (see [`Isa::f32_kernels`] and `super::bf16::Kernel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// AMX-BF16 tiles (`tdpbf16ps`) for the bf16 linear layers, AVX-512 for everything else.
     Amx,
-    /// AVX512-BF16 (`vdpbf16ps`) for the bf16 linear layers, AVX-512 for everything else.
+    /// AVX512-BF16 (`vdpbf16ps`) for the bf16 linear layers where it outruns f32 FMAs (AMD),
+    /// AVX-512 for everything else.
     Avx512Bf16,
-    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA; no bf16 arithmetic.
+    /// AVX-512 F/BW/DQ/VL with AVX2 + FMA; bf16 weights are widened to f32 for FMAs.
     Avx512,
     /// AVX2 + FMA.
     Avx2,
@@ -71,11 +72,6 @@ impl Isa {
             Isa::Amx | Isa::Avx512Bf16 => Isa::Avx512,
             other => other,
         }
-    }
-
-    /// Whether this level has bf16 linear layers (AMX or AVX512-BF16).
-    pub fn has_bf16(self) -> bool {
-        self <= Isa::Avx512Bf16
     }
 
     /// Whether this CPU (and, for AMX, the operating system) can run the level.

@@ -574,7 +574,7 @@ fn elementwise_code_is_bit_identical_at_every_isa_level() {
 }
 
 #[test]
-fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
+fn bf16_gemm_matches_reference_with_every_bf16_kernel() {
     if !bf16::is_supported() {
         // Refusal is the contract there: the backend must say so, not fall back.
         assert!(CpuBackend::with_dtype(Dtype::Bf16).is_err());
@@ -594,11 +594,15 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
         (17, 95, 33),
         (200, 40, 65),
     ];
-    let levels: Vec<_> = matmul::Isa::available()
-        .into_iter()
-        .filter(|i| i.has_bf16())
-        .collect();
-    for isa in levels {
+    for kernel in bf16::Kernel::available() {
+        // Amx and Dot multiply bf16-rounded activations, Widened the f32 ones.
+        let activations = |a: &[f32]| {
+            if kernel.rounds_activations() {
+                round(a)
+            } else {
+                a.to_vec()
+            }
+        };
         for &(m, n, k) in &shapes {
             let (lda, ldc) = (k + 3, n + 5);
             let a = rng.values(m * lda, 1.0);
@@ -608,20 +612,21 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
             let sentinel = 12345.0;
             let mut c = vec![sentinel; m * ldc];
             let all = 0..packed.panels();
-            bf16::gemm_panels_with(isa, &a, lda, m, &packed, all.clone(), Some(&bias), &mut c, ldc);
-            // The products of bf16 values are exact in f32: only the f32 accumulation rounds, so
-            // the f64 result on the rounded inputs is matched as closely as the f32 GEMM's.
-            let want = gemm_reference(&round(&a), lda, m, &round(&w), n, k, &bias);
+            bf16::gemm_panels_with(kernel, &a, lda, m, &packed, all.clone(), Some(&bias), &mut c, ldc);
+            // The products (of bf16 values, or of a bf16 and an f32 in a fused multiply-add) are
+            // exact: only the f32 accumulation rounds, so the f64 result on the same inputs is
+            // matched as closely as the f32 GEMM's.
+            let want = gemm_reference(&activations(&a), lda, m, &round(&w), n, k, &bias);
             for i in 0..m {
                 assert!(
                     c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == sentinel),
-                    "{isa:?}: wrote outside C"
+                    "{kernel:?}: wrote outside C"
                 );
                 for j in 0..n {
                     let (got, want) = (c[i * ldc + j] as f64, want[i * n + j]);
                     assert!(
                         (got - want).abs() < 2e-5,
-                        "{isa:?} bf16 {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                        "{kernel:?} bf16 {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
                     );
                 }
             }
@@ -630,7 +635,7 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
                 let i = m - 1;
                 let mut alone = vec![0.0; n];
                 bf16::gemm_panels_with(
-                    isa,
+                    kernel,
                     &a[i * lda..],
                     lda,
                     1,
@@ -640,7 +645,11 @@ fn bf16_gemm_matches_reference_on_bf16_rounded_inputs_at_every_bf16_level() {
                     &mut alone,
                     n,
                 );
-                assert_eq!(&c[i * ldc..i * ldc + n], &alone[..], "{isa:?} bf16 row {i} alone");
+                assert_eq!(
+                    &c[i * ldc..i * ldc + n],
+                    &alone[..],
+                    "{kernel:?} bf16 row {i} alone"
+                );
             }
         }
     }
