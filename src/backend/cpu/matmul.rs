@@ -7,9 +7,10 @@
 //!   storage aligned to 64 bytes so that every 16-lane load of the kernel is one cache line;
 //! - K is cut into blocks of [`KC`] = 384: a W micro-panel of one block (`KC x NR`, 48 KiB) and
 //!   the A micro-panel (`MR x KC`, 18 KiB) are what one kernel call streams, from L1 and L2;
-//! - M is cut into blocks of [`MC`] rows whose A block (`MC x KC`, 144 KiB) is packed into
-//!   `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`) and stays in L2 while every
-//!   panel of W passes over it.
+//! - M is cut into blocks of [`MC`] rows whose A block (`MC x KC`, 144 KiB) stays in L2 while
+//!   every panel of W passes over it. The AVX-512 kernel reads its twelve rows of A where they
+//!   lie; for the other kernels, and for a last tile of fewer than `MR` rows, the block is packed
+//!   into `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`).
 //!
 //! Loop order: M block, K block (pack A), panel of W, micro-tile of A. A tile starts from the
 //! bias (first K block) or the partial sums already in `C` (later K blocks). Full tiles are
@@ -259,13 +260,26 @@ fn gemm_panels(
         return;
     }
     let first_column = check_operands("gemm", (a, lda), m, n, k, &panels, bias, (c, ldc));
+    let in_place = microkernel::reads_rows(isa);
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
+            // Full tiles are read where they lie by a kernel that can; the others are packed.
+            let packed_from = if in_place { rows_in_block / MR * MR } else { 0 };
             // At least one K block, so that k = 0 still writes the bias.
             for kb in 0..k.div_ceil(KC).max(1) {
                 let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
-                pack_a(&a[m0 * lda..], lda, rows_in_block, k0, kc, pack);
+                let first_packed = m0 + packed_from;
+                if first_packed < m0 + rows_in_block {
+                    pack_a(
+                        &a[first_packed * lda..],
+                        lda,
+                        m0 + rows_in_block - first_packed,
+                        k0,
+                        kc,
+                        pack,
+                    );
+                }
                 for panel_index in panels.clone() {
                     let column = panel_index * NR;
                     let width = NR.min(n - column);
@@ -280,12 +294,20 @@ fn gemm_panels(
                         init
                     });
                     for t in 0..rows_in_block.div_ceil(MR) {
-                        let micro_panel = &pack[t * kc * MR..][..kc * MR];
                         let row = m0 + t * MR;
                         let rows = MR.min(m - row);
+                        let a_rows = &a[row * lda + k0..];
+                        let packed = (row >= first_packed).then(|| {
+                            let t = (row - first_packed) / MR;
+                            &pack[t * kc * MR..][..kc * MR]
+                        });
+                        let kernel = |c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>| match packed {
+                            Some(micro_panel) => microkernel::run(isa, kc, micro_panel, b, c, ldc, init),
+                            None => microkernel::run_rows(isa, kc, a_rows, lda, b, c, ldc, init),
+                        };
                         let c_tile = &mut c[row * ldc + column - first_column..];
                         if rows == MR && width == NR && ldc >= NR {
-                            microkernel::run(isa, kc, micro_panel, b, c_tile, ldc, init.as_ref());
+                            kernel(c_tile, ldc, init.as_ref());
                             continue;
                         }
                         // An edge tile: through an aligned buffer, so that the kernel never
@@ -296,7 +318,7 @@ fn gemm_panels(
                                 tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
                             }
                         }
-                        microkernel::run(isa, kc, micro_panel, b, &mut tile.0, NR, init.as_ref());
+                        kernel(&mut tile.0, NR, init.as_ref());
                         for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
                             c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
                         }

@@ -5,7 +5,8 @@
 //! in the output itself or in an aligned edge buffer): for i in [0, MR) and j in [0, NR),
 //! `C[i][j] = init[j] + sum_{p < k} a[p * MR + i] * b[p * NR + j]`, where `init` is the bias row
 //! or C's partial sums, `a` a packed micro-panel of A (MR rows interleaved, see
-//! `matmul::pack_a`) and `b` a k-major panel of W. Each product is accumulated in the same order
+//! `matmul::pack_a`) or, for the AVX-512 kernel, A's rows where they lie ([`run_rows`]), and `b`
+//! a k-major panel of W. Each product is accumulated in the same order
 //! (p ascending) for every element of the tile, so a row's result never depends on which other
 //! rows share its tile: the batching-invariance test relies on this.
 //!
@@ -74,13 +75,21 @@ impl Isa {
         }
     }
 
-    /// Whether this CPU (and, for AMX, the operating system) can run the level.
+    /// Whether this CPU (and, for AMX, the operating system) can run the level. Asked once per
+    /// level and remembered: kernels assert it on every call.
     pub fn is_available(self) -> bool {
+        static AVAILABLE: OnceLock<[bool; 5]> = OnceLock::new();
+        let index = Isa::ALL.iter().position(|&isa| isa == self).unwrap_or(0);
+        AVAILABLE.get_or_init(|| Isa::ALL.map(Isa::ask_cpu))[index]
+    }
+
+    /// What [`Isa::is_available`] remembers: the CPUID features (and the OS permission for AMX).
+    fn ask_cpu(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Amx => Isa::Avx512Bf16.is_available() && super::amx::is_available(),
+            Isa::Amx => Isa::Avx512Bf16.ask_cpu() && super::amx::is_available(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            Isa::Avx512Bf16 => Isa::Avx512.ask_cpu() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 // BW/DQ/VL too: the multiversioned elementwise code is compiled with them (every
@@ -140,6 +149,50 @@ impl Isa {
                 }
             }
         })
+    }
+}
+
+/// Whether the kernel of `isa` can read A's rows in place ([`run_rows`]) instead of a packed
+/// micro-panel: the AVX-512 kernel.
+pub fn reads_rows(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa.f32_kernels() == Isa::Avx512
+}
+
+/// [`run`] with A read in place: row `i` of the tile is `a[i * lda..i * lda + k]`.
+///
+/// # Panics
+/// If `isa` has no such kernel ([`reads_rows`]) or is not available, or a slice is too short.
+#[allow(clippy::too_many_arguments)] // a BLAS-style signature: strides and extents are the point
+#[inline]
+pub fn run_rows(
+    isa: Isa,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    init: Option<&[f32; NR]>,
+) {
+    assert!(
+        a.len() >= (MR - 1) * lda + k && b.len() >= k * NR,
+        "microkernel: A rows or panel too short"
+    );
+    assert!(
+        ldc >= NR && c.len() >= (MR - 1) * ldc + NR,
+        "microkernel: tile too short"
+    );
+    assert!(
+        reads_rows(isa) && isa.is_available(),
+        "no in-place kernel at level {}",
+        isa.name()
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512F (checked above); the kernel reads `k` values at each `i * lda`
+    // of `a`, `k * NR` of `b`, the `NR` of `init`, and rows `i * ldc..i * ldc + NR` (i < MR) of
+    // `c` (lengths checked above).
+    unsafe {
+        x86::avx512_rows(k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, init)
     }
 }
 
@@ -212,7 +265,7 @@ mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// 12 x 32 with 24 zmm accumulators.
+    /// 12 x 32 with 24 zmm accumulators, on a packed micro-panel of A.
     ///
     /// # Safety
     /// AVX-512F present; `a` readable for `k * MR` floats, `b` for `k * NR`, `c` read/write for
@@ -221,6 +274,49 @@ mod x86 {
     pub unsafe fn avx512(
         k: usize,
         a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
+        // SAFETY: A[i][p] at `a + p * MR + i` lies in the `k * MR` floats vouched for; the rest is
+        // the caller's contract, passed on.
+        unsafe { tile_12x32(k, |p, i| a.add(p * MR + i), b, c, ldc, init) }
+    }
+
+    /// 12 x 32 with 24 zmm accumulators, reading A's twelve rows where they lie (`a + i * lda`),
+    /// with no packing: the broadcasts take any address, so a copy of A into micro-panels only
+    /// costs time (about 2 cycles per value, 6 % of an f32 forward pass).
+    ///
+    /// # Safety
+    /// AVX-512F present; `a` readable for `k` floats at each `i * lda`, i < MR, `b` for `k * NR`,
+    /// `c` read/write for `NR` floats at each `i * ldc`, i < MR.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512_rows(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
+        // SAFETY: A[i][p] at `a + i * lda + p` lies in row i's `k` floats vouched for; the rest
+        // is the caller's contract, passed on.
+        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, c, ldc, init) }
+    }
+
+    /// The 12 x 32 tile with A[i][p] at `a_at(p, i)`: per `p`, two loads of W, twelve broadcasts
+    /// of A (folded into the FMAs as `{1to16}` memory operands) and 24 FMAs.
+    ///
+    /// # Safety
+    /// AVX-512F present; `a_at(p, i)` readable for p < k, i < MR; `b`, `c`, `init` as for
+    /// [`avx512`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile_12x32(
+        k: usize,
+        a_at: impl Fn(usize, usize) -> *const f32,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -237,14 +333,13 @@ mod x86 {
             }
         }
         for p in 0..k {
-            // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and `a` for
-            // `k * MR`: step p reads `b[p * NR..p * NR + 32]` and `a[p * MR..p * MR + MR]`.
+            // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and A at
+            // `a_at(p, i)`: step p reads `b[p * NR..p * NR + 32]` and A's column p.
             unsafe {
                 let b0 = _mm512_loadu_ps(b.add(p * NR));
                 let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-                let a_p = a.add(p * MR);
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let a_ip = _mm512_set1_ps(*a_p.add(i));
+                    let a_ip = _mm512_set1_ps(*a_at(p, i));
                     row[0] = _mm512_fmadd_ps(a_ip, b0, row[0]);
                     row[1] = _mm512_fmadd_ps(a_ip, b1, row[1]);
                 }
