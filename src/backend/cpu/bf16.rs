@@ -29,7 +29,7 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::matmul::{check_operands, pack_a as pack_f32, KC, MC};
+use super::matmul::{check_operands, drive, Operands, TileA, KC, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// The kernel that multiplies by bf16 weights (see the module header).
@@ -197,8 +197,6 @@ impl PackedBf16 {
 thread_local! {
     /// Each thread's A block as bf16 pairs (the dot kernel).
     static A_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's A block as f32 (the widened kernel).
-    static F32_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A (k0 even) as bf16 pairs.
@@ -307,8 +305,9 @@ pub fn gemm_panels_with(
     }
 }
 
-/// The widened kernel's driver: the f32 GEMM's blocking and A packing (`matmul::pack_a`), with
-/// the bf16 weight panels.
+/// The widened kernel, in the f32 GEMM's loop (`matmul::drive`) with the bf16 weight panels. A
+/// is packed: reading its rows in place, as the f32 kernel does, made LLVM hoist the 24
+/// broadcasts of a k pair and spill accumulators (85 against 140 GFLOP/s).
 #[allow(clippy::too_many_arguments)]
 fn gemm_panels_widened(
     a: &[f32],
@@ -324,63 +323,36 @@ fn gemm_panels_widened(
         Isa::Avx512.is_available(),
         "bf16 widened GEMM on a CPU without AVX-512"
     );
-    let (n, k) = (w.n, w.k);
-    if m == 0 || panels.is_empty() {
-        return;
-    }
-    let first_column = check_operands("gemm_bf16", (a, lda), m, n, k, &panels, bias, (c, ldc));
-    F32_PACK.with_borrow_mut(|pack| {
-        for m0 in (0..m).step_by(MC) {
-            let rows_in_block = MC.min(m - m0);
-            for kb in 0..k.div_ceil(KC).max(1) {
-                let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
-                pack_f32(&a[m0 * lda..], lda, rows_in_block, k0, kc, pack);
-                for panel_index in panels.clone() {
-                    let column = panel_index * NR;
-                    let width = NR.min(n - column);
-                    let b = w.panel_pairs(panel_index, k0 / 2, kc.div_ceil(2));
-                    let init = (kb == 0).then(|| {
-                        let mut init = [0.0f32; NR];
-                        if let Some(bias) = bias {
-                            init[..width].copy_from_slice(&bias[column..column + width]);
-                        }
-                        init
-                    });
-                    for t in 0..rows_in_block.div_ceil(MR) {
-                        let micro_panel = &pack[t * kc * MR..][..kc * MR];
-                        let row = m0 + t * MR;
-                        let rows = MR.min(m - row);
-                        let c_tile = &mut c[row * ldc + column - first_column..];
-                        let full = rows == MR && width == NR && ldc >= NR;
-                        let mut tile = Tile([0.0; MR * NR]);
-                        if !full && init.is_none() {
-                            for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
-                                tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
-                            }
-                        }
-                        let (out, out_ld) = if full {
-                            assert!(c_tile.len() >= (MR - 1) * ldc + NR);
-                            (c_tile.as_mut_ptr(), ldc)
-                        } else {
-                            (tile.0.as_mut_ptr(), NR)
-                        };
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: AVX-512F is present (asserted on entry); `micro_panel` holds
-                        // `kc * MR` floats and `b` `ceil(kc / 2) * NR * 2` values; `out` is
-                        // `MR` rows of `NR` floats at stride `out_ld` (C, checked just above,
-                        // or the tile).
-                        unsafe {
-                            widened(kc, micro_panel.as_ptr(), b.as_ptr(), out, out_ld, init.as_ref())
-                        };
-                        if !full {
-                            for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-                                c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    let operands = Operands {
+        a,
+        lda,
+        m,
+        n: w.n,
+        k: w.k,
+        panels,
+        bias,
+    };
+    drive(operands, c, ldc, false, |tile| {
+        let TileA::Packed(micro_panel) = tile.a else {
+            unreachable!("drive packs every tile when not asked to read in place")
+        };
+        let b = w.panel_pairs(tile.panel, tile.k0 / 2, tile.kc.div_ceil(2));
+        assert!(micro_panel.len() >= tile.kc * MR && tile.ldc >= NR);
+        assert!(tile.c.len() >= (MR - 1) * tile.ldc + NR);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (asserted on entry); `micro_panel` holds `kc * MR` floats
+        // and `b` `ceil(kc / 2) * NR * 2` values; `c` holds `MR` rows of `NR` floats at stride
+        // `ldc` (all checked just above).
+        unsafe {
+            widened(
+                tile.kc,
+                micro_panel.as_ptr(),
+                b.as_ptr(),
+                tile.c.as_mut_ptr(),
+                tile.ldc,
+                tile.init,
+            )
+        };
     });
 }
 

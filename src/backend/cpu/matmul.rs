@@ -152,7 +152,7 @@ thread_local! {
 
 /// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A into `MR`-row micro-panels:
 /// `pack[(t * kc + p) * MR + i] = a[(t * MR + i) * lda + k0 + p]`, zero for rows past `m`.
-pub(super) fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
+fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
     let tiles = m.div_ceil(MR);
     pack.clear();
     pack.resize(tiles * kc * MR, 0.0);
@@ -255,35 +255,105 @@ fn gemm_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (n, k) = (w.n, w.k);
+    let operands = Operands {
+        a,
+        lda,
+        m,
+        n: w.n,
+        k: w.k,
+        panels,
+        bias,
+    };
+    let in_place = microkernel::reads_rows(isa);
+    drive(operands, c, ldc, in_place, |tile| {
+        let b = &w.panel(tile.panel)[tile.k0 * NR..][..tile.kc * NR];
+        match tile.a {
+            TileA::Packed(micro_panel) => {
+                microkernel::run(isa, tile.kc, micro_panel, b, tile.c, tile.ldc, tile.init)
+            }
+            TileA::Rows(rows) => {
+                microkernel::run_rows(isa, tile.kc, rows, lda, b, tile.c, tile.ldc, tile.init)
+            }
+        }
+    });
+}
+
+/// What a GEMM over f32 activations multiplies: `A` (`m` rows of `k` at stride `lda`) by the
+/// panels `panels` of a packed `W [n, k]`, plus `bias` (indexed by full-product column).
+pub(super) struct Operands<'a> {
+    pub a: &'a [f32],
+    pub lda: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub panels: std::ops::Range<usize>,
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Where a tile's `MR` rows of A are, for `kc` values from column `k0`.
+pub(super) enum TileA<'a> {
+    /// A packed micro-panel: `A[i][k0 + p]` at `[p * MR + i]` (zero rows past `m`).
+    Packed(&'a [f32]),
+    /// A itself: `A[i][k0 + p]` at `[i * lda + p]`, all `MR` rows real.
+    Rows(&'a [f32]),
+}
+
+/// One call of a register kernel: `C = init + A · W` over one K block of one W panel, on the
+/// `MR x NR` tile whose row `i` is `c[i * ldc..i * ldc + NR]` (`init` the bias row, or `None`
+/// to accumulate onto C).
+pub(super) struct TileCall<'a> {
+    pub panel: usize,
+    pub k0: usize,
+    pub kc: usize,
+    pub a: TileA<'a>,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub init: Option<&'a [f32; NR]>,
+}
+
+/// The blocked loop around a 12 x 32 register kernel on f32 activations (the module header's
+/// loop order), shared by the f32 kernels and bf16's widened kernel: packs A where the kernel
+/// needs it (every tile, or with `in_place` only a last tile of fewer than `MR` rows), hands
+/// `kernel` each tile, full tiles in C itself and edge tiles in an aligned buffer so that nothing
+/// outside the product is touched. Column 0 of `c` is column `panels.start * NR`.
+pub(super) fn drive(
+    operands: Operands,
+    c: &mut [f32],
+    ldc: usize,
+    in_place: bool,
+    kernel: impl Fn(TileCall),
+) {
+    let Operands {
+        a,
+        lda,
+        m,
+        n,
+        k,
+        panels,
+        bias,
+    } = operands;
     if m == 0 || panels.is_empty() {
         return;
     }
     let first_column = check_operands("gemm", (a, lda), m, n, k, &panels, bias, (c, ldc));
-    let in_place = microkernel::reads_rows(isa);
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
-            // Full tiles are read where they lie by a kernel that can; the others are packed.
-            let packed_from = if in_place { rows_in_block / MR * MR } else { 0 };
+            let first_packed = if in_place {
+                m0 + rows_in_block / MR * MR
+            } else {
+                m0
+            };
             // At least one K block, so that k = 0 still writes the bias.
             for kb in 0..k.div_ceil(KC).max(1) {
                 let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
-                let first_packed = m0 + packed_from;
-                if first_packed < m0 + rows_in_block {
-                    pack_a(
-                        &a[first_packed * lda..],
-                        lda,
-                        m0 + rows_in_block - first_packed,
-                        k0,
-                        kc,
-                        pack,
-                    );
+                let packed_rows = m0 + rows_in_block - first_packed;
+                if packed_rows > 0 {
+                    pack_a(&a[first_packed * lda..], lda, packed_rows, k0, kc, pack);
                 }
-                for panel_index in panels.clone() {
-                    let column = panel_index * NR;
+                for panel in panels.clone() {
+                    let column = panel * NR;
                     let width = NR.min(n - column);
-                    let b = &w.panel(panel_index)[k0 * NR..][..kc * NR];
                     // The first K block starts from the bias (zero-padded past `n`), later ones
                     // from the partial sums in C.
                     let init = (kb == 0).then(|| {
@@ -296,29 +366,40 @@ fn gemm_panels(
                     for t in 0..rows_in_block.div_ceil(MR) {
                         let row = m0 + t * MR;
                         let rows = MR.min(m - row);
-                        let a_rows = &a[row * lda + k0..];
-                        let packed = (row >= first_packed).then(|| {
-                            let t = (row - first_packed) / MR;
-                            &pack[t * kc * MR..][..kc * MR]
-                        });
-                        let kernel = |c: &mut [f32], ldc: usize, init: Option<&[f32; NR]>| match packed {
-                            Some(micro_panel) => microkernel::run(isa, kc, micro_panel, b, c, ldc, init),
-                            None => microkernel::run_rows(isa, kc, a_rows, lda, b, c, ldc, init),
+                        let tile_a = || match row.checked_sub(first_packed) {
+                            Some(offset) => TileA::Packed(&pack[offset / MR * kc * MR..][..kc * MR]),
+                            None => TileA::Rows(&a[row * lda + k0..]),
                         };
                         let c_tile = &mut c[row * ldc + column - first_column..];
                         if rows == MR && width == NR && ldc >= NR {
-                            kernel(c_tile, ldc, init.as_ref());
+                            let init = init.as_ref();
+                            kernel(TileCall {
+                                panel,
+                                k0,
+                                kc,
+                                a: tile_a(),
+                                c: c_tile,
+                                ldc,
+                                init,
+                            });
                             continue;
                         }
-                        // An edge tile: through an aligned buffer, so that the kernel never
-                        // touches C outside the product (the padding computes and is dropped).
                         let mut tile = Tile([0.0; MR * NR]);
                         if init.is_none() {
                             for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
                                 tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
                             }
                         }
-                        kernel(&mut tile.0, NR, init.as_ref());
+                        let (init, a) = (init.as_ref(), tile_a());
+                        kernel(TileCall {
+                            panel,
+                            k0,
+                            kc,
+                            a,
+                            c: &mut tile.0,
+                            ldc: NR,
+                            init,
+                        });
                         for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
                             c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
                         }
