@@ -90,18 +90,22 @@ impl Kernel {
 /// Whether `vdpbf16ps` does more multiply-adds per cycle than f32 FMAs: on AMD's cores (Zen 4
 /// runs both at one 512-bit instruction per cycle, the dot product doing twice the work), not on
 /// Intel's (two FMA units against half the rate for `vdpbf16ps`). Decided from the vendor, not
-/// timed, so that a process's numerics never depend on a noisy measurement.
+/// timed, so that a process's numerics never depend on a noisy measurement; asked once (every
+/// bf16 GEMM call chooses its kernel, and CPUID traps to the hypervisor in a VM).
 fn dot_outruns_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let id = std::arch::x86_64::__cpuid(0);
-        // "AuthenticAMD" in EBX, EDX, ECX.
-        (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let id = std::arch::x86_64::__cpuid(0);
+            // "AuthenticAMD" in EBX, EDX, ECX.
+            (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// Whether this process runs bf16 linear layers: the level of [`Isa::detected`] is AVX-512 or
@@ -374,65 +378,31 @@ unsafe fn widened(
     ldc: usize,
     init: Option<&[f32; NR]>,
 ) {
+    use super::microkernel::x86::{fma_column, load_tile, store_tile};
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for (i, row) in acc.iter_mut().enumerate() {
-        // SAFETY: row i < MR of the tile is `NR` = 32 floats at `c + i * ldc`, and `init` is an
-        // array of `NR` (the caller's contract).
-        unsafe {
-            let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
-            row[0] = _mm512_loadu_ps(src);
-            row[1] = _mm512_loadu_ps(src.add(16));
-        }
-    }
+    // SAFETY: C's rows and `init` as the caller vouched for.
+    let mut acc = unsafe { load_tile(c, ldc, init) };
     let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
-    for q in 0..kc / 2 {
-        // SAFETY: q < kc / 2: `b[q * NR * 2..][..64]` and `a[2q * MR..][..2 * MR]` lie inside
-        // the extents the caller vouched for.
+    for q in 0..kc.div_ceil(2) {
+        // SAFETY: q < ceil(kc / 2): `b[q * NR * 2..][..64]` and A's columns 2q and (below kc)
+        // 2q + 1, at `a[2q * MR..]`, lie inside the extents the caller vouched for.
         unsafe {
             let raw = [
                 _mm512_loadu_si512(b.add(q * NR * 2).cast()),
                 _mm512_loadu_si512(b.add(q * NR * 2 + 32).cast()),
             ];
-            let even = raw.map(|r| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(r)));
-            let odd = raw.map(|r| _mm512_castsi512_ps(_mm512_and_si512(r, high)));
             let a_q = a.add(2 * q * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_even = _mm512_set1_ps(*a_q.add(i));
-                row[0] = _mm512_fmadd_ps(a_even, even[0], row[0]);
-                row[1] = _mm512_fmadd_ps(a_even, even[1], row[1]);
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_odd = _mm512_set1_ps(*a_q.add(MR + i));
-                row[0] = _mm512_fmadd_ps(a_odd, odd[0], row[0]);
-                row[1] = _mm512_fmadd_ps(a_odd, odd[1], row[1]);
-            }
-        }
-    }
-    if kc % 2 == 1 {
-        let q = kc / 2;
-        // SAFETY: the last pair of W (its odd half is padding) and the last k of A.
-        unsafe {
-            let raw = [
-                _mm512_loadu_si512(b.add(q * NR * 2).cast()),
-                _mm512_loadu_si512(b.add(q * NR * 2 + 32).cast()),
-            ];
             let even = raw.map(|r| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(r)));
-            let a_q = a.add(2 * q * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_even = _mm512_set1_ps(*a_q.add(i));
-                row[0] = _mm512_fmadd_ps(a_even, even[0], row[0]);
-                row[1] = _mm512_fmadd_ps(a_even, even[1], row[1]);
+            fma_column(&mut acc, |i| a_q.add(i), even);
+            // An odd kc ends on a pair whose second half is W's zero padding, past A's end.
+            if 2 * q + 1 < kc {
+                let odd = raw.map(|r| _mm512_castsi512_ps(_mm512_and_si512(r, high)));
+                fma_column(&mut acc, |i| a_q.add(MR + i), odd);
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: the same 32 floats of row i as loaded above.
-        unsafe {
-            _mm512_storeu_ps(c.add(i * ldc), row[0]);
-            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
-        }
-    }
+    // SAFETY: the same rows of C as loaded.
+    unsafe { store_tile(&acc, c, ldc) };
 }
 
 #[allow(clippy::too_many_arguments)]

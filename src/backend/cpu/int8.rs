@@ -295,8 +295,8 @@ thread_local! {
 }
 
 impl PackedA {
-    /// Quantizes rows `0..m` (m <= MC), columns `k0..k0 + kc` of A per group and packs them in
-    /// `MR`-row micro-panels.
+    /// Quantizes rows `0..m` (m <= MC), columns `k0..k0 + kc` of A per group, each row's codes
+    /// written where the kernel reads them; rows up to the next multiple of `MR` are zero.
     fn pack(&mut self, a: &[f32], lda: usize, m: usize, k0: usize, kc: usize) {
         let (groups, tiles) = (kc.div_ceil(GROUP), m.div_ceil(MR));
         // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.

@@ -384,6 +384,8 @@ pub(super) fn drive(
                             });
                             continue;
                         }
+                        // An edge tile: through an aligned buffer, so that the kernel never
+                        // touches C outside the product (the padding computes and is dropped).
                         let mut tile = Tile([0.0; MR * NR]);
                         if init.is_none() {
                             for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {

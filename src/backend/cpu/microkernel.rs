@@ -261,7 +261,7 @@ fn portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Opt
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
@@ -322,31 +322,69 @@ mod x86 {
         ldc: usize,
         init: Option<&[f32; NR]>,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: row i < MR of the tile is `NR` = 32 floats at `c + i * ldc`, and `init` is
-            // an array of `NR` (the caller's contract); AVX-512F is enabled on this function.
-            unsafe {
-                let src = init.map_or(c.add(i * ldc) as *const f32, |init| init.as_ptr());
-                row[0] = _mm512_loadu_ps(src);
-                row[1] = _mm512_loadu_ps(src.add(16));
-            }
-        }
+        // SAFETY: C's rows and `init` as the caller vouched for.
+        let mut acc = unsafe { load_tile(c, ldc, init) };
         for p in 0..k {
             // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and A at
             // `a_at(p, i)`: step p reads `b[p * NR..p * NR + 32]` and A's column p.
             unsafe {
-                let b0 = _mm512_loadu_ps(b.add(p * NR));
-                let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let a_ip = _mm512_set1_ps(*a_at(p, i));
-                    row[0] = _mm512_fmadd_ps(a_ip, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(a_ip, b1, row[1]);
-                }
+                let b_p = [
+                    _mm512_loadu_ps(b.add(p * NR)),
+                    _mm512_loadu_ps(b.add(p * NR + 16)),
+                ];
+                fma_column(&mut acc, |i| a_at(p, i), b_p);
             }
         }
+        // SAFETY: the same rows of C as loaded.
+        unsafe { store_tile(&acc, c, ldc) };
+    }
+
+    /// The 24 accumulators of a 12 x 32 tile, started from `init` (every row) or, with `None`,
+    /// from C's rows `c + i * ldc`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `c` readable for `NR` floats at each `i * ldc`, i < MR, when `init` is
+    /// `None`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn load_tile(c: *const f32, ldc: usize, init: Option<&[f32; NR]>) -> [[__m512; 2]; MR] {
+        std::array::from_fn(|i| {
+            // SAFETY: row i < MR of C, or `init`'s `NR` floats (the caller's contract).
+            unsafe {
+                let src = init.map_or(c.add(i * ldc), |init| init.as_ptr());
+                [_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))]
+            }
+        })
+    }
+
+    /// One step of k on the tile: row `i`'s accumulators gain `A[i] * b`, A[i] at `a_at(i)`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `a_at(i)` readable for i < MR.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn fma_column(
+        acc: &mut [[__m512; 2]; MR],
+        a_at: impl Fn(usize) -> *const f32,
+        b: [__m512; 2],
+    ) {
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: i < MR (the caller's contract).
+            let a_i = _mm512_set1_ps(unsafe { *a_at(i) });
+            row[0] = _mm512_fmadd_ps(a_i, b[0], row[0]);
+            row[1] = _mm512_fmadd_ps(a_i, b[1], row[1]);
+        }
+    }
+
+    /// Stores the tile's accumulators to C's rows `c + i * ldc`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `c` writable for `NR` floats at each `i * ldc`, i < MR.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn store_tile(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize) {
         for (i, row) in acc.iter().enumerate() {
-            // SAFETY: as for the loads of C above, the same 32 floats of row i.
+            // SAFETY: row i < MR of C (the caller's contract).
             unsafe {
                 _mm512_storeu_ps(c.add(i * ldc), row[0]);
                 _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
