@@ -410,10 +410,10 @@ struct Activations<'a> {
     zeros: &'a [f32],
 }
 
-/// Adds one K block's products to an `MR x NR` tile of `c` (row `i` at `c[i * ldc..]`), after
-/// setting it to `init` (the bias, or zero for `Some(None)`) on the first block. Full tiles run
-/// in place; edge tiles through an aligned buffer so that nothing outside `rows x width` is
-/// touched.
+/// Adds one K block's products to an `MR x NR` tile of `c` (row `i` at `c[i * ldc..]`), or on
+/// the first block (`init` is `Some`) sets it to them plus the bias (or zero for `Some(None)`).
+/// Full tiles run in place; edge tiles through an aligned buffer so that nothing outside
+/// `rows x width` is touched.
 fn run_tile(
     a: &Activations,
     b: &Weights,
@@ -434,11 +434,17 @@ fn run_tile(
     };
     if rows == MR && width == NR && ldc >= NR {
         assert!(c.len() >= (MR - 1) * ldc + NR);
-        for i in 0..MR {
-            start(&mut c[i * ldc..i * ldc + NR], None);
-        }
-        // SAFETY: C holds MR rows of NR floats at stride `ldc` (checked above).
-        unsafe { run_groups(a, b, c.as_mut_ptr(), ldc) };
+        // The first group starts from the bias (or zero) row, read at stride 0 for every row of
+        // the tile, instead of copying it into C first: no pass over C before the products.
+        static ZERO_ROW: [f32; NR] = [0.0; NR];
+        let first = match init {
+            Some(Some(bias)) => Source::Rows(bias.as_ptr(), 0),
+            Some(None) => Source::Rows(ZERO_ROW.as_ptr(), 0),
+            None => Source::C,
+        };
+        // SAFETY: C holds MR rows of NR floats at stride `ldc` (checked above); the bias holds
+        // `width` = NR floats.
+        unsafe { run_groups(a, b, first, c.as_mut_ptr(), ldc) };
         return;
     }
     let mut tile = Tile([0.0; MR * NR]);
@@ -446,20 +452,34 @@ fn run_tile(
         start(&mut tile_row[..width], Some(&c[i * ldc..i * ldc + width]));
     }
     // SAFETY: the tile holds MR rows of NR floats.
-    unsafe { run_groups(a, b, tile.0.as_mut_ptr(), NR) };
+    unsafe { run_groups(a, b, Source::C, tile.0.as_mut_ptr(), NR) };
     for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
         c[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
     }
 }
 
-/// The kernel over each group of the K block in turn.
+/// What the first group of a K block adds its products to.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The tile of C itself (a later K block, or an edge tile prepared in a buffer).
+    C,
+    /// `MR` rows of `NR` floats at this address and stride (0: one row for all, the bias).
+    Rows(*const f32, usize),
+}
+
+/// The kernel over each group of the K block in turn, the first adding to `first`, the others
+/// to C.
 ///
 /// # Safety
-/// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`; VNNI present (`gemm_panels`
-/// asserts it); `a` and `b` as `run_tile` asserts.
-unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
+/// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`, `first` readable likewise at its
+/// own stride; VNNI present (`gemm_panels` asserts it); `a` and `b` as `run_tile` asserts.
+unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, ldc: usize) {
     for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {
         let quads = GROUP_QUADS.min(b.quads - q0);
+        let (source, ld_source) = match first {
+            Source::Rows(rows, ld) if g == 0 => (rows, ld),
+            _ => (c.cast_const(), ldc),
+        };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the group's quads, scales and sums lie within the slices (`run_tile`).
         unsafe {
@@ -471,19 +491,21 @@ unsafe fn run_groups(a: &Activations, b: &Weights, c: *mut f32, ldc: usize) {
                 a.zeros.as_ptr().add(g * MR),
                 b.groups.0.as_ptr().add(g * NR),
                 b.groups.1.as_ptr().add(g * NR),
+                (source, ld_source),
                 c,
                 ldc,
             )
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (quads, c, ldc);
+        let _ = (quads, source, ld_source, c, ldc);
     }
 }
 
 /// One group of one `MR x NR` tile: 24 zmm accumulators of i32, per quad of k two 64-byte
 /// loads of W (16 columns x 4 codes each), twelve 32-bit broadcasts of A (one per row, rows
-/// `KC_INT8` bytes apart) and 24 `vpdpbusd`; then, per row, `c += (S - z colsum) * (s_a s_w)`,
-/// straight from the registers.
+/// `KC_INT8` bytes apart) and 24 `vpdpbusd`; then, per row,
+/// `c = source + (S - z colsum) * (s_a s_w)`, straight from the registers (`source` is C itself,
+/// or the bias on a tile's first group).
 ///
 /// # Safety
 /// AVX-512F and AVX512-VNNI present; `a` readable for `quads * 4` bytes at each of the `MR` row
@@ -501,6 +523,7 @@ unsafe fn vnni(
     a_zeros: *const f32,
     w_scales: *const f32,
     w_sums: *const f32,
+    source: (*const f32, usize),
     c: *mut f32,
     ldc: usize,
 ) {
@@ -538,9 +561,9 @@ unsafe fn vnni(
             // SAFETY: row i < MR of C, columns `16 * h..16 * h + 16` < NR: inside the `MR` rows
             // of `NR` floats at stride `ldc` that the caller vouched for.
             unsafe {
-                let out = c.add(i * ldc + 16 * h);
-                let sum = _mm512_fmadd_ps(centred, _mm512_mul_ps(s_a, s_w[h]), _mm512_loadu_ps(out));
-                _mm512_storeu_ps(out, sum);
+                let previous = _mm512_loadu_ps(source.0.add(i * source.1 + 16 * h));
+                let sum = _mm512_fmadd_ps(centred, _mm512_mul_ps(s_a, s_w[h]), previous);
+                _mm512_storeu_ps(c.add(i * ldc + 16 * h), sum);
             }
         }
     };

@@ -85,6 +85,17 @@ fn int8_gemm_is_exactly_its_integer_model() {
                 "wrote outside C"
             );
         }
+        // Without a bias the tiles start from zero.
+        let mut unbiased = vec![sentinel; m * ldc];
+        gemm_panels(&a, lda, m, &packed, all.clone(), None, &mut unbiased, ldc);
+        let want_unbiased = int8_model(&a, lda, m, &packed, &vec![0.0; n]);
+        for i in 0..m {
+            assert_eq!(
+                &unbiased[i * ldc..i * ldc + n],
+                &want_unbiased[i * n..(i + 1) * n],
+                "int8 {m}x{n}x{k} without bias, row {i}"
+            );
+        }
         // A subset of panels lands at column 0 of its own output, as gemm_parallel asks.
         if packed.panels() > 1 {
             let mut part = vec![0.0; m * (n - NR)];
