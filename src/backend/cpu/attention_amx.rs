@@ -132,8 +132,8 @@ pub(super) fn attend_head(
                 }
                 continue;
             }
-            let row = &mut scratch.scores[r * padded..r * padded + len];
-            *inverse_sum = 1.0 / softmax_numerators(row, scale);
+            let row = &mut scratch.scores[r * padded..(r + 1) * padded];
+            *inverse_sum = 1.0 / softmax_numerators(row, len, scale);
             for (s, tile) in scratch.probabilities.iter_mut().enumerate() {
                 let p = &row[s * STEP..(s * STEP + STEP).min(len)];
                 // SAFETY: as for the keys above; keys past the end become zeros.
