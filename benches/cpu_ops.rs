@@ -3,8 +3,7 @@
 //!   up (N=1536, K=384) and down (N=384, K=1536), plus the fused QKV (N=1152, K=384); throughput
 //!   is in FLOPs (2·M·N·K per call), so criterion's "elem/s" reads as FLOP/s;
 //! - `activation`: both GELUs over one in-cache row block of an FFN output (96 x 1536) on one
-//!   thread (copy included), to keep their
-//!   cost in view next to the matmul;
+//!   thread (copy included), to keep their cost in view next to the matmul;
 //! - `attention`: 64 sequences of 128 tokens, 12 heads of dimension 32 (4·L²·d FLOPs per
 //!   sequence and head: QKᵀ and PV).
 //!
