@@ -348,13 +348,18 @@ pub(super) mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub unsafe fn load_tile(c: *const f32, ldc: usize, init: Option<&[f32; NR]>) -> [[__m512; 2]; MR] {
-        std::array::from_fn(|i| {
+        // A loop, not `array::from_fn`: that one's closure is compiled without this function's
+        // target features and was left out of line in some builds (a call per row in the
+        // kernel, seen in perf as `core::array::from_fn`).
+        let mut tile = [[_mm512_setzero_ps(); 2]; MR];
+        for (i, row) in tile.iter_mut().enumerate() {
             // SAFETY: row i < MR of C, or `init`'s `NR` floats (the caller's contract).
             unsafe {
                 let src = init.map_or(c.add(i * ldc), |init| init.as_ptr());
-                [_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))]
+                *row = [_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))];
             }
-        })
+        }
+        tile
     }
 
     /// One step of k on the tile: row `i`'s accumulators gain `A[i] * b`, A[i] at `a_at(i)`.
