@@ -81,10 +81,39 @@ impl PackedMatrix {
         }
         assert!(src.len() >= (n - 1) * ld + k, "from_rows: source too short");
         let offset = self.offset;
+        // A transpose: with AVX-512, whole 16 x 16 blocks go through registers (attention packs
+        // K this way for every head, where scalar strided stores cost as much as the softmax).
+        let blocks = microkernel::Isa::detected().f32_kernels() == microkernel::Isa::Avx512;
         for (panel_index, panel) in self.data[offset..].chunks_exact_mut(k * NR).enumerate() {
-            for j in 0..NR.min(n - panel_index * NR) {
-                let row = &src[(panel_index * NR + j) * ld..][..k];
-                for (p, &value) in row.iter().enumerate() {
+            let width = NR.min(n - panel_index * NR);
+            let rows = &src[panel_index * NR * ld..];
+            let (full_j, full_p) = if blocks {
+                (width / 16 * 16, k / 16 * 16)
+            } else {
+                (0, 0)
+            };
+            #[cfg(target_arch = "x86_64")]
+            for j0 in (0..full_j).step_by(16) {
+                for p0 in (0..full_p).step_by(16) {
+                    assert!(
+                        rows.len() >= (j0 + 15) * ld + p0 + 16 && panel.len() >= (p0 + 15) * NR + j0 + 16
+                    );
+                    // SAFETY: AVX-512 is present (`blocks`); both 16 x 16 blocks are in bounds
+                    // (asserted just above).
+                    unsafe {
+                        transpose_16x16(
+                            rows.as_ptr().add(j0 * ld + p0),
+                            ld,
+                            panel.as_mut_ptr().add(p0 * NR + j0),
+                            NR,
+                        )
+                    };
+                }
+            }
+            for j in 0..width {
+                let first_p = if j < full_j { full_p } else { 0 };
+                let row = &rows[j * ld..][..k];
+                for (p, &value) in row.iter().enumerate().skip(first_p) {
                     panel[p * NR + j] = value;
                 }
             }
@@ -569,4 +598,57 @@ pub fn gemm_parallel(
             }
             epilogue(block * ROW_BLOCK, out_block);
         });
+}
+
+/// `dst[c * ldd + r] = src[r * lds + c]` for a 16 x 16 block: 16 row loads, 64 shuffles, 16
+/// stores. With rows `r`: 32-bit interleaves of row pairs, then 64-bit interleaves of those,
+/// after which 128-bit lane `l` of `u[g][c]` holds column `4l + c` of rows `4g..4g + 4`; then per
+/// `c` a 4 x 4 transpose of 128-bit lanes gives the output rows `4l + c`.
+///
+/// # Safety
+/// AVX-512F present; `src` readable for 16 rows of 16 floats at stride `lds`, `dst` writable
+/// for 16 rows of 16 floats at stride `ldd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    // Plain loops over arrays, no closures: a closure is compiled without this function's
+    // target features, so `array::from_fn` here left calls in the loop (and changed LLVM's
+    // inlining of the GEMM's tile loads next door).
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, row) in r.iter_mut().enumerate() {
+        // SAFETY: row i < 16 of the rows the caller vouched for.
+        *row = unsafe { _mm512_loadu_ps(src.add(i * lds)) };
+    }
+    let (pd, ps) = (_mm512_castps_pd, _mm512_castpd_ps);
+    let mut u = [[_mm512_setzero_ps(); 4]; 4];
+    for (g, u) in u.iter_mut().enumerate() {
+        let r = &r[4 * g..4 * g + 4];
+        let (t0, t1) = (_mm512_unpacklo_ps(r[0], r[1]), _mm512_unpackhi_ps(r[0], r[1]));
+        let (t2, t3) = (_mm512_unpacklo_ps(r[2], r[3]), _mm512_unpackhi_ps(r[2], r[3]));
+        *u = [
+            ps(_mm512_unpacklo_pd(pd(t0), pd(t2))),
+            ps(_mm512_unpackhi_pd(pd(t0), pd(t2))),
+            ps(_mm512_unpacklo_pd(pd(t1), pd(t3))),
+            ps(_mm512_unpackhi_pd(pd(t1), pd(t3))),
+        ];
+    }
+    let [u0, u1, u2, u3] = u;
+    for (c, (((&u0, &u1), &u2), &u3)) in u0.iter().zip(&u1).zip(&u2).zip(&u3).enumerate() {
+        // Lanes (0, 1) and (2, 3) of rows 0-7 and of rows 8-15, then lanes 0-3 in turn.
+        let v0 = _mm512_shuffle_f32x4::<0x44>(u0, u1);
+        let v1 = _mm512_shuffle_f32x4::<0xEE>(u0, u1);
+        let v2 = _mm512_shuffle_f32x4::<0x44>(u2, u3);
+        let v3 = _mm512_shuffle_f32x4::<0xEE>(u2, u3);
+        let out = [
+            _mm512_shuffle_f32x4::<0x88>(v0, v2),
+            _mm512_shuffle_f32x4::<0xDD>(v0, v2),
+            _mm512_shuffle_f32x4::<0x88>(v1, v3),
+            _mm512_shuffle_f32x4::<0xDD>(v1, v3),
+        ];
+        for (l, row) in out.into_iter().enumerate() {
+            // SAFETY: row 4l + c < 16 of the 16 rows the caller vouched for.
+            unsafe { _mm512_storeu_ps(dst.add((4 * l + c) * ldd), row) };
+        }
+    }
 }
