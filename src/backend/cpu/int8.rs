@@ -236,47 +236,54 @@ impl Quantization {
     }
 }
 
-/// Quantizes one group (at most [`GROUP`] values) into `out` (as long as `values`): the
-/// vectorized [`Quantization::of`] and [`Quantization::code`], with the same results.
+/// Quantizes a row, group by group of [`GROUP`] values, into `out` (as long as `values`), and
+/// each group's scale and zero point into `quantizations` (one per group): the vectorized
+/// [`Quantization::of`] and [`Quantization::code`], with the same results.
+///
+/// One call per row, in two passes: first every group's range and quantization (independent
+/// reductions and divisions, free to overlap), then the codes, from L1 by then. Most of its
+/// time is the first pass waiting for A: see the prefetch in `PackedA::pack`.
 ///
 /// # Safety
 /// AVX-512F and AVX-512BW present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn quantize_group(values: &[f32], out: &mut [u8]) -> Quantization {
+unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations: &mut [Quantization]) {
     use std::arch::x86_64::*;
-    assert!(values.len() <= GROUP && out.len() == values.len());
-    let mut x = [_mm512_setzero_ps(); GROUP / 16];
-    let mut masks = [0u16; GROUP / 16];
-    let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for (v, (x, mask)) in x
-        .iter_mut()
-        .zip(&mut masks)
-        .enumerate()
-        .take(values.len().div_ceil(16))
-    {
-        *mask = (((1u32 << (values.len() - 16 * v).min(16)) - 1) & 0xffff) as u16;
+    assert!(out.len() == values.len() && quantizations.len() == values.len().div_ceil(GROUP));
+    // Vector `v` covers values 16 v.. 16 v + 16; its mask leaves out the lanes past the end.
+    let mask = |v: usize| (((1u32 << (values.len() - 16 * v).min(16)) - 1) & 0xffff) as u16;
+    let vectors = |g: usize| (g * GROUP / 16)..((g + 1) * GROUP).min(values.len()).div_ceil(16);
+    let load = |v: usize| {
+        // SAFETY: callers pass v < values.len().div_ceil(16) (`vectors`), and the mask covers
+        // only the lanes below `values.len() - 16 * v`: no lane past the end is read.
+        unsafe { _mm512_maskz_loadu_ps(mask(v), values.as_ptr().add(16 * v)) }
+    };
+    for (g, quantization) in quantizations.iter_mut().enumerate() {
         // Masked-off lanes load 0, which the range holds anyway.
-        // SAFETY: v < values.len().div_ceil(16) and the mask covers only the lanes below
-        // `values.len() - 16 * v`: no lane past the end of `values` is read.
-        *x = unsafe { _mm512_maskz_loadu_ps(*mask, values.as_ptr().add(16 * v)) };
-        low = _mm512_min_ps(low, *x);
-        high = _mm512_max_ps(high, *x);
+        let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for v in vectors(g) {
+            let x = load(v);
+            low = _mm512_min_ps(low, x);
+            high = _mm512_max_ps(high, x);
+        }
+        *quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
     }
-    let quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
-    let inverse = _mm512_set1_ps(1.0 / quantization.scale);
-    let zero = _mm512_set1_epi32(quantization.zero);
-    for (v, (&x, &mask)) in x.iter().zip(&masks).enumerate().take(values.len().div_ceil(16)) {
-        // The conversion rounds to nearest, ties to even (the default MXCSR mode), as
-        // `round_even`; the sum and clamp are exact in integers; the narrowing saturates at 255.
-        let rounded = _mm512_cvtps_epi32(_mm512_mul_ps(x, inverse));
-        let shifted = _mm512_max_epi32(_mm512_add_epi32(rounded, zero), _mm512_setzero_si512());
-        let bytes = _mm512_cvtusepi32_epi8(shifted);
-        // SAFETY: `out` is as long as `values` (asserted on entry) and the mask is the load's:
-        // no byte past its end is written.
-        unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask, bytes) };
+    for (g, quantization) in quantizations.iter().enumerate() {
+        let inverse = _mm512_set1_ps(1.0 / quantization.scale);
+        let zero = _mm512_set1_epi32(quantization.zero);
+        for v in vectors(g) {
+            // The conversion rounds to nearest, ties to even (the default MXCSR mode), as
+            // `round_even`; the sum and clamp are exact in integers; the narrowing saturates at
+            // 255.
+            let rounded = _mm512_cvtps_epi32(_mm512_mul_ps(load(v), inverse));
+            let shifted = _mm512_max_epi32(_mm512_add_epi32(rounded, zero), _mm512_setzero_si512());
+            let bytes = _mm512_cvtusepi32_epi8(shifted);
+            // SAFETY: `out` is as long as `values` (asserted on entry) and the mask is the
+            // load's: no byte past its end is written.
+            unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask(v), bytes) };
+        }
     }
-    quantization
 }
 
 /// One K block of A, quantized and packed for the kernel (see the module header).
@@ -317,13 +324,30 @@ impl PackedA {
                 continue;
             }
             let values = &a[i * lda + k0..][..kc];
-            for (g, group) in values.chunks(GROUP).enumerate() {
-                let codes = &mut row_codes[g * GROUP..][..group.len()];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
-                let quantization = unsafe { quantize_group(group, codes) };
-                #[cfg(not(target_arch = "x86_64"))]
-                let quantization = Quantization::of(group);
+            // The rows' K-block segments are not contiguous (and A is often in L3: the FFN's
+            // intermediate is megabytes), so the hardware prefetcher does not run ahead of
+            // them: ask for the next row's while this one is quantized.
+            #[cfg(target_arch = "x86_64")]
+            if i + 1 < m {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                let next = &a[(i + 1) * lda + k0..][..kc];
+                for line in next.chunks(16) {
+                    // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+                }
+            }
+            let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; KC_INT8 / GROUP];
+            let quantizations = &mut quantizations[..groups];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
+            unsafe {
+                quantize_row(values, row_codes, quantizations)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            for (group, quantization) in values.chunks(GROUP).zip(quantizations.iter_mut()) {
+                *quantization = Quantization::of(group);
+            }
+            for (g, quantization) in quantizations.iter().enumerate() {
                 scales[g * MR + r] = quantization.scale;
                 zeros[g * MR + r] = quantization.zero as f32;
             }
