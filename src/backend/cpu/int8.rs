@@ -451,11 +451,6 @@ fn run_tile(
     assert!(a.codes.len() >= MR * KC_INT8 && b.quads * 4 <= KC_INT8 && b.codes.len() >= b.quads * NR * 4);
     assert!(a.scales.len() >= groups * MR && a.zeros.len() >= groups * MR);
     assert!(b.groups.1.len() >= groups * NR);
-    let start = |row: &mut [f32], previous: Option<&[f32]>| match init {
-        Some(Some(bias)) => row.copy_from_slice(bias),
-        Some(None) => row.fill(0.0),
-        None => previous.into_iter().for_each(|p| row.copy_from_slice(p)),
-    };
     if rows == MR && width == NR && ldc >= NR {
         assert!(c.len() >= (MR - 1) * ldc + NR);
         // The first group starts from the bias (or zero) row, read at stride 0 for every row of
@@ -471,9 +466,14 @@ fn run_tile(
         unsafe { run_groups(a, b, first, c.as_mut_ptr(), ldc) };
         return;
     }
+    // The buffer starts at zero, which is also the start without a bias.
     let mut tile = Tile([0.0; MR * NR]);
     for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
-        start(&mut tile_row[..width], Some(&c[i * ldc..i * ldc + width]));
+        match init {
+            Some(Some(bias)) => tile_row[..width].copy_from_slice(bias),
+            Some(None) => {}
+            None => tile_row[..width].copy_from_slice(&c[i * ldc..i * ldc + width]),
+        }
     }
     // SAFETY: the tile holds MR rows of NR floats.
     unsafe { run_groups(a, b, Source::C, tile.0.as_mut_ptr(), NR) };
