@@ -19,7 +19,8 @@
 //! stored. Every element of `C` sees the same sequence of
 //! operations whatever `m` and the row's place in its tile (batching invariance).
 //!
-//! Parallel split ([`gemm_parallel`]): blocks of [`MC`] rows, one rayon task each; when there are
+//! Parallel split ([`gemm_parallel`]): blocks of at most [`MC`] rows, one rayon task each, their
+//! count a multiple of the threads and the tiles shared out evenly among them; when there are
 //! too few rows to feed every thread (short batches, single queries), the panels are split as
 //! well and each task writes a private tile that is copied into place afterwards.
 
@@ -544,28 +545,36 @@ pub fn gemm_parallel(
         return;
     }
     let threads = rayon::current_num_threads();
-    let row_blocks = m.div_ceil(ROW_BLOCK);
     // Enough tasks to keep every thread busy and let work stealing even out the tail.
     let wanted_tasks = 4 * threads;
     // Two row blocks per thread balance well enough: splitting the columns as well costs more
     // (A quantized or packed once per split, private tiles copied into place); measured at 512
     // tokens of bge-base, int8, 2 threads, where 6 row blocks took the split path.
-    if row_blocks >= 2 * threads || w.panels() == 1 {
-        out.par_chunks_mut(ROW_BLOCK * n)
-            .enumerate()
-            .for_each(|(block, out_block)| {
-                let first = block * ROW_BLOCK;
-                let rows = out_block.len() / n;
-                w.gemm_panels(&x[first * k..], k, rows, 0..w.panels(), Some(bias), out_block, n);
-                epilogue(first, out_block);
+    if m.div_ceil(ROW_BLOCK) >= 2 * threads || w.panels() == 1 {
+        let blocks = row_blocks(m, threads);
+        split_rows(out, n, &blocks)
+            .into_par_iter()
+            .zip(blocks.par_iter())
+            .for_each(|(out_block, rows)| {
+                w.gemm_panels(
+                    &x[rows.start * k..],
+                    k,
+                    rows.len(),
+                    0..w.panels(),
+                    Some(bias),
+                    out_block,
+                    n,
+                );
+                epilogue(rows.start, out_block);
             });
         return;
     }
     // Few rows: split the panels too. A task's columns are not contiguous in `out`, so each
     // writes a private tile, copied into place afterwards (m * n copies, small next to m*n*k).
-    let column_splits = wanted_tasks.div_ceil(row_blocks).min(w.panels());
+    let blocks = row_blocks(m, 1);
+    let column_splits = wanted_tasks.div_ceil(blocks.len()).min(w.panels());
     let panels_per_split = w.panels().div_ceil(column_splits);
-    let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..row_blocks)
+    let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..blocks.len())
         .flat_map(|block| {
             (0..w.panels())
                 .step_by(panels_per_split)
@@ -575,17 +584,17 @@ pub fn gemm_parallel(
     let tiles: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|(block, panels)| {
-            let first = block * ROW_BLOCK;
-            let rows = ROW_BLOCK.min(m - first);
+            let rows = blocks[*block].clone();
             let columns = (panels.end * NR).min(n) - panels.start * NR;
-            let mut tile = vec![0.0; rows * columns];
-            let (a, lda) = (&x[first * k..], k);
-            w.gemm_panels(a, lda, rows, panels.clone(), Some(bias), &mut tile, columns);
+            let mut tile = vec![0.0; rows.len() * columns];
+            let (a, lda) = (&x[rows.start * k..], k);
+            w.gemm_panels(a, lda, rows.len(), panels.clone(), Some(bias), &mut tile, columns);
             tile
         })
         .collect();
     // Each row block gathers its tiles and runs its epilogue, in parallel.
-    out.par_chunks_mut(ROW_BLOCK * n)
+    split_rows(out, n, &blocks)
+        .into_par_iter()
         .enumerate()
         .for_each(|(block, out_block)| {
             let mine = tasks.iter().zip(&tiles).filter(|((b, _), _)| *b == block);
@@ -596,8 +605,36 @@ pub fn gemm_parallel(
                     out_row[first_column..first_column + columns].copy_from_slice(tile_row);
                 }
             }
-            epilogue(block * ROW_BLOCK, out_block);
+            epilogue(blocks[block].start, out_block);
         });
+}
+
+/// The row ranges of the parallel tasks over `m` rows: whole `MR`-row tiles, at most
+/// [`ROW_BLOCK`] rows each, as many as that needs rounded up to a multiple of `threads`, and the
+/// tiles shared out evenly. Fixed 96-row blocks left 512 rows as five full blocks and a
+/// 32-row one: over 2 threads, 288 rows against 224 (the slower thread sets the time).
+pub(super) fn row_blocks(m: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let tiles = m.div_ceil(MR);
+    let blocks = m
+        .div_ceil(ROW_BLOCK)
+        .next_multiple_of(threads.max(1))
+        .min(tiles)
+        .max(1);
+    (0..blocks)
+        .map(|b| (tiles * b / blocks * MR).min(m)..(tiles * (b + 1) / blocks * MR).min(m))
+        .collect()
+}
+
+/// `out` (rows of `n` values) cut at the row ranges `blocks`, which cover it in order.
+fn split_rows<'a>(mut out: &'a mut [f32], n: usize, blocks: &[std::ops::Range<usize>]) -> Vec<&'a mut [f32]> {
+    blocks
+        .iter()
+        .map(|rows| {
+            let (block, rest) = std::mem::take(&mut out).split_at_mut(rows.len() * n);
+            out = rest;
+            block
+        })
+        .collect()
 }
 
 /// `dst[c * ldd + r] = src[r * lds + c]` for a 16 x 16 block: 16 row loads, 64 shuffles, 16

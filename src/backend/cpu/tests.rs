@@ -99,6 +99,35 @@ fn linear_matches_reference_on_awkward_shapes_and_both_parallel_splits() {
 }
 
 #[test]
+fn row_blocks_cover_the_rows_in_even_whole_tiles() {
+    use matmul::{row_blocks, MC};
+    use microkernel::MR;
+    for threads in 1..=5 {
+        for m in 1..700 {
+            let blocks = row_blocks(m, threads);
+            let tiles = m.div_ceil(MR);
+            assert!(
+                blocks.len().is_multiple_of(threads) || blocks.len() == tiles,
+                "m {m}: {blocks:?}"
+            );
+            assert_eq!(blocks[0].start, 0);
+            assert_eq!(blocks.last().unwrap().end, m);
+            for pair in blocks.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "m {m}: {blocks:?}");
+            }
+            let sizes: Vec<usize> = blocks.iter().map(|b| b.len().div_ceil(MR)).collect();
+            let (least, most) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(
+                *least >= 1 && most - least <= 1,
+                "m {m} threads {threads}: {sizes:?}"
+            );
+            assert!(blocks.iter().all(|b| b.len() <= MC), "m {m}: {blocks:?}");
+            assert!(blocks[..blocks.len() - 1].iter().all(|b| b.len() % MR == 0));
+        }
+    }
+}
+
+#[test]
 fn linear_of_an_empty_batch_is_empty() {
     let layer = CpuBackend::new()
         .load_linear(&[0.5; 12], &[1.0; 3], 3, 4)
