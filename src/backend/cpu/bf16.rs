@@ -336,11 +336,12 @@ fn gemm_panels_widened(
         panels,
         bias,
     };
-    drive(operands, c, ldc, false, |tile| {
+    let block = |panel, k0: usize, kc: usize| w.panel_pairs(panel, k0 / 2, kc.div_ceil(2));
+    drive(operands, c, ldc, false, block, |tile| {
         let TileA::Packed(micro_panel) = tile.a else {
             unreachable!("drive packs every tile when not asked to read in place")
         };
-        let b = w.panel_pairs(tile.panel, tile.k0 / 2, tile.kc.div_ceil(2));
+        let b = block(tile.panel, tile.k0, tile.kc);
         assert!(micro_panel.len() >= tile.kc * MR && tile.ldc >= NR);
         assert!(tile.c.len() >= (MR - 1) * tile.ldc + NR);
         #[cfg(target_arch = "x86_64")]

@@ -38,7 +38,7 @@
 
 use std::cell::RefCell;
 
-use super::matmul::{check_operands, MC};
+use super::matmul::{check_operands, next_block, part_of, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
@@ -408,14 +408,8 @@ pub fn gemm_panels(
                     // read once per row block. Each tile asks for a slice of them, so they are
                     // in L2 when that panel starts. perf of a bge-base int8 pass had 23 % of
                     // the kernel's samples waiting on W loads; 9 % with the prefetch.
-                    let next = if panel_index + 1 < panels.end {
-                        Some(w.panel_quads(panel_index + 1, k0 / 4, quads))
-                    } else if k0 + kc < k {
-                        let next_quads = stored_quads(KC_INT8.min(k - k0 - kc));
-                        Some(w.panel_quads(panels.start, (k0 + kc) / 4, next_quads))
-                    } else {
-                        None
-                    };
+                    let next = next_block(&panels, panel_index, (k0, kc), k, KC_INT8)
+                        .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
                     let tiles = rows_in_block.div_ceil(MR);
                     for t in 0..tiles {
                         let a_tile = Activations {
@@ -433,13 +427,6 @@ pub fn gemm_panels(
             }
         }
     });
-}
-
-/// Part `part` of `parts` of `bytes`, cut at 64-byte lines.
-fn part_of(bytes: &[i8], part: usize, parts: usize) -> &[i8] {
-    let lines = bytes.len().div_ceil(64);
-    let (first, last) = (lines * part / parts * 64, lines * (part + 1) / parts * 64);
-    &bytes[first.min(bytes.len())..last.min(bytes.len())]
 }
 
 /// Asks for `bytes` in L2 (a hint, which never faults; nothing off x86-64).

@@ -295,15 +295,24 @@ fn gemm_panels(
         bias,
     };
     let in_place = microkernel::reads_rows(isa);
-    drive(operands, c, ldc, in_place, |tile| {
-        let b = &w.panel(tile.panel)[tile.k0 * NR..][..tile.kc * NR];
+    let block = |panel, k0, kc| &w.panel(panel)[k0 * NR..][..kc * NR];
+    drive(operands, c, ldc, in_place, block, |tile| {
+        let b = block(tile.panel, tile.k0, tile.kc);
         match tile.a {
             TileA::Packed(micro_panel) => {
                 microkernel::run(isa, tile.kc, micro_panel, b, tile.c, tile.ldc, tile.init)
             }
-            TileA::Rows(rows) => {
-                microkernel::run_rows(isa, tile.kc, rows, lda, b, tile.c, tile.ldc, tile.init)
-            }
+            TileA::Rows(rows) => microkernel::run_rows(
+                isa,
+                tile.kc,
+                rows,
+                lda,
+                b,
+                tile.c,
+                tile.ldc,
+                tile.init,
+                tile.prefetch,
+            ),
         }
     });
 }
@@ -331,7 +340,7 @@ pub(super) enum TileA<'a> {
 /// One call of a register kernel: `C = init + A · W` over one K block of one W panel, on the
 /// `MR x NR` tile whose row `i` is `c[i * ldc..i * ldc + NR]` (`init` the bias row, or `None`
 /// to accumulate onto C).
-pub(super) struct TileCall<'a> {
+pub(super) struct TileCall<'a, T> {
     pub panel: usize,
     pub k0: usize,
     pub kc: usize,
@@ -339,6 +348,8 @@ pub(super) struct TileCall<'a> {
     pub c: &'a mut [f32],
     pub ldc: usize,
     pub init: Option<&'a [f32; NR]>,
+    /// A slice of the next W block, for the kernel to ask for in L2 as it goes (or empty).
+    pub prefetch: &'a [T],
 }
 
 /// The blocked loop around a 12 x 32 register kernel on f32 activations (the module header's
@@ -346,12 +357,13 @@ pub(super) struct TileCall<'a> {
 /// needs it (every tile, or with `in_place` only a last tile of fewer than `MR` rows), hands
 /// `kernel` each tile, full tiles in C itself and edge tiles in an aligned buffer so that nothing
 /// outside the product is touched. Column 0 of `c` is column `panels.start * NR`.
-pub(super) fn drive(
+pub(super) fn drive<'w, T: 'w>(
     operands: Operands,
     c: &mut [f32],
     ldc: usize,
     in_place: bool,
-    kernel: impl Fn(TileCall),
+    w_block: impl Fn(usize, usize, usize) -> &'w [T],
+    kernel: impl Fn(TileCall<T>),
 ) {
     let Operands {
         a,
@@ -393,7 +405,12 @@ pub(super) fn drive(
                         }
                         init
                     });
-                    for t in 0..rows_in_block.div_ceil(MR) {
+                    // The next W block, a slice per tile, for the kernel to prefetch.
+                    let next = next_block(&panels, panel, (k0, kc), k, KC)
+                        .map_or(&[][..], |(panel, k0, kc)| w_block(panel, k0, kc));
+                    let tiles = rows_in_block.div_ceil(MR);
+                    for t in 0..tiles {
+                        let prefetch = part_of(next, t, tiles);
                         let row = m0 + t * MR;
                         let rows = MR.min(m - row);
                         let tile_a = || match row.checked_sub(first_packed) {
@@ -411,6 +428,7 @@ pub(super) fn drive(
                                 c: c_tile,
                                 ldc,
                                 init,
+                                prefetch,
                             });
                             continue;
                         }
@@ -431,6 +449,7 @@ pub(super) fn drive(
                             c: &mut tile.0,
                             ldc: NR,
                             init,
+                            prefetch,
                         });
                         for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
                             c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
@@ -440,6 +459,37 @@ pub(super) fn drive(
             }
         }
     });
+}
+
+/// The W block a blocked GEMM runs after `(panel, (k0, kc))`, as `(panel, k0, kc)`: the next
+/// panel of the same K block, else the first panel of the next K block (of at most `kc_max`),
+/// else none. What to prefetch while the current one runs: a model's weights (tens of
+/// megabytes) come from L3 or memory, once per row block.
+pub(super) fn next_block(
+    panels: &std::ops::Range<usize>,
+    panel: usize,
+    (k0, kc): (usize, usize),
+    k: usize,
+    kc_max: usize,
+) -> Option<(usize, usize, usize)> {
+    if panel + 1 < panels.end {
+        Some((panel + 1, k0, kc))
+    } else if k0 + kc < k {
+        Some((panels.start, k0 + kc, kc_max.min(k - k0 - kc)))
+    } else {
+        None
+    }
+}
+
+/// Part `part` of `parts` of `items`, cut at 64-byte lines.
+pub(super) fn part_of<T>(items: &[T], part: usize, parts: usize) -> &[T] {
+    let per_line = (64 / std::mem::size_of::<T>()).max(1);
+    let lines = items.len().div_ceil(per_line);
+    let (first, last) = (
+        lines * part / parts * per_line,
+        lines * (part + 1) / parts * per_line,
+    );
+    &items[first.min(items.len())..last.min(items.len())]
 }
 
 /// Packed weights that a GEMM runs over panel by panel: f32 ([`PackedMatrix`], with the kernels

@@ -173,6 +173,7 @@ pub fn run_rows(
     c: &mut [f32],
     ldc: usize,
     init: Option<&[f32; NR]>,
+    prefetch: &[f32],
 ) {
     assert!(
         a.len() >= (MR - 1) * lda + k && b.len() >= k * NR,
@@ -192,7 +193,16 @@ pub fn run_rows(
     // of `a`, `k * NR` of `b`, the `NR` of `init`, and rows `i * ldc..i * ldc + NR` (i < MR) of
     // `c` (lengths checked above).
     unsafe {
-        x86::avx512_rows(k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, init)
+        x86::avx512_rows(
+            k,
+            a.as_ptr(),
+            lda,
+            b.as_ptr(),
+            c.as_mut_ptr(),
+            ldc,
+            init,
+            prefetch,
+        )
     }
 }
 
@@ -281,7 +291,7 @@ pub(super) mod x86 {
     ) {
         // SAFETY: A[i][p] at `a + p * MR + i` lies in the `k * MR` floats vouched for; the rest is
         // the caller's contract, passed on.
-        unsafe { tile_12x32(k, |p, i| a.add(p * MR + i), b, c, ldc, init) }
+        unsafe { tile_12x32(k, |p, i| a.add(p * MR + i), b, c, ldc, init, &[]) }
     }
 
     /// 12 x 32 with 24 zmm accumulators, reading A's twelve rows where they lie (`a + i * lda`),
@@ -292,6 +302,7 @@ pub(super) mod x86 {
     /// AVX-512F present; `a` readable for `k` floats at each `i * lda`, i < MR, `b` for `k * NR`,
     /// `c` read/write for `NR` floats at each `i * ldc`, i < MR.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)] // a BLAS-style signature, plus the prefetch hint
     pub unsafe fn avx512_rows(
         k: usize,
         a: *const f32,
@@ -300,10 +311,11 @@ pub(super) mod x86 {
         c: *mut f32,
         ldc: usize,
         init: Option<&[f32; NR]>,
+        prefetch: &[f32],
     ) {
         // SAFETY: A[i][p] at `a + i * lda + p` lies in row i's `k` floats vouched for; the rest
         // is the caller's contract, passed on.
-        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, c, ldc, init) }
+        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, c, ldc, init, prefetch) }
     }
 
     /// The 12 x 32 tile with A[i][p] at `a_at(p, i)`: per `p`, two loads of W, twelve broadcasts
@@ -321,10 +333,18 @@ pub(super) mod x86 {
         c: *mut f32,
         ldc: usize,
         init: Option<&[f32; NR]>,
+        prefetch: &[f32],
     ) {
         // SAFETY: C's rows and `init` as the caller vouched for.
         let mut acc = unsafe { load_tile(c, ldc, init) };
+        // One line of `prefetch` asked for in L2 per step, over the first steps: spread out,
+        // not a burst that fills the line-fill buffers the kernel's own loads need.
+        let prefetch_lines = prefetch.len().div_ceil(16);
         for p in 0..k {
+            if p < prefetch_lines {
+                // SAFETY: a prefetch never faults; the address lies in `prefetch` anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.as_ptr().add(16 * p).cast()) };
+            }
             // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and A at
             // `a_at(p, i)`: step p reads `b[p * NR..p * NR + 32]` and A's column p.
             unsafe {

@@ -128,6 +128,33 @@ fn row_blocks_cover_the_rows_in_even_whole_tiles() {
 }
 
 #[test]
+fn prefetch_parts_cover_the_next_block_once() {
+    use matmul::{next_block, part_of};
+    // Panels 2..5 of a product with k = 1000 in K blocks of 384: every (panel, K block) in the
+    // driver's order, then none.
+    let mut order = vec![];
+    let mut at = Some((2, 0, 384));
+    while let Some((panel, k0, kc)) = at {
+        order.push((panel, k0, kc));
+        at = next_block(&(2..5), panel, (k0, kc), 1000, 384);
+    }
+    let want: Vec<_> = [(0, 384), (384, 384), (768, 232)]
+        .iter()
+        .flat_map(|&(k0, kc)| (2..5).map(move |panel| (panel, k0, kc)))
+        .collect();
+    assert_eq!(order, want);
+    for len in [0, 1, 15, 16, 17, 1000, 6144] {
+        let items: Vec<u32> = (0..len).collect();
+        for parts in [1, 3, 8, 13] {
+            let joined: Vec<u32> = (0..parts)
+                .flat_map(|p| part_of(&items, p, parts).to_vec())
+                .collect();
+            assert_eq!(joined, items, "len {len}, {parts} parts");
+        }
+    }
+}
+
+#[test]
 fn linear_of_an_empty_batch_is_empty() {
     let layer = CpuBackend::new()
         .load_linear(&[0.5; 12], &[1.0; 3], 3, 4)
