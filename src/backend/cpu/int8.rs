@@ -429,18 +429,6 @@ pub fn gemm_panels(
     });
 }
 
-/// Asks for `bytes` in L2 (a hint, which never faults; nothing off x86-64).
-fn prefetch_l2(bytes: &[i8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        // SAFETY: a prefetch never faults, and the address lies in `bytes` anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
-
 /// One K block of a W panel: codes, and per group the scales and column sums.
 struct Weights<'a> {
     codes: &'a [i8],
@@ -524,7 +512,7 @@ enum Source {
 unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, ldc: usize) {
     let groups = b.quads.div_ceil(GROUP_QUADS);
     for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {
-        prefetch_l2(part_of(b.prefetch, g, groups));
+        let prefetch = part_of(b.prefetch, g, groups);
         let quads = GROUP_QUADS.min(b.quads - q0);
         let (source, ld_source) = match first {
             Source::Rows(rows, ld) if g == 0 => (rows, ld),
@@ -544,10 +532,11 @@ unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, l
                 (source, ld_source),
                 c,
                 ldc,
+                prefetch,
             )
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (quads, source, ld_source, c, ldc);
+        let _ = (quads, source, ld_source, c, ldc, prefetch);
     }
 }
 
@@ -576,10 +565,18 @@ unsafe fn vnni(
     source: (*const f32, usize),
     c: *mut f32,
     ldc: usize,
+    prefetch: &[i8],
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+    // One line of `prefetch` asked for in L2 per quad, over the first quads: spread out, not a
+    // burst (a burst per group cost 6 % of a pass in its own right).
+    let prefetch_lines = prefetch.len().div_ceil(64);
     for q in 0..quads {
+        if q < prefetch_lines {
+            // SAFETY: a prefetch never faults; the address lies in `prefetch` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.as_ptr().add(64 * q)) };
+        }
         // SAFETY: q < quads: `b[q * NR * 4..][..128]` and the four bytes at `q * 4` of each row
         // lie inside the `quads * NR * 4` bytes and the row extents the caller vouched for.
         unsafe {
