@@ -407,7 +407,7 @@ pub fn gemm_panels(
                     // come from L3 or memory: a model's int8 weights are tens of megabytes,
                     // read once per row block. Each tile asks for a slice of them, so they are
                     // in L2 when that panel starts. perf of a bge-base int8 pass had 23 % of
-                    // the kernel's samples waiting on W loads; 9 % with the prefetch.
+                    // the kernel's samples waiting on W loads; 8 % with the prefetch.
                     let next = next_block(&panels, panel_index, (k0, kc), k, KC_INT8)
                         .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
                     let tiles = rows_in_block.div_ceil(MR);
