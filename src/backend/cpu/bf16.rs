@@ -29,7 +29,7 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::matmul::{check_operands, drive, Operands, TileA, KC, MC};
+use super::matmul::{check_operands, drive, prefetch_line, Operands, TileA, KC, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// The kernel that multiplies by bf16 weights (see the module header).
@@ -356,6 +356,7 @@ fn gemm_panels_widened(
                 tile.c.as_mut_ptr(),
                 tile.ldc,
                 tile.init,
+                tile.prefetch,
             )
         };
     });
@@ -364,7 +365,8 @@ fn gemm_panels_widened(
 /// The 12 x 32 tile with 24 zmm accumulators, on a bf16 weight panel: per pair of k, two 64-byte
 /// loads of W (16 columns x 2 bf16 each) widened into four f32 vectors (the even k by a 16-bit
 /// shift, the odd k by clearing the low half), then 48 FMAs with the f32 activations of both k.
-/// The sums run in the order of k for every element, as the f32 kernel's.
+/// The sums run in the order of k for every element, as the f32 kernel's. One line of
+/// `prefetch` (a slice of the next W block) is asked for in L2 per pair, as the f32 kernel does.
 ///
 /// # Safety
 /// AVX-512F present; `a` readable for `kc * MR` floats, `b` for `ceil(kc / 2) * NR * 2` u16;
@@ -378,6 +380,7 @@ unsafe fn widened(
     c: *mut f32,
     ldc: usize,
     init: Option<&[f32; NR]>,
+    prefetch: &[u16],
 ) {
     use super::microkernel::x86::{fma_column, load_tile, store_tile};
     use std::arch::x86_64::*;
@@ -385,6 +388,7 @@ unsafe fn widened(
     let mut acc = unsafe { load_tile(c, ldc, init) };
     let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
     for q in 0..kc.div_ceil(2) {
+        prefetch_line(prefetch, q);
         // SAFETY: q < ceil(kc / 2): `b[q * NR * 2..][..64]` and A's columns 2q and (below kc)
         // 2q + 1, at `a[2q * MR..]`, lie inside the extents the caller vouched for.
         unsafe {

@@ -38,7 +38,7 @@
 
 use std::cell::RefCell;
 
-use super::matmul::{check_operands, next_block, part_of, MC};
+use super::matmul::{check_operands, next_block, part_of, prefetch_line, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
@@ -569,14 +569,9 @@ unsafe fn vnni(
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
-    // One line of `prefetch` asked for in L2 per quad, over the first quads: spread out, not a
-    // burst (a burst per group cost 6 % of a pass in its own right).
-    let prefetch_lines = prefetch.len().div_ceil(64);
     for q in 0..quads {
-        if q < prefetch_lines {
-            // SAFETY: a prefetch never faults; the address lies in `prefetch` anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.as_ptr().add(64 * q)) };
-        }
+        // Spread over the quads (a burst per group cost 6 % of a pass in its own right).
+        prefetch_line(prefetch, q);
         // SAFETY: q < quads: `b[q * NR * 4..][..128]` and the four bytes at `q * 4` of each row
         // lie inside the `quads * NR * 4` bytes and the row extents the caller vouched for.
         unsafe {

@@ -481,6 +481,22 @@ pub(super) fn next_block(
     }
 }
 
+/// Asks for line `step` of `prefetch` in L2, if it has that many lines. A kernel calls it once
+/// per step of its k loop, so that its slice of the next W block (see [`part_of`]) arrives spread
+/// over its first steps: a burst would fill the line-fill buffers its own loads need.
+#[inline(always)]
+pub(super) fn prefetch_line<T>(prefetch: &[T], step: usize) {
+    let at = step * (64 / std::mem::size_of::<T>()).max(1);
+    #[cfg(target_arch = "x86_64")]
+    if at < prefetch.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        // SAFETY: a prefetch is a hint that never faults; the address lies in `prefetch` anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.as_ptr().add(at).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (prefetch, at);
+}
+
 /// Part `part` of `parts` of `items`, cut at 64-byte lines.
 pub(super) fn part_of<T>(items: &[T], part: usize, parts: usize) -> &[T] {
     let per_line = (64 / std::mem::size_of::<T>()).max(1);

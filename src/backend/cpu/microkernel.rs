@@ -272,6 +272,7 @@ fn portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, init: Opt
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
+    use super::super::matmul::prefetch_line;
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
@@ -337,14 +338,8 @@ pub(super) mod x86 {
     ) {
         // SAFETY: C's rows and `init` as the caller vouched for.
         let mut acc = unsafe { load_tile(c, ldc, init) };
-        // One line of `prefetch` asked for in L2 per step, over the first steps: spread out,
-        // not a burst that fills the line-fill buffers the kernel's own loads need.
-        let prefetch_lines = prefetch.len().div_ceil(16);
         for p in 0..k {
-            if p < prefetch_lines {
-                // SAFETY: a prefetch never faults; the address lies in `prefetch` anyway.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.as_ptr().add(16 * p).cast()) };
-            }
+            prefetch_line(prefetch, p);
             // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and A at
             // `a_at(p, i)`: step p reads `b[p * NR..p * NR + 32]` and A's column p.
             unsafe {
