@@ -161,6 +161,14 @@ pub const GPU_BATCH_TOKENS: usize = 16_384;
 /// [`Encoder::default_batch_tokens`]).
 pub const CPU_ACTIVATION_BYTES: usize = 6 << 20;
 
+/// Tokens per CPU batch for a model of these widths: as many as keep the widest activation
+/// (`tokens x max(intermediate, 3 x hidden)` f32) near [`CPU_ACTIVATION_BYTES`] (see
+/// [`Encoder::default_batch_tokens`]).
+pub fn cpu_batch_tokens(hidden_size: usize, intermediate_size: usize) -> usize {
+    let widest = intermediate_size.max(3 * hidden_size).max(1);
+    (CPU_ACTIVATION_BYTES / (4 * widest)).clamp(256, GPU_BATCH_TOKENS)
+}
+
 /// A model folder loaded onto a device: config, weights and the forward pass, no tokenizer.
 pub struct Encoder {
     config: ModelConfig,
@@ -249,14 +257,7 @@ impl Encoder {
     /// whose GEMM is 6x slower and hides the memory traffic, 4 % more.
     pub fn default_batch_tokens(&self) -> usize {
         match self.device {
-            Device::Cpu => {
-                let widest = self
-                    .config
-                    .intermediate_size
-                    .max(3 * self.config.hidden_size)
-                    .max(1);
-                (CPU_ACTIVATION_BYTES / (4 * widest)).clamp(256, GPU_BATCH_TOKENS)
-            }
+            Device::Cpu => cpu_batch_tokens(self.config.hidden_size, self.config.intermediate_size),
             Device::Cuda(_) => GPU_BATCH_TOKENS,
         }
     }
