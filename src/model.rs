@@ -117,11 +117,9 @@ impl<B: Backend> Model<B> {
             let qkv = backend.linear(&x, &layer.qkv, Activation::Identity, None)?;
             let context = backend.attention(&qkv, batch, heads, head_dim)?;
             let attended =
-                backend.linear(&context, &layer.attention_output, Activation::Identity, Some(&x))?;
-            let attended = backend.layer_norm(&attended, &layer.attention_norm)?;
+                backend.linear_residual_norm(&context, &layer.attention_output, &x, &layer.attention_norm)?;
             let up = backend.linear(&attended, &layer.ffn_up, self.config.activation, None)?;
-            let down = backend.linear(&up, &layer.ffn_down, Activation::Identity, Some(&attended))?;
-            x = backend.layer_norm(&down, &layer.ffn_norm)?;
+            x = backend.linear_residual_norm(&up, &layer.ffn_down, &attended, &layer.ffn_norm)?;
         }
         Ok(x)
     }

@@ -228,6 +228,21 @@ pub trait Backend: Send + Sync {
         residual: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 
+    /// `LayerNorm(x · Wᵀ + b + residual)`: a linear layer, its residual and the LayerNorm after
+    /// it, as both output projections of a BERT layer run. The default is [`Backend::linear`]
+    /// then [`Backend::layer_norm`]; a backend may fuse them as long as the results are the same
+    /// (the CPU normalizes each block of rows in the same parallel pass, while it is in cache).
+    fn linear_residual_norm(
+        &self,
+        x: &Self::Tensor,
+        layer: &Self::Linear,
+        residual: &Self::Tensor,
+        norm: &LayerNormWeights<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let sum = self.linear(x, layer, Activation::Identity, Some(residual))?;
+        self.layer_norm(&sum, norm)
+    }
+
     /// Multi-head self-attention within each sequence of the batch, never across sequences.
     /// `qkv` is `[tokens, 3 · heads · head_dim]`, each row holding q, then k, then v, each split
     /// into heads of `head_dim` columns. Returns the context `[tokens, heads · head_dim]` with the

@@ -200,6 +200,35 @@ impl CpuBackend {
 }
 
 /// A LayerNorm vector (`[1, n]`, or any shape holding `n` values) as a slice.
+/// `activation(x · Wᵀ + b) [+ residual]` on the caller's rayon pool, then `finish` on each block
+/// of finished rows (whole rows of the output) in the same parallel pass.
+fn linear_then(
+    op: &'static str,
+    x: &CpuTensor,
+    layer: &CpuLinear,
+    activation: Activation,
+    residual: Option<&CpuTensor>,
+    finish: impl Fn(&mut [f32]) + Sync,
+) -> Result<CpuTensor> {
+    let (m, n) = (x.rows, layer.out_features());
+    x.check(op, "input", m, layer.in_features())?;
+    if let Some(r) = residual {
+        r.check(op, "residual", m, n)?;
+    }
+    let mut out = buffers::for_overwrite(op, m * n)?;
+    let epilogue = |first_row: usize, block: &mut [f32]| {
+        let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
+        math::epilogue(activation, block, r);
+        finish(block);
+    };
+    match &layer.weight {
+        LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+        LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+        LinearWeight::Int8(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
+    }
+    CpuTensor::new(m, n, out)
+}
+
 fn norm_vector<'a>(op: &'static str, what: &str, v: &'a CpuTensor, n: usize) -> Result<&'a [f32]> {
     v.check_consistent(op, what)?;
     if v.data.len() != n {
@@ -337,23 +366,33 @@ impl Backend for CpuBackend {
         activation: Activation,
         residual: Option<&CpuTensor>,
     ) -> Result<CpuTensor> {
-        const OP: &str = "linear";
-        let (m, n) = (x.rows, layer.out_features());
-        x.check(OP, "input", m, layer.in_features())?;
-        if let Some(r) = residual {
-            r.check(OP, "residual", m, n)?;
+        linear_then("linear", x, layer, activation, residual, |_| {})
+    }
+
+    fn linear_residual_norm(
+        &self,
+        x: &CpuTensor,
+        layer: &CpuLinear,
+        residual: &CpuTensor,
+        norm: &LayerNormWeights<CpuTensor>,
+    ) -> Result<CpuTensor> {
+        const OP: &str = "linear_residual_norm";
+        let n = layer.out_features();
+        if n == 0 {
+            return Err(error(OP, "rows of zero columns have no mean"));
         }
-        let mut out = buffers::for_overwrite(OP, m * n)?;
-        let epilogue = |first_row: usize, block: &mut [f32]| {
-            let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
-            math::epilogue(activation, block, r);
-        };
-        match &layer.weight {
-            LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
-            LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
-            LinearWeight::Int8(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
-        }
-        CpuTensor::new(m, n, out)
+        let gamma = norm_vector(OP, "gamma", &norm.gamma, n)?;
+        let beta = norm_vector(OP, "beta", &norm.beta, n)?;
+        // Each block of finished rows is normalized as soon as its residual is in: one parallel
+        // pass instead of two, the block still in cache. Row by row through a copy, so the
+        // result is exactly `layer_norm`'s.
+        linear_then(OP, x, layer, Activation::Identity, Some(residual), |block| {
+            let mut row_copy = vec![0.0; n];
+            for row in block.chunks_exact_mut(n) {
+                row_copy.copy_from_slice(row);
+                rowwise::layer_norm_row(&row_copy, gamma, beta, norm.eps, row);
+            }
+        })
     }
 
     fn attention(&self, qkv: &CpuTensor, batch: &Batch, heads: usize, head_dim: usize) -> Result<CpuTensor> {

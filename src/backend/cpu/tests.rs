@@ -99,6 +99,43 @@ fn linear_matches_reference_on_awkward_shapes_and_both_parallel_splits() {
 }
 
 #[test]
+fn linear_residual_norm_is_linear_then_layer_norm_bit_for_bit() {
+    let mut rng = SplitMix64::new(16);
+    // Both parallel splits (see the test above), at every dtype this CPU runs.
+    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
+        let Ok(backend) = CpuBackend::with_dtype(dtype) else {
+            continue;
+        };
+        for (m, n, k) in [(1, 383, 384), (5, 768, 383), (130, 384, 1536), (577, 33, 47)] {
+            let x = tensor(&rng.matrix(m, k, 1.0));
+            let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
+            let layer = backend.load_linear(&w.data, &rng.values(n, 0.5), n, k).unwrap();
+            let residual = tensor(&rng.matrix(m, n, 1.0));
+            let norm = LayerNormWeights {
+                gamma: backend.upload(&rng.values(n, 1.0), 1, n).unwrap(),
+                beta: backend.upload(&rng.values(n, 0.5), 1, n).unwrap(),
+                eps: 1e-5,
+            };
+            for threads in [1, 3] {
+                let (fused, apart) = with_threads(threads, || {
+                    let fused = backend
+                        .linear_residual_norm(&x, &layer, &residual, &norm)
+                        .unwrap();
+                    let sum = backend
+                        .linear(&x, &layer, Activation::Identity, Some(&residual))
+                        .unwrap();
+                    (fused, backend.layer_norm(&sum, &norm).unwrap())
+                });
+                assert!(
+                    fused.data == apart.data,
+                    "{dtype:?} {m}x{n}x{k}, {threads} threads: fused differs"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn row_blocks_cover_the_rows_in_even_whole_tiles() {
     use matmul::{row_blocks, MC};
     use microkernel::MR;
