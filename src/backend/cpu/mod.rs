@@ -199,7 +199,6 @@ impl CpuBackend {
     }
 }
 
-/// A LayerNorm vector (`[1, n]`, or any shape holding `n` values) as a slice.
 /// `activation(x · Wᵀ + b) [+ residual]` on the caller's rayon pool, then `finish` on each block
 /// of finished rows (whole rows of the output) in the same parallel pass.
 fn linear_then(
@@ -229,6 +228,7 @@ fn linear_then(
     CpuTensor::new(m, n, out)
 }
 
+/// A LayerNorm vector (`[1, n]`, or any shape holding `n` values) as a slice.
 fn norm_vector<'a>(op: &'static str, what: &str, v: &'a CpuTensor, n: usize) -> Result<&'a [f32]> {
     v.check_consistent(op, what)?;
     if v.data.len() != n {
