@@ -486,7 +486,7 @@ pub(super) fn next_block(
 /// over its first steps: a burst would fill the line-fill buffers its own loads need.
 #[inline(always)]
 pub(super) fn prefetch_line<T>(prefetch: &[T], step: usize) {
-    let at = step * (64 / std::mem::size_of::<T>()).max(1);
+    let at = step * per_line::<T>();
     #[cfg(target_arch = "x86_64")]
     if at < prefetch.len() {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
@@ -497,9 +497,14 @@ pub(super) fn prefetch_line<T>(prefetch: &[T], step: usize) {
     let _ = (prefetch, at);
 }
 
+/// Items of `T` per 64-byte cache line (at least one).
+fn per_line<T>() -> usize {
+    (64 / std::mem::size_of::<T>()).max(1)
+}
+
 /// Part `part` of `parts` of `items`, cut at 64-byte lines.
 pub(super) fn part_of<T>(items: &[T], part: usize, parts: usize) -> &[T] {
-    let per_line = (64 / std::mem::size_of::<T>()).max(1);
+    let per_line = per_line::<T>();
     let lines = items.len().div_ceil(per_line);
     let (first, last) = (
         lines * part / parts * per_line,
