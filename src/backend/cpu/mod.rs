@@ -384,14 +384,9 @@ impl Backend for CpuBackend {
         let gamma = norm_vector(OP, "gamma", &norm.gamma, n)?;
         let beta = norm_vector(OP, "beta", &norm.beta, n)?;
         // Each block of finished rows is normalized as soon as its residual is in: one parallel
-        // pass instead of two, the block still in cache. Row by row through a copy, so the
-        // result is exactly `layer_norm`'s.
+        // pass instead of two, the block still in cache, the same results as `layer_norm`.
         linear_then(OP, x, layer, Activation::Identity, Some(residual), |block| {
-            let mut row_copy = vec![0.0; n];
-            for row in block.chunks_exact_mut(n) {
-                row_copy.copy_from_slice(row);
-                rowwise::layer_norm_row(&row_copy, gamma, beta, norm.eps, row);
-            }
+            rowwise::layer_norm_in_place(block, gamma, beta, norm.eps)
         })
     }
 

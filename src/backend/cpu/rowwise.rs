@@ -44,6 +44,16 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f
         });
 }
 
+/// Row-wise LayerNorm of `rows` in place (`cols` = `gamma.len()`), on the calling thread: each
+/// row goes through a copy, so the result is exactly [`layer_norm`]'s.
+pub fn layer_norm_in_place(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let mut row_copy = vec![0.0; gamma.len()];
+    for row in rows.chunks_exact_mut(gamma.len()) {
+        row_copy.copy_from_slice(row);
+        layer_norm_row(&row_copy, gamma, beta, eps, row);
+    }
+}
+
 /// The three embedding tables, each `[entries, hidden]` row-major, as slices.
 pub struct Tables<'a> {
     pub word: &'a [f32],
