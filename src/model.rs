@@ -118,8 +118,13 @@ impl<B: Backend> Model<B> {
             let context = backend.attention(&qkv, batch, heads, head_dim)?;
             let attended =
                 backend.linear_residual_norm(&context, &layer.attention_output, &x, &layer.attention_norm)?;
-            let up = backend.linear(&attended, &layer.ffn_up, self.config.activation, None)?;
-            x = backend.linear_residual_norm(&up, &layer.ffn_down, &attended, &layer.ffn_norm)?;
+            x = backend.feed_forward(
+                &attended,
+                &layer.ffn_up,
+                self.config.activation,
+                &layer.ffn_down,
+                &layer.ffn_norm,
+            )?;
         }
         Ok(x)
     }

@@ -243,6 +243,23 @@ pub trait Backend: Send + Sync {
         self.layer_norm(&sum, norm)
     }
 
+    /// The feed-forward half of a BERT layer, `LayerNorm(activation(x · Upᵀ + b) · Downᵀ + b +
+    /// x)`. The default is [`Backend::linear`] then [`Backend::linear_residual_norm`]; a backend
+    /// may fuse them as long as the results are the same (the CPU runs both products on one
+    /// block of rows at a time, so that the `[tokens, intermediate]` activation never leaves
+    /// the core's cache).
+    fn feed_forward(
+        &self,
+        x: &Self::Tensor,
+        up: &Self::Linear,
+        activation: Activation,
+        down: &Self::Linear,
+        norm: &LayerNormWeights<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let hidden = self.linear(x, up, activation, None)?;
+        self.linear_residual_norm(&hidden, down, x, norm)
+    }
+
     /// Multi-head self-attention within each sequence of the batch, never across sequences.
     /// `qkv` is `[tokens, 3 · heads · head_dim]`, each row holding q, then k, then v, each split
     /// into heads of `head_dim` columns. Returns the context `[tokens, heads · head_dim]` with the

@@ -618,10 +618,7 @@ pub fn gemm_parallel(
     let threads = rayon::current_num_threads();
     // Enough tasks to keep every thread busy and let work stealing even out the tail.
     let wanted_tasks = 4 * threads;
-    // Two row blocks per thread balance well enough: splitting the columns as well costs more
-    // (A quantized or packed once per split, private tiles copied into place); measured at 512
-    // tokens of bge-base, int8, 2 threads, where 6 row blocks took the split path.
-    if m.div_ceil(ROW_BLOCK) >= 2 * threads || w.panels() == 1 {
+    if splits_rows(m, threads) || w.panels() == 1 {
         let blocks = row_blocks(m, threads);
         split_rows(out, n, &blocks)
             .into_par_iter()
@@ -680,6 +677,15 @@ pub fn gemm_parallel(
         });
 }
 
+/// Whether `m` rows over `threads` threads are split into row blocks only ([`row_blocks`]), each
+/// task multiplying its rows by all of W. Two row blocks per thread balance well enough:
+/// splitting the columns as well costs more (A quantized or packed once per split, private
+/// tiles copied into place); measured at 512 tokens of bge-base, int8, 2 threads, where 6 row
+/// blocks took the column split.
+pub(super) fn splits_rows(m: usize, threads: usize) -> bool {
+    m.div_ceil(ROW_BLOCK) >= 2 * threads
+}
+
 /// The row ranges of the parallel tasks over `m` rows: whole `MR`-row tiles, at most
 /// [`ROW_BLOCK`] rows each, as many as that needs rounded up to a multiple of `threads`, and the
 /// tiles shared out evenly. Fixed 96-row blocks left 512 rows as five full blocks and a
@@ -697,7 +703,11 @@ pub(super) fn row_blocks(m: usize, threads: usize) -> Vec<std::ops::Range<usize>
 }
 
 /// `out` (rows of `n` values) cut at the row ranges `blocks`, which cover it in order.
-fn split_rows<'a>(mut out: &'a mut [f32], n: usize, blocks: &[std::ops::Range<usize>]) -> Vec<&'a mut [f32]> {
+pub(super) fn split_rows<'a>(
+    mut out: &'a mut [f32],
+    n: usize,
+    blocks: &[std::ops::Range<usize>],
+) -> Vec<&'a mut [f32]> {
     blocks
         .iter()
         .map(|rows| {

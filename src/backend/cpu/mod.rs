@@ -6,6 +6,8 @@
 //! dispatches to the kernels:
 //! - [`matmul`]: the packed-weight matrix multiply (the seam for the SIMD kernels), split over
 //!   row blocks;
+//! - `feed_forward`: a layer's two FFN products one row block at a time (the intermediate stays
+//!   in cache), split over row blocks;
 //! - `attention`: per sequence and head, split over sequences and, for long ones, heads;
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
@@ -26,6 +28,7 @@ pub mod attention;
 mod attention_amx;
 pub mod bf16;
 mod buffers;
+mod feed_forward;
 pub mod int8;
 pub mod math;
 pub mod matmul;
@@ -215,17 +218,42 @@ fn linear_then(
         r.check(op, "residual", m, n)?;
     }
     let mut out = buffers::for_overwrite(op, m * n)?;
-    let epilogue = |first_row: usize, block: &mut [f32]| {
-        let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
-        math::epilogue(activation, block, r);
-        finish(block);
-    };
+    let epilogue = output_pass(activation, residual, n, finish);
     match &layer.weight {
         LinearWeight::F32(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
         LinearWeight::Bf16(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
         LinearWeight::Int8(w) => matmul::gemm_parallel(&x.data, m, w, &layer.bias, &mut out, epilogue),
     }
     CpuTensor::new(m, n, out)
+}
+
+/// The output pass of a linear layer of `n` outputs on a block of finished rows, the first of
+/// them `first_row`: the activation, the residual's same rows, then `finish`.
+fn output_pass<'a>(
+    activation: Activation,
+    residual: Option<&'a CpuTensor>,
+    n: usize,
+    finish: impl Fn(&mut [f32]) + Sync + 'a,
+) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
+    move |first_row, block| {
+        let r = residual.map(|r| &r.data[first_row * n..first_row * n + block.len()]);
+        math::epilogue(activation, block, r);
+        finish(block);
+    }
+}
+
+/// `norm` applied in place to a block of whole rows of `n` values, once its vectors are checked.
+fn layer_norm_pass<'a>(
+    op: &'static str,
+    norm: &'a LayerNormWeights<CpuTensor>,
+    n: usize,
+) -> Result<impl Fn(&mut [f32]) + Sync + 'a> {
+    if n == 0 {
+        return Err(error(op, "rows of zero columns have no mean"));
+    }
+    let gamma = norm_vector(op, "gamma", &norm.gamma, n)?;
+    let beta = norm_vector(op, "beta", &norm.beta, n)?;
+    Ok(move |block: &mut [f32]| rowwise::layer_norm_in_place(block, gamma, beta, norm.eps))
 }
 
 /// A LayerNorm vector (`[1, n]`, or any shape holding `n` values) as a slice.
@@ -377,17 +405,60 @@ impl Backend for CpuBackend {
         norm: &LayerNormWeights<CpuTensor>,
     ) -> Result<CpuTensor> {
         const OP: &str = "linear_residual_norm";
-        let n = layer.out_features();
-        if n == 0 {
-            return Err(error(OP, "rows of zero columns have no mean"));
-        }
-        let gamma = norm_vector(OP, "gamma", &norm.gamma, n)?;
-        let beta = norm_vector(OP, "beta", &norm.beta, n)?;
         // Each block of finished rows is normalized as soon as its residual is in: one parallel
         // pass instead of two, the block still in cache, the same results as `layer_norm`.
-        linear_then(OP, x, layer, Activation::Identity, Some(residual), |block| {
-            rowwise::layer_norm_in_place(block, gamma, beta, norm.eps)
-        })
+        let normalize = layer_norm_pass(OP, norm, layer.out_features())?;
+        linear_then(OP, x, layer, Activation::Identity, Some(residual), normalize)
+    }
+
+    fn feed_forward(
+        &self,
+        x: &CpuTensor,
+        up: &CpuLinear,
+        activation: Activation,
+        down: &CpuLinear,
+        norm: &LayerNormWeights<CpuTensor>,
+    ) -> Result<CpuTensor> {
+        const OP: &str = "feed_forward";
+        let (m, middle, n) = (x.rows, up.out_features(), down.out_features());
+        let apart = || {
+            let hidden = self.linear(x, up, activation, None)?;
+            self.linear_residual_norm(&hidden, down, x, norm)
+        };
+        if !feed_forward::fuses(m) {
+            return apart();
+        }
+        x.check(OP, "input", m, up.in_features())?;
+        if down.in_features() != middle {
+            return Err(error(
+                OP,
+                format!(
+                    "the up projection gives {middle} features, the down projection takes {}",
+                    down.in_features()
+                ),
+            ));
+        }
+        x.check(OP, "input (the residual of the down projection)", m, n)?;
+        let finish = output_pass(Activation::Identity, Some(x), n, layer_norm_pass(OP, norm, n)?);
+        let activate = |block: &mut [f32]| math::activate(activation, block);
+        let mut out = buffers::for_overwrite(OP, m * n)?;
+        let ups = (&up.weight, up.bias.as_slice());
+        let downs = (&down.weight, down.bias.as_slice());
+        use feed_forward::feed_forward_parallel as fused;
+        match (ups, downs) {
+            ((LinearWeight::F32(u), ub), (LinearWeight::F32(d), db)) => {
+                fused(&x.data, m, (u, ub), (d, db), &mut out, activate, finish)
+            }
+            ((LinearWeight::Bf16(u), ub), (LinearWeight::Bf16(d), db)) => {
+                fused(&x.data, m, (u, ub), (d, db), &mut out, activate, finish)
+            }
+            ((LinearWeight::Int8(u), ub), (LinearWeight::Int8(d), db)) => {
+                fused(&x.data, m, (u, ub), (d, db), &mut out, activate, finish)
+            }
+            // Layers of two dtypes (never loaded by this backend, which has one).
+            _ => return apart(),
+        }
+        CpuTensor::new(m, n, out)
     }
 
     fn attention(&self, qkv: &CpuTensor, batch: &Batch, heads: usize, head_dim: usize) -> Result<CpuTensor> {

@@ -136,6 +136,53 @@ fn linear_residual_norm_is_linear_then_layer_norm_bit_for_bit() {
 }
 
 #[test]
+fn feed_forward_is_the_two_linear_layers_bit_for_bit() {
+    let mut rng = SplitMix64::new(17);
+    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
+        let Ok(backend) = CpuBackend::with_dtype(dtype) else {
+            continue;
+        };
+        // (tokens, hidden, intermediate): one row and 130 (unfused with 3 threads, fused with
+        // one), 577 and 1,000 (fused with both), awkward widths, and MiniLM's.
+        for (m, hidden, middle) in [(1, 64, 256), (130, 96, 383), (577, 47, 130), (1000, 384, 1536)] {
+            let x = tensor(&rng.matrix(m, hidden, 1.0));
+            let layer = |rng: &mut SplitMix64, n: usize, k: usize| {
+                let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
+                backend.load_linear(&w.data, &rng.values(n, 0.5), n, k).unwrap()
+            };
+            let (up, down) = (layer(&mut rng, middle, hidden), layer(&mut rng, hidden, middle));
+            let norm = LayerNormWeights {
+                gamma: backend.upload(&rng.values(hidden, 1.0), 1, hidden).unwrap(),
+                beta: backend.upload(&rng.values(hidden, 0.5), 1, hidden).unwrap(),
+                eps: 1e-12,
+            };
+            for threads in [1, 3] {
+                let (fused, apart) = with_threads(threads, || {
+                    let fused = backend
+                        .feed_forward(&x, &up, Activation::Gelu, &down, &norm)
+                        .unwrap();
+                    let hidden = backend.linear(&x, &up, Activation::Gelu, None).unwrap();
+                    let apart = backend.linear_residual_norm(&hidden, &down, &x, &norm).unwrap();
+                    (fused, apart)
+                });
+                assert!(
+                    fused.data == apart.data,
+                    "{dtype:?} {m} x {hidden} x {middle}, {threads} threads: fused differs"
+                );
+            }
+            // A down projection that does not take the up projection's outputs is an error,
+            // whichever path runs (one thread fuses from 97 rows on).
+            let wrong = layer(&mut rng, hidden, middle + 1);
+            let result = with_threads(1, || {
+                backend.feed_forward(&x, &up, Activation::Gelu, &wrong, &norm)
+            });
+            let message = result.unwrap_err().to_string();
+            assert!(m < 97 || message.contains("down projection takes"), "{message}");
+        }
+    }
+}
+
+#[test]
 fn row_blocks_cover_the_rows_in_even_whole_tiles() {
     use matmul::{row_blocks, MC};
     use microkernel::MR;
