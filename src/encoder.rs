@@ -121,36 +121,54 @@ impl<B: Backend> DeviceModel for Loaded<B> {
     }
 
     fn hidden_states(&self, batch: &Batch) -> Result<HostMatrix> {
-        let batch = self.backend.upload_batch(batch)?;
-        self.backend.download(&self.model.forward(&self.backend, &batch)?)
+        self.run(batch, |backend, model, batch| {
+            backend.download(&model.forward(backend, batch)?)
+        })
     }
 
     fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<HostMatrix> {
-        let batch = self.backend.upload_batch(batch)?;
-        self.backend
-            .download(&self.model.embed(&self.backend, &batch, pooling, normalize)?)
+        self.run(batch, |backend, model, batch| {
+            backend.download(&model.embed(backend, batch, pooling, normalize)?)
+        })
     }
 
     fn embed_start(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<PendingMatrix> {
-        let batch = self.backend.upload_batch(batch)?;
-        self.backend
-            .download_start(&self.model.embed(&self.backend, &batch, pooling, normalize)?)
+        self.run(batch, |backend, model, batch| {
+            backend.download_start(&model.embed(backend, batch, pooling, normalize)?)
+        })
     }
 
     fn classify(&self, batch: &Batch) -> Result<Option<HostMatrix>> {
-        let batch = self.backend.upload_batch(batch)?;
-        match self.model.classify(&self.backend, &batch)? {
-            Some(logits) => self.backend.download(&logits).map(Some),
-            None => Ok(None),
-        }
+        self.run(batch, |backend, model, batch| {
+            match model.classify(backend, batch)? {
+                Some(logits) => backend.download(&logits).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     fn classify_start(&self, batch: &Batch) -> Result<Option<PendingMatrix>> {
-        let batch = self.backend.upload_batch(batch)?;
-        match self.model.classify(&self.backend, &batch)? {
-            Some(logits) => self.backend.download_start(&logits).map(Some),
-            None => Ok(None),
-        }
+        self.run(batch, |backend, model, batch| {
+            match model.classify(backend, batch)? {
+                Some(logits) => backend.download_start(&logits).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+impl<B: Backend> Loaded<B> {
+    /// `pass` on the uploaded batch, run where the backend runs its passes
+    /// ([`Backend::run_pass`]).
+    fn run<R: Send>(
+        &self,
+        batch: &Batch,
+        pass: impl FnOnce(&B, &Model<B>, &B::DeviceBatch) -> Result<R> + Send,
+    ) -> Result<R> {
+        self.backend.run_pass(|| {
+            let batch = self.backend.upload_batch(batch)?;
+            pass(&self.backend, &self.model, &batch)
+        })
     }
 }
 

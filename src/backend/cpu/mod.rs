@@ -461,6 +461,14 @@ impl Backend for CpuBackend {
         CpuTensor::new(m, n, out)
     }
 
+    fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            pass()
+        } else {
+            rayon::scope(|_| pass())
+        }
+    }
+
     fn attention(&self, qkv: &CpuTensor, batch: &Batch, heads: usize, head_dim: usize) -> Result<CpuTensor> {
         const OP: &str = "attention";
         check_batch(OP, batch)?;
