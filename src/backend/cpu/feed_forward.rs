@@ -82,3 +82,7 @@ pub fn feed_forward_parallel<U: PanelWeights, D: PanelWeights>(
             });
         });
 }
+
+#[cfg(test)]
+#[path = "feed_forward_tests.rs"]
+mod tests;

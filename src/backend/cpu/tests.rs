@@ -12,7 +12,7 @@ use super::reference;
 use super::testutil::{deviation, Deviation, SplitMix64};
 use super::*;
 
-fn tensor(m: &HostMatrix) -> CpuTensor {
+pub(super) fn tensor(m: &HostMatrix) -> CpuTensor {
     CpuTensor::from(m.clone())
 }
 
@@ -31,7 +31,7 @@ fn assert_close(what: &str, actual: &HostMatrix, expected: &HostMatrix, toleranc
     );
 }
 
-fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+pub(super) fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -95,90 +95,6 @@ fn linear_matches_reference_on_awkward_shapes_and_both_parallel_splits() {
                 check_linear(&mut rng.clone(), m, n, k, Activation::Gelu);
             }
         });
-    }
-}
-
-#[test]
-fn linear_residual_norm_is_linear_then_layer_norm_bit_for_bit() {
-    let mut rng = SplitMix64::new(16);
-    // Both parallel splits (see the test above), at every dtype this CPU runs.
-    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
-        let Ok(backend) = CpuBackend::with_dtype(dtype) else {
-            continue;
-        };
-        for (m, n, k) in [(1, 383, 384), (5, 768, 383), (130, 384, 1536), (577, 33, 47)] {
-            let x = tensor(&rng.matrix(m, k, 1.0));
-            let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
-            let layer = backend.load_linear(&w.data, &rng.values(n, 0.5), n, k).unwrap();
-            let residual = tensor(&rng.matrix(m, n, 1.0));
-            let norm = LayerNormWeights {
-                gamma: backend.upload(&rng.values(n, 1.0), 1, n).unwrap(),
-                beta: backend.upload(&rng.values(n, 0.5), 1, n).unwrap(),
-                eps: 1e-5,
-            };
-            for threads in [1, 3] {
-                let (fused, apart) = with_threads(threads, || {
-                    let fused = backend
-                        .linear_residual_norm(&x, &layer, &residual, &norm)
-                        .unwrap();
-                    let sum = backend
-                        .linear(&x, &layer, Activation::Identity, Some(&residual))
-                        .unwrap();
-                    (fused, backend.layer_norm(&sum, &norm).unwrap())
-                });
-                assert!(
-                    fused.data == apart.data,
-                    "{dtype:?} {m}x{n}x{k}, {threads} threads: fused differs"
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn feed_forward_is_the_two_linear_layers_bit_for_bit() {
-    let mut rng = SplitMix64::new(17);
-    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
-        let Ok(backend) = CpuBackend::with_dtype(dtype) else {
-            continue;
-        };
-        // (tokens, hidden, intermediate): one row and 130 (unfused with 3 threads, fused with
-        // one), 577 and 1,000 (fused with both), awkward widths, and MiniLM's.
-        for (m, hidden, middle) in [(1, 64, 256), (130, 96, 383), (577, 47, 130), (1000, 384, 1536)] {
-            let x = tensor(&rng.matrix(m, hidden, 1.0));
-            let layer = |rng: &mut SplitMix64, n: usize, k: usize| {
-                let w = rng.matrix(n, k, 1.7 / (k as f32).sqrt());
-                backend.load_linear(&w.data, &rng.values(n, 0.5), n, k).unwrap()
-            };
-            let (up, down) = (layer(&mut rng, middle, hidden), layer(&mut rng, hidden, middle));
-            let norm = LayerNormWeights {
-                gamma: backend.upload(&rng.values(hidden, 1.0), 1, hidden).unwrap(),
-                beta: backend.upload(&rng.values(hidden, 0.5), 1, hidden).unwrap(),
-                eps: 1e-12,
-            };
-            for threads in [1, 3] {
-                let (fused, apart) = with_threads(threads, || {
-                    let fused = backend
-                        .feed_forward(&x, &up, Activation::Gelu, &down, &norm)
-                        .unwrap();
-                    let hidden = backend.linear(&x, &up, Activation::Gelu, None).unwrap();
-                    let apart = backend.linear_residual_norm(&hidden, &down, &x, &norm).unwrap();
-                    (fused, apart)
-                });
-                assert!(
-                    fused.data == apart.data,
-                    "{dtype:?} {m} x {hidden} x {middle}, {threads} threads: fused differs"
-                );
-            }
-            // A down projection that does not take the up projection's outputs is an error,
-            // whichever path runs (one thread fuses from 97 rows on).
-            let wrong = layer(&mut rng, hidden, middle + 1);
-            let result = with_threads(1, || {
-                backend.feed_forward(&x, &up, Activation::Gelu, &wrong, &norm)
-            });
-            let message = result.unwrap_err().to_string();
-            assert!(m < 97 || message.contains("down projection takes"), "{message}");
-        }
     }
 }
 
