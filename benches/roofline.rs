@@ -328,13 +328,13 @@ fn main() {
         // FFN 3,072), whose FFN weights outgrow a 2 MiB L2 in int8 where MiniLM's do not.
         // `EMBER_BENCH_SHAPES=MxNxK,...` names shapes of its own (to profile one of them).
         // m is the tokens of the batches the engine runs on the CPU (`default_batch_tokens`:
-        // 1,024 for MiniLM, 512 for bge-base). The engine never runs 4,096 rows on the CPU; there
+        // 1,365 for MiniLM, 682 for bge-base). The engine never runs 4,096 rows on the CPU; there
         // the 6-25 MB inputs and outputs leave the caches between row blocks, and on the Xeon
         // (model 207) the int8 GEMM at 4096 x 1536 x 384 ran 8-43 % below 1024 x 1536 x 384 in
         // every pair measured (three in one run each, two in adjacent runs); f32 went from 10 %
         // faster to 20 % slower, within the noise.
         let bert = |hidden: usize, ffn: usize| {
-            let m = ember::encoder::cpu_batch_tokens(hidden, ffn);
+            let m = ember::encoder::cpu_batch_tokens(hidden);
             vec![
                 (m, ffn, hidden),
                 (m, hidden, ffn),

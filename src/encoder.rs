@@ -179,11 +179,11 @@ pub const GPU_BATCH_TOKENS: usize = 16_384;
 /// [`Encoder::default_batch_tokens`]).
 pub const CPU_ACTIVATION_BYTES: usize = 6 << 20;
 
-/// Tokens per CPU batch for a model of these widths: as many as keep the widest activation
-/// (`tokens x max(intermediate, 3 x hidden)` f32) near [`CPU_ACTIVATION_BYTES`] (see
-/// [`Encoder::default_batch_tokens`]).
-pub fn cpu_batch_tokens(hidden_size: usize, intermediate_size: usize) -> usize {
-    let widest = intermediate_size.max(3 * hidden_size).max(1);
+/// Tokens per CPU batch for a model of this hidden size: as many as keep the widest activation
+/// the CPU writes out, the attention's q, k and v (`tokens x 3 hidden` f32), near
+/// [`CPU_ACTIVATION_BYTES`] (see [`Encoder::default_batch_tokens`]).
+pub fn cpu_batch_tokens(hidden_size: usize) -> usize {
+    let widest = (3 * hidden_size).max(1);
     (CPU_ACTIVATION_BYTES / (4 * widest)).clamp(256, GPU_BATCH_TOKENS)
 }
 
@@ -267,15 +267,18 @@ impl Encoder {
     }
 
     /// Tokens per forward pass when the caller does not say. On a GPU, [`GPU_BATCH_TOKENS`]: work
-    /// enough to fill it. On the CPU, as many as keep the widest activation (the FFN's,
-    /// `tokens x intermediate` f32) near [`CPU_ACTIVATION_BYTES`], so that each op's output is
-    /// still in the caches when the next op reads it. Measured on MiniLM (Xeon with AMX, CPU
+    /// enough to fill it. On the CPU, as many as keep the widest activation it writes out (q, k
+    /// and v, `tokens x 3 hidden` f32) near [`CPU_ACTIVATION_BYTES`], so that each op's output
+    /// is still in the caches when the next op reads it. The FFN's wider intermediate is not
+    /// written out: `Backend::feed_forward` keeps it per row block. Sized by it instead (512
+    /// tokens for bge-base, not 682), bge-base ran 7 % slower in f32 and 4-9 % in int8
+    /// (BENCHMARKS.md, 2026-12-02); MiniLM, 1,024 tokens then and 1,365 now, the same in int8. Measured on MiniLM (Xeon with AMX, CPU
     /// time of 1,024 texts): in bf16, batches of 1,024 tokens took 13 % less time than batches
     /// of 16,384, whose 100 MB activations go through memory between every two ops; in f32,
     /// whose GEMM is 6x slower and hides the memory traffic, 4 % more.
     pub fn default_batch_tokens(&self) -> usize {
         match self.device {
-            Device::Cpu => cpu_batch_tokens(self.config.hidden_size, self.config.intermediate_size),
+            Device::Cpu => cpu_batch_tokens(self.config.hidden_size),
             Device::Cuda(_) => GPU_BATCH_TOKENS,
         }
     }
