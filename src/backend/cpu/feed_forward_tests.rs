@@ -38,8 +38,8 @@ fn random_norm(
 #[test]
 fn linear_residual_norm_is_linear_then_layer_norm_bit_for_bit() {
     let mut rng = SplitMix64::new(16);
-    // One thread splits rows from 97 on; three threads split columns below 481 rows (see
-    // `matmul::splits_rows`): both splits see 130 rows and 577.
+    // Both parallel splits (`matmul::splits_rows`): 1 and 5 rows split columns at any thread
+    // count, 130 rows split rows on one thread and columns on three, 577 rows split rows.
     for (dtype, backend) in backends_of_every_dtype() {
         for (m, n, k) in [(1, 383, 384), (5, 768, 383), (130, 384, 1536), (577, 33, 47)] {
             let x = tensor(&rng.matrix(m, k, 1.0));
