@@ -183,6 +183,44 @@ fn tiny_xlmr_reranker_matches_in_every_stored_dtype() {
     }
 }
 
+/// On the CPU, batches run side by side, a batch per thread, when the pool has two threads or
+/// more (`Encoder::runs_batches_side_by_side`): the rows must be the ones of the same batches
+/// run one after another on one thread, in every dtype this CPU runs, each in its place.
+#[test]
+fn batches_side_by_side_give_the_rows_of_batches_in_turn() {
+    let texts = texts();
+    let dtypes = [ember::Dtype::F32, ember::Dtype::Bf16, ember::Dtype::Int8];
+    for dtype in dtypes {
+        let options = EmbedderOptions {
+            batch_tokens: Some(120),
+            ..Default::default()
+        };
+        let embedder = match Embedder::load_with_dtype(minilm_dir(), options, dtype) {
+            Ok(embedder) => embedder,
+            // bf16 and int8 need CPU features this machine may lack (the load says so).
+            Err(e) if dtype != ember::Dtype::F32 => {
+                eprintln!("{dtype}: not on this CPU ({e})");
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let batches = embedder.encoder().runs_batches_side_by_side(2);
+                (batches, embedder.encode(&texts).unwrap())
+            })
+        };
+        let (side_by_side_on_one, in_turn) = on(1);
+        let (side_by_side_on_three, side_by_side) = on(3);
+        assert!(!side_by_side_on_one && side_by_side_on_three, "{dtype}: the rule");
+        assert_eq!(in_turn.rows, texts.len());
+        for i in 0..texts.len() {
+            assert_eq!(in_turn.row(i), side_by_side.row(i), "{dtype}: text {i}");
+        }
+    }
+}
+
 /// A text's embedding must not depend on which other texts share its batch, nor on the batch
 /// size: every text alone, all texts in one batch, and small mixed batches agree exactly.
 #[test]

@@ -215,6 +215,8 @@ pub struct Stats {
     /// Seconds of tokenizing and packing (overlapped with the forward pass).
     pub tokenize_s: f64,
     /// Seconds of forward passes, summed over the devices.
+    ///
+    /// Batches run side by side on the CPU count their group's time shared out among them.
     pub forward_s: f64,
     /// Seconds of ordering and writing rows.
     pub write_s: f64,
@@ -304,10 +306,17 @@ pub fn run(
     let mut stats = Stats::default();
     let keep_passages = plan.top_k.is_some();
 
+    // On the CPU, the batches queued when a worker looks (up to one per thread of the pool)
+    // run side by side, one per thread (`Encoder::runs_batches_side_by_side` says why).
+    let side_by_side = match engines {
+        [engine] if engine.encoder().runs_batches_side_by_side(usize::MAX) => rayon::current_num_threads(),
+        _ => 1,
+    };
+    let queued = 2 * engines.len().max(side_by_side) + 2;
     std::thread::scope(|scope| {
         let (read_tx, read_rx) = sync_channel::<Read>(1);
-        let (work_tx, work_rx) = sync_channel::<Work>(2 * engines.len() + 2);
-        let (done_tx, done_rx) = sync_channel::<Done>(2 * engines.len() + 2);
+        let (work_tx, work_rx) = sync_channel::<Work>(queued);
+        let (done_tx, done_rx) = sync_channel::<Done>(queued);
 
         // Reader: lines → parsed items, in windows.
         let (stop_r, skipped_r, interrupted_r) = (&stop, &skipped, &interrupted);
@@ -398,9 +407,9 @@ pub fn run(
         let work_rx = Arc::new(Mutex::new(work_rx));
         for engine in &engines[1..] {
             let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
-            scope.spawn(move || forward_loop(plan, engine.as_ref(), &work_rx, done_tx));
+            scope.spawn(move || forward_loop(plan, engine.as_ref(), &work_rx, done_tx, 1));
         }
-        forward_loop(plan, engines[0].as_ref(), &work_rx, done_tx);
+        forward_loop(plan, engines[0].as_ref(), &work_rx, done_tx, side_by_side);
         // Workers that stopped early (Ctrl-C) close the queue, so that the tokenizer and the
         // reader blocked on it end too.
         drop(work_rx);
@@ -427,11 +436,14 @@ pub fn run(
 /// Takes batches off the shared queue and runs them until the queue closes or the writer is
 /// gone. One batch stays in flight: batch i + 1 is started before batch i's rows are waited
 /// for, so that a GPU has the next batch queued while the rows of the last one come back.
+/// With `side_by_side` > 1 (the CPU), the batches already queued, up to that many, run
+/// together instead, a batch per thread of the pool.
 fn forward_loop(
     plan: &Plan,
     engine: &dyn Engine,
     work_rx: &Mutex<Receiver<Work>>,
     done_tx: std::sync::mpsc::SyncSender<Done>,
+    side_by_side: usize,
 ) {
     let finish = |work: Work, pending: Result<PendingMatrix>, started: Instant| Done {
         rows: work.rows,
@@ -451,6 +463,21 @@ fn forward_loop(
         if plan.cancelled() {
             break;
         }
+        if side_by_side > 1 {
+            let mut group = vec![work];
+            let queue = work_rx.lock().unwrap();
+            while group.len() < side_by_side {
+                match queue.try_recv() {
+                    Ok(work) => group.push(work),
+                    Err(_) => break,
+                }
+            }
+            drop(queue);
+            if !run_side_by_side(engine, group, &done_tx) {
+                return;
+            }
+            continue;
+        }
         let started = Instant::now();
         let pending = engine.start(&work.batch);
         if let Some((previous, result, t)) = in_flight.replace((work, pending, started)) {
@@ -462,6 +489,31 @@ fn forward_loop(
     if let Some((work, result, t)) = in_flight {
         let _ = done_tx.send(finish(work, result, t));
     }
+}
+
+/// Runs `group`'s batches as one parallel job on the rayon pool, one task per batch: the pool's
+/// threads take a batch each (a task that rayon shares out before the batches' own ops), and
+/// a thread left without one helps with the ops of the others. Each batch's rows go to `done`
+/// in the group's order; false when the writer is gone.
+fn run_side_by_side(engine: &dyn Engine, group: Vec<Work>, done: &std::sync::mpsc::SyncSender<Done>) -> bool {
+    use rayon::prelude::*;
+    let started = Instant::now();
+    let results: Vec<Result<crate::HostMatrix>> = group
+        .par_iter()
+        .with_max_len(1)
+        .map(|work| engine.run(&work.batch))
+        .collect();
+    let seconds = started.elapsed().as_secs_f64() / group.len() as f64;
+    group.into_iter().zip(results).all(|(work, result)| {
+        done.send(Done {
+            rows: work.rows,
+            result,
+            tokens: work.tokens,
+            truncated: work.truncated,
+            seconds,
+        })
+        .is_ok()
+    })
 }
 
 /// Reads the plan's lines into windows of items, handing each to `send` (false: stop).

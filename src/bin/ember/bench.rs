@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ember::{Embedder, EmbedderOptions, Result, Sequence};
+use ember::{Embedder, EmbedderOptions, HostMatrix, Result, Sequence};
 
 use crate::RunArgs;
 use ember::stream::input::{self, Format, LineRange};
@@ -195,10 +195,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         // then write alone: the same rows into a .npy.
         let mut bare = || -> Result<f64> {
             let t = Instant::now();
-            let mut rows = Vec::with_capacity(batches.len());
-            for batch in &batches {
-                rows.push(engine.run(batch)?);
-            }
+            // As the pipeline runs them: side by side, a batch per thread, on the CPU.
+            let rows: Vec<HostMatrix> = if engine.encoder().runs_batches_side_by_side(batches.len()) {
+                use rayon::prelude::*;
+                batches.par_iter().with_max_len(1).map(|b| engine.run(b)).collect::<Result<_>>()?
+            } else {
+                batches.iter().map(|b| engine.run(b)).collect::<Result<_>>()?
+            };
             let forward_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
             let (mut out, _) = Output::open(
