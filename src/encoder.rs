@@ -272,10 +272,12 @@ impl Encoder {
     /// is still in the caches when the next op reads it. The FFN's wider intermediate is not
     /// written out: `Backend::feed_forward` keeps it per row block. Sized by it instead (512
     /// tokens for bge-base, not 682), bge-base ran 7 % slower in f32 and 4-9 % in int8
-    /// (BENCHMARKS.md, 2026-12-02); MiniLM, 1,024 tokens then and 1,365 now, the same in int8. Measured on MiniLM (Xeon with AMX, CPU
-    /// time of 1,024 texts): in bf16, batches of 1,024 tokens took 13 % less time than batches
-    /// of 16,384, whose 100 MB activations go through memory between every two ops; in f32,
-    /// whose GEMM is 6x slower and hides the memory traffic, 4 % more.
+    /// (BENCHMARKS.md, 2026-12-02); MiniLM, 1,024 tokens then and 1,365 now, the same in int8.
+    /// Measured on MiniLM (Xeon with AMX, CPU time of 1,024 texts): in bf16, batches of 1,024
+    /// tokens took 13 % less time than batches of 16,384, whose 100 MB activations go through
+    /// memory between every two ops; in f32, whose GEMM is 6x slower and hides the memory
+    /// traffic, 4 % more. With batches side by side (a batch per thread), halving or quartering
+    /// these sizes gained nothing measurable (MiniLM f32 and int8, bge-base int8, 2 threads).
     pub fn default_batch_tokens(&self) -> usize {
         match self.device {
             Device::Cpu => cpu_batch_tokens(self.config.hidden_size),

@@ -94,7 +94,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// The most tokens in one forward pass (default: 16,384 on a GPU; on the CPU, a batch whose
-    /// widest activation is about 6 MiB, 1,365 tokens for MiniLM and 682 for bge-base, so that it stays in cache).
+    /// widest activation is about 6 MiB, 1,365 tokens for MiniLM and 682 for bge-base, so that
+    /// it stays in cache).
     #[arg(long)]
     batch_tokens: Option<usize>,
     /// Worker threads for tokenization and the CPU forward pass (default: all cores).
