@@ -458,9 +458,10 @@ impl Encoder {
             // One batch per task, each run whole by the thread that takes it: its ops' own
             // parallel splits stay on that thread while the others are busy with batches of
             // their own, and are shared out again when the last batches leave threads idle.
-            plan.par_iter()
-                .with_max_len(1)
-                .try_for_each(|members| Ok(scatter(members, run_one(members)?.wait()?)))?;
+            plan.par_iter().with_max_len(1).try_for_each(|members| {
+                scatter(members, run_one(members)?.wait()?);
+                Ok(())
+            })?;
         } else {
             let mut in_flight: Option<(&[usize], PendingMatrix)> = None;
             for members in &plan {

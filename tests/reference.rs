@@ -205,7 +205,10 @@ fn batches_side_by_side_give_the_rows_of_batches_in_turn() {
             Err(e) => panic!("{e}"),
         };
         let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let batches = embedder.encoder().runs_batches_side_by_side(2);
                 (batches, embedder.encode(&texts).unwrap())

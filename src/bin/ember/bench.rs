@@ -198,7 +198,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             // As the pipeline runs them: side by side, a batch per thread, on the CPU.
             let rows: Vec<HostMatrix> = if engine.encoder().runs_batches_side_by_side(batches.len()) {
                 use rayon::prelude::*;
-                batches.par_iter().with_max_len(1).map(|b| engine.run(b)).collect::<Result<_>>()?
+                batches
+                    .par_iter()
+                    .with_max_len(1)
+                    .map(|b| engine.run(b))
+                    .collect::<Result<_>>()?
             } else {
                 batches.iter().map(|b| engine.run(b)).collect::<Result<_>>()?
             };
