@@ -486,9 +486,10 @@ impl Encoder {
     /// rather than one after another with each op split across the threads: on the CPU, when
     /// there are two or more of each. A thread that runs a whole batch keeps its activations in
     /// its own core's caches and never waits for the other threads between ops (about 35
-    /// fork-joins per batch). Measured on the Xeon model 207, 2 threads (BENCHMARKS.md,
-    /// 2026-12-02): bge-base int8 +6 to +25 % tokens/s, MiniLM f32 +6 to +12 %. A single batch
-    /// (one request's texts) still has every thread on each of its ops.
+    /// fork-joins per batch). Measured on the Xeon model 207, 2 threads, old and new taking
+    /// turns (BENCHMARKS.md, 2026-12-02): tokens/s +13 % for bge-base int8, +19 % for MiniLM
+    /// int8, +30 % for MiniLM f32 (medians of 6 rounds). A single batch (one request's texts)
+    /// still has every thread on each of its ops.
     pub fn runs_batches_side_by_side(&self, batches: usize) -> bool {
         self.device == Device::Cpu && batches >= 2 && rayon::current_num_threads() >= 2
     }
