@@ -16,8 +16,7 @@ if [ $# -lt 4 ] || [ "$4" != "--" ]; then
 fi
 rounds=$1 old=$2 new=$3
 shift 4
-priority=(nice -n -10)
-"${priority[@]}" true 2>/dev/null || priority=()
+source "$(dirname "$0")/alternate-lib.sh"
 seconds() {
   local start end
   start=$(date +%s.%N)
@@ -25,20 +24,4 @@ seconds() {
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.3f}')"
 }
-ratios=()
-for round in $(seq "$rounds"); do
-  if ((round % 2)); then
-    b=$(seconds "$new" "$@")
-    a=$(seconds "$old" "$@")
-  else
-    a=$(seconds "$old" "$@")
-    b=$(seconds "$new" "$@")
-  fi
-  ratio=$(python3 -c "print(f'{$a / $b:.3f}')")
-  echo "round $round: old ${a} s, new ${b} s, speed new/old $ratio"
-  ratios+=("$ratio")
-done
-printf '%s\n' "${ratios[@]}" | sort -n | python3 -c '
-import statistics, sys
-values = [float(line) for line in sys.stdin]
-print(f"median speed new/old over {len(values)} rounds: {statistics.median(values):.3f} (spread {values[0]:.3f}-{values[-1]:.3f})")'
+alternate "$rounds" "$old" "$new" seconds s lower "$@"

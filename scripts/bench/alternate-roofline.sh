@@ -16,8 +16,7 @@ if [ $# -lt 4 ]; then
 fi
 rounds=$1 kinds=$2 shapes=$3
 shift 3
-priority=(nice -n -10)
-"${priority[@]}" true 2>/dev/null || priority=()
+source "$(dirname "$0")/alternate-lib.sh"
 for _ in $(seq "$rounds"); do
   for binary in "$@"; do
     EMBER_BENCH_RUNS=${EMBER_BENCH_RUNS:-8} EMBER_BENCH_KINDS=$kinds EMBER_BENCH_SHAPES=$shapes \
