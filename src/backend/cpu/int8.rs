@@ -38,7 +38,7 @@
 
 use std::cell::RefCell;
 
-use super::matmul::{check_operands, next_block, part_of, prefetch_line, MC};
+use super::matmul::{check_operands, next_block, part_of, prefetch_line, LoopOrder, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
@@ -408,7 +408,7 @@ pub fn gemm_panels(
                     // read once per row block. Each tile asks for a slice of them, so they are
                     // in L2 when that panel starts. perf of a bge-base int8 pass had 23 % of
                     // the kernel's samples waiting on W loads; 8 % with the prefetch.
-                    let next = next_block(&panels, panel_index, (k0, kc), k, KC_INT8)
+                    let next = next_block(LoopOrder::KBlockOuter, &panels, panel_index, (k0, kc), k, KC_INT8)
                         .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
                     let tiles = rows_in_block.div_ceil(MR);
                     for t in 0..tiles {

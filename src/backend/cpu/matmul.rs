@@ -12,12 +12,13 @@
 //!   lie; for the other kernels, and for a last tile of fewer than `MR` rows, the block is packed
 //!   into `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`).
 //!
-//! Loop order: M block, K block (pack A), panel of W, micro-tile of A. A tile starts from the
-//! bias (first K block) or the partial sums already in `C` (later K blocks). Full tiles are
-//! computed in place in `C`; edge tiles go through a 64-byte aligned buffer, so rows and columns
-//! past the edge of `C` need no special kernel: they are computed on zero padding and never
-//! stored. Every element of `C` sees the same sequence of
-//! operations whatever `m` and the row's place in its tile (batching invariance).
+//! Loop order: M block, then K block and panel of W in the order of [`LoopOrder`] (panel first
+//! for products of depth up to 1,024, K block first for deeper ones), then micro-tile of A. A
+//! tile starts from the bias (first K block) or the partial sums already in `C` (later K
+//! blocks). Full tiles are computed in place in `C`; edge tiles go through a 64-byte aligned
+//! buffer, so rows and columns past the edge of `C` need no special kernel: they are computed on
+//! zero padding and never stored. Every element of `C` sees the same sequence of operations
+//! whatever `m`, the row's place in its tile and the loop order (batching invariance).
 //!
 //! Parallel split ([`gemm_parallel`]): blocks of at most [`MC`] rows, one rayon task each, their
 //! count a multiple of the threads and the tiles shared out evenly among them; when there are
@@ -180,16 +181,17 @@ thread_local! {
     static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Packs rows `0..m` (m <= MC), columns `k0..k0 + kc` of A into `MR`-row micro-panels:
-/// `pack[(t * kc + p) * MR + i] = a[(t * MR + i) * lda + k0 + p]`, zero for rows past `m`.
+/// Appends rows `0..m` (m <= MC), columns `k0..k0 + kc` of A to `pack` as `MR`-row
+/// micro-panels: `pack[start + (t * kc + p) * MR + i] = a[(t * MR + i) * lda + k0 + p]`, zero
+/// for rows past `m`, `start` being the length of `pack` before the call.
 fn pack_a(a: &[f32], lda: usize, m: usize, k0: usize, kc: usize, pack: &mut Vec<f32>) {
     let tiles = m.div_ceil(MR);
-    pack.clear();
-    pack.resize(tiles * kc * MR, 0.0);
+    let start = pack.len();
+    pack.resize(start + tiles * kc * MR, 0.0);
     if kc == 0 {
         return;
     }
-    for (t, micro_panel) in pack.chunks_exact_mut(kc * MR).enumerate() {
+    for (t, micro_panel) in pack[start..].chunks_exact_mut(kc * MR).enumerate() {
         let rows = MR.min(m - t * MR);
         if rows == MR {
             // Twelve row streams read in step, each destination written once, contiguously.
@@ -378,6 +380,10 @@ pub(super) fn drive<'w, T: 'w>(
         return;
     }
     let first_column = check_operands("gemm", (a, lda), m, n, k, &panels, bias, (c, ldc));
+    let order = LoopOrder::for_depth(k);
+    // At least one K block, so that k = 0 still writes the bias.
+    let k_blocks = k.div_ceil(KC).max(1);
+    let k_block = |kb: usize| (kb * KC, KC.min(k - kb * KC));
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
@@ -386,73 +392,99 @@ pub(super) fn drive<'w, T: 'w>(
             } else {
                 m0
             };
-            // At least one K block, so that k = 0 still writes the bias.
-            for kb in 0..k.div_ceil(KC).max(1) {
-                let (k0, kc) = (kb * KC, KC.min(k - kb * KC));
-                let packed_rows = m0 + rows_in_block - first_packed;
+            let packed_rows = m0 + rows_in_block - first_packed;
+            // Packs the K blocks `kbs` of the rows that need it, one after the other: block kb
+            // starts at `packed_rows.div_ceil(MR) * MR * k0` (the blocks before it are `KC` wide).
+            let pack_blocks = |kbs: std::ops::Range<usize>, pack: &mut Vec<f32>| {
+                pack.clear();
                 if packed_rows > 0 {
-                    pack_a(&a[first_packed * lda..], lda, packed_rows, k0, kc, pack);
+                    for kb in kbs {
+                        let (k0, kc) = k_block(kb);
+                        pack_a(&a[first_packed * lda..], lda, packed_rows, k0, kc, pack);
+                    }
                 }
-                for panel in panels.clone() {
-                    let column = panel * NR;
-                    let width = NR.min(n - column);
-                    // The first K block starts from the bias (zero-padded past `n`), later ones
-                    // from the partial sums in C.
-                    let init = (kb == 0).then(|| {
-                        let mut init = [0.0f32; NR];
-                        if let Some(bias) = bias {
-                            init[..width].copy_from_slice(&bias[column..column + width]);
-                        }
-                        init
-                    });
-                    // The next W block, a slice per tile, for the kernel to prefetch.
-                    let next = next_block(&panels, panel, (k0, kc), k, KC)
-                        .map_or(&[][..], |(panel, k0, kc)| w_block(panel, k0, kc));
-                    let tiles = rows_in_block.div_ceil(MR);
-                    for t in 0..tiles {
-                        let prefetch = part_of(next, t, tiles);
-                        let row = m0 + t * MR;
-                        let rows = MR.min(m - row);
-                        let tile_a = || match row.checked_sub(first_packed) {
-                            Some(offset) => TileA::Packed(&pack[offset / MR * kc * MR..][..kc * MR]),
-                            None => TileA::Rows(&a[row * lda + k0..]),
-                        };
-                        let c_tile = &mut c[row * ldc + column - first_column..];
-                        if rows == MR && width == NR && ldc >= NR {
-                            let init = init.as_ref();
-                            kernel(TileCall {
-                                panel,
-                                k0,
-                                kc,
-                                a: tile_a(),
-                                c: c_tile,
-                                ldc,
-                                init,
-                                prefetch,
-                            });
-                            continue;
-                        }
-                        // An edge tile: through an aligned buffer, so that the kernel never
-                        // touches C outside the product (the padding computes and is dropped).
-                        let mut tile = Tile([0.0; MR * NR]);
-                        if init.is_none() {
-                            for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
-                                tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
-                            }
-                        }
-                        let (init, a) = (init.as_ref(), tile_a());
+            };
+            // One W block (a panel's K block) over every tile of the M block; `pack_start` is
+            // where that K block's packed rows begin in `pack`.
+            let mut run_block = |panel: usize, kb: usize, pack: &[f32], pack_start: usize| {
+                let (k0, kc) = k_block(kb);
+                let column = panel * NR;
+                let width = NR.min(n - column);
+                // The first K block starts from the bias (zero-padded past `n`), later ones
+                // from the partial sums in C.
+                let init = (kb == 0).then(|| {
+                    let mut init = [0.0f32; NR];
+                    if let Some(bias) = bias {
+                        init[..width].copy_from_slice(&bias[column..column + width]);
+                    }
+                    init
+                });
+                // The next W block, a slice per tile, for the kernel to prefetch.
+                let next = next_block(order, &panels, panel, (k0, kc), k, KC)
+                    .map_or(&[][..], |(panel, k0, kc)| w_block(panel, k0, kc));
+                let tiles = rows_in_block.div_ceil(MR);
+                for t in 0..tiles {
+                    let prefetch = part_of(next, t, tiles);
+                    let row = m0 + t * MR;
+                    let rows = MR.min(m - row);
+                    let tile_a = || match row.checked_sub(first_packed) {
+                        Some(offset) => TileA::Packed(&pack[pack_start + offset / MR * kc * MR..][..kc * MR]),
+                        None => TileA::Rows(&a[row * lda + k0..]),
+                    };
+                    let c_tile = &mut c[row * ldc + column - first_column..];
+                    if rows == MR && width == NR && ldc >= NR {
+                        let init = init.as_ref();
                         kernel(TileCall {
                             panel,
                             k0,
                             kc,
-                            a,
-                            c: &mut tile.0,
-                            ldc: NR,
+                            a: tile_a(),
+                            c: c_tile,
+                            ldc,
                             init,
                             prefetch,
                         });
-                        for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-                            c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+                        continue;
+                    }
+                    // An edge tile: through an aligned buffer, so that the kernel never
+                    // touches C outside the product (the padding computes and is dropped).
+                    let mut tile = Tile([0.0; MR * NR]);
+                    if init.is_none() {
+                        for (i, tile_row) in tile.0.chunks_exact_mut(NR).take(rows).enumerate() {
+                            tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
+                        }
+                    }
+                    let (init, a) = (init.as_ref(), tile_a());
+                    kernel(TileCall {
+                        panel,
+                        k0,
+                        kc,
+                        a,
+                        c: &mut tile.0,
+                        ldc: NR,
+                        init,
+                        prefetch,
+                    });
+                    for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+                        c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+                    }
+                }
+            };
+            let packed_tiles = packed_rows.div_ceil(MR);
+            match order {
+                LoopOrder::KBlockOuter => {
+                    for kb in 0..k_blocks {
+                        pack_blocks(kb..kb + 1, pack);
+                        for panel in panels.clone() {
+                            run_block(panel, kb, pack, 0);
+                        }
+                    }
+                }
+                LoopOrder::PanelOuter => {
+                    pack_blocks(0..k_blocks, pack);
+                    for panel in panels.clone() {
+                        for kb in 0..k_blocks {
+                            run_block(panel, kb, pack, packed_tiles * MR * kb * KC);
                         }
                     }
                 }
@@ -461,23 +493,61 @@ pub(super) fn drive<'w, T: 'w>(
     });
 }
 
-/// The W block a blocked GEMM runs after `(panel, (k0, kc))`, as `(panel, k0, kc)`: the next
-/// panel of the same K block, else the first panel of the next K block (of at most `kc_max`),
-/// else none. What to prefetch while the current one runs: a model's weights (tens of
-/// megabytes) come from L3 or memory, once per row block.
+/// The order in which a blocked GEMM visits the W blocks (a panel's K block) of one M block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LoopOrder {
+    /// K block, then panel: one K block of the M block's rows of A (`MC x KC`) stays in L2
+    /// while every panel passes over it; the partial sums in C (`MC x n`) are read back once
+    /// per later K block. For deep products (the FFN's down projection), whose rows of A would
+    /// not stay in L2 whole.
+    KBlockOuter,
+    /// Panel, then K block: a tile's partial sums are read back at once (from L1), not after
+    /// every other panel has passed through L2. With two K blocks and n = 3,072 (bge-base's up
+    /// projection) the M block's C is 1.2 MB, evicted by the 9 MB of W between the two K blocks
+    /// and read back from L3. For products shallow enough that the M block's rows of A (`MC x
+    /// k`) stay in L2 while every panel passes over them.
+    PanelOuter,
+}
+
+impl LoopOrder {
+    /// Deepest product run panel first: 96 rows of 1,024 floats are 384 KiB of L2's 2 MiB.
+    const PANEL_OUTER_MAX_K: usize = 1024;
+
+    /// The order for products of depth `k`.
+    pub(super) fn for_depth(k: usize) -> Self {
+        if k <= Self::PANEL_OUTER_MAX_K {
+            Self::PanelOuter
+        } else {
+            Self::KBlockOuter
+        }
+    }
+}
+
+/// The W block a blocked GEMM runs after `(panel, (k0, kc))` in `order`, as `(panel, k0, kc)`,
+/// K blocks being at most `kc_max` wide; none after the last. What to prefetch while the
+/// current one runs: a model's weights (tens of megabytes) come from L3 or memory, once per
+/// row block.
 pub(super) fn next_block(
+    order: LoopOrder,
     panels: &std::ops::Range<usize>,
     panel: usize,
     (k0, kc): (usize, usize),
     k: usize,
     kc_max: usize,
 ) -> Option<(usize, usize, usize)> {
-    if panel + 1 < panels.end {
-        Some((panel + 1, k0, kc))
-    } else if k0 + kc < k {
-        Some((panels.start, k0 + kc, kc_max.min(k - k0 - kc)))
-    } else {
-        None
+    let next_k_block = (k0 + kc < k).then(|| (k0 + kc, kc_max.min(k - k0 - kc)));
+    let next_panel = (panel + 1 < panels.end).then_some(panel + 1);
+    match order {
+        LoopOrder::KBlockOuter => match (next_panel, next_k_block) {
+            (Some(panel), _) => Some((panel, k0, kc)),
+            (None, Some((k0, kc))) => Some((panels.start, k0, kc)),
+            (None, None) => None,
+        },
+        LoopOrder::PanelOuter => match (next_k_block, next_panel) {
+            (Some((k0, kc)), _) => Some((panel, k0, kc)),
+            (None, Some(panel)) => Some((panel, 0, kc_max.min(k))),
+            (None, None) => None,
+        },
     }
 }
 

@@ -129,20 +129,28 @@ fn row_blocks_cover_the_rows_in_even_whole_tiles() {
 
 #[test]
 fn prefetch_parts_cover_the_next_block_once() {
-    use matmul::{next_block, part_of};
+    use matmul::{next_block, part_of, LoopOrder};
     // Panels 2..5 of a product with k = 1000 in K blocks of 384: every (panel, K block) in the
     // driver's order, then none.
-    let mut order = vec![];
-    let mut at = Some((2, 0, 384));
-    while let Some((panel, k0, kc)) = at {
-        order.push((panel, k0, kc));
-        at = next_block(&(2..5), panel, (k0, kc), 1000, 384);
-    }
-    let want: Vec<_> = [(0, 384), (384, 384), (768, 232)]
+    let visit = |order| {
+        let mut visited = vec![];
+        let mut at = Some((2, 0, 384));
+        while let Some((panel, k0, kc)) = at {
+            visited.push((panel, k0, kc));
+            at = next_block(order, &(2..5), panel, (k0, kc), 1000, 384);
+        }
+        visited
+    };
+    let k_blocks = [(0, 384), (384, 384), (768, 232)];
+    let k_block_outer: Vec<_> = k_blocks
         .iter()
         .flat_map(|&(k0, kc)| (2..5).map(move |panel| (panel, k0, kc)))
         .collect();
-    assert_eq!(order, want);
+    assert_eq!(visit(LoopOrder::KBlockOuter), k_block_outer);
+    let panel_outer: Vec<_> = (2..5)
+        .flat_map(|panel| k_blocks.iter().map(move |&(k0, kc)| (panel, k0, kc)))
+        .collect();
+    assert_eq!(visit(LoopOrder::PanelOuter), panel_outer);
     for len in [0, 1, 15, 16, 17, 1000, 6144] {
         let items: Vec<u32> = (0..len).collect();
         for parts in [1, 3, 8, 13] {
@@ -538,13 +546,15 @@ fn gemm_reference(a: &[f32], lda: usize, m: usize, w: &[f32], n: usize, k: usize
 fn gemm_matches_reference_at_every_isa_level() {
     let mut rng = SplitMix64::new(11);
     // Tails in every direction: rows around the 12-row tile and the 96-row block, columns around
-    // the 32-wide panel, k around the 384-step K block (several blocks at 800).
+    // the 32-wide panel, k around the 384-step K block (several blocks at 800, run panel first;
+    // at 1,100 K block first: `LoopOrder`).
     let shapes = [
         (1, 1, 1),
         (13, 33, 5),
         (11, 31, 385),
         (97, 70, 383),
         (200, 65, 800),
+        (29, 40, 1100),
         (12, 32, 0),
     ];
     for isa in matmul::Isa::available_f32() {
