@@ -1,5 +1,5 @@
-# Sourced by the alternate-*.sh scripts: the priority they run benchmarks at, and the loop that
-# has two builds take turns.
+# Sourced by the alternate-*.sh and pair-encode.sh scripts: the priority they run benchmarks at,
+# the loop that has two builds take turns, and the median of their rounds.
 
 # nice -10 where allowed (root), else nothing.
 priority=(nice -n -10)
@@ -32,7 +32,12 @@ alternate() {
     echo "round $round: old $a $unit, new $b $unit, speed new/old $ratio"
     ratios+=("$ratio")
   done
-  printf '%s\n' "${ratios[@]}" | sort -n | python3 -c '
+  median_speed "${ratios[@]}"
+}
+
+# median_speed RATIO...: the median of the rounds' speeds new/old, and their spread.
+median_speed() {
+  printf '%s\n' "$@" | sort -n | python3 -c '
 import statistics, sys
 values = [float(line) for line in sys.stdin]
 print(f"median speed new/old over {len(values)} rounds: {statistics.median(values):.3f} (spread {values[0]:.3f}-{values[-1]:.3f})")'
