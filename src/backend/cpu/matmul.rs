@@ -13,7 +13,7 @@
 //!   into `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`).
 //!
 //! Loop order: M block, then K block and panel of W in the order of [`LoopOrder`] (panel first
-//! for products of depth up to 1,024, K block first for deeper ones), then micro-tile of A. A
+//! for products of depth up to 4,096, K block first for deeper ones), then micro-tile of A. A
 //! tile starts from the bias (first K block) or the partial sums already in `C` (later K
 //! blocks). Full tiles are computed in place in `C`; edge tiles go through a 64-byte aligned
 //! buffer, so rows and columns past the edge of `C` need no special kernel: they are computed on
@@ -498,20 +498,24 @@ pub(super) fn drive<'w, T: 'w>(
 pub(super) enum LoopOrder {
     /// K block, then panel: one K block of the M block's rows of A (`MC x KC`) stays in L2
     /// while every panel passes over it; the partial sums in C (`MC x n`) are read back once
-    /// per later K block. For deep products (the FFN's down projection), whose rows of A would
-    /// not stay in L2 whole.
+    /// per later K block. For products deeper than any layer of the models ember runs, whose
+    /// M block of A would not stay in L2 whole.
     KBlockOuter,
     /// Panel, then K block: a tile's partial sums are read back at once (from L1), not after
     /// every other panel has passed through L2. With two K blocks and n = 3,072 (bge-base's up
     /// projection) the M block's C is 1.2 MB, evicted by the 9 MB of W between the two K blocks
-    /// and read back from L3. For products shallow enough that the M block's rows of A (`MC x
-    /// k`) stay in L2 while every panel passes over them.
+    /// and read back from L3. The M block's rows of A (`MC x k`) are read once per panel
+    /// instead, from L2 while they fit.
     PanelOuter,
 }
 
 impl LoopOrder {
-    /// Deepest product run panel first: 96 rows of 1,024 floats are 384 KiB of L2's 2 MiB.
-    const PANEL_OUTER_MAX_K: usize = 1024;
+    /// Deepest product run panel first: 96 rows of 4,096 floats are 1.5 MiB of a 2 MiB L2.
+    /// Measured on the FFN's down projection (`scripts/bench/pair-encode.sh`, model 207 Xeon):
+    /// panel first 1.030x as fast at bge-base's k = 3,072 (A, the FFN's own intermediate
+    /// block, is in L2 already), 0.990x at MiniLM's 1,536 (noise: its C is 147 KiB, in L2
+    /// either way).
+    const PANEL_OUTER_MAX_K: usize = 4096;
 
     /// The order for products of depth `k`.
     pub(super) fn for_depth(k: usize) -> Self {
