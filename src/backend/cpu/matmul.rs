@@ -12,7 +12,7 @@
 //!   lie; for the other kernels, and for a last tile of fewer than `MR` rows, the block is packed
 //!   into `MR`-row micro-panels (`pack[p * MR + i]`, zero rows past `m`).
 //!
-//! Loop order: M block, then K block and panel of W in the order of [`LoopOrder`] (panel first
+//! Loop order: M block, then K block and panel of W in the order of `LoopOrder` (panel first
 //! for products of depth up to 4,096, K block first for deeper ones), then micro-tile of A. A
 //! tile starts from the bias (first K block) or the partial sums already in `C` (later K
 //! blocks). Full tiles are computed in place in `C`; edge tiles go through a 64-byte aligned
