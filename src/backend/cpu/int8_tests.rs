@@ -56,6 +56,9 @@ fn int8_gemm_is_exactly_its_integer_model() {
         (33, 64, 1537),
         (17, 95, 6),
         (200, 40, 65),
+        // Two M blocks of three K blocks each, and five K blocks of one M block.
+        (110, 40, 1600),
+        (13, 40, 4200),
     ];
     for &(m, n, k) in &shapes {
         let (lda, ldc) = (k + 3, n + 5);
