@@ -393,8 +393,8 @@ pub(super) fn drive<'w, T: 'w>(
                 m0
             };
             let packed_rows = m0 + rows_in_block - first_packed;
-            // Packs the K blocks `kbs` of the rows that need it, one after the other: block kb
-            // starts at `packed_rows.div_ceil(MR) * MR * k0` (the blocks before it are `KC` wide).
+            // Packs the K blocks `kbs` of the rows that need it, one after the other (see
+            // `block_start` for where each starts).
             let pack_blocks = |kbs: std::ops::Range<usize>, pack: &mut Vec<f32>| {
                 pack.clear();
                 if packed_rows > 0 {
@@ -404,9 +404,9 @@ pub(super) fn drive<'w, T: 'w>(
                     }
                 }
             };
-            // One W block (a panel's K block) over every tile of the M block; `pack_start` is
-            // where that K block's packed rows begin in `pack`.
-            let mut run_block = |panel: usize, kb: usize, pack: &[f32], pack_start: usize| {
+            // One W block (a panel's K block) over every tile of the M block; `packed` holds
+            // that K block's packed rows.
+            let mut run_block = |panel: usize, kb: usize, packed: &[f32]| {
                 let (k0, kc) = k_block(kb);
                 let column = panel * NR;
                 let width = NR.min(n - column);
@@ -428,7 +428,7 @@ pub(super) fn drive<'w, T: 'w>(
                     let row = m0 + t * MR;
                     let rows = MR.min(m - row);
                     let tile_a = || match row.checked_sub(first_packed) {
-                        Some(offset) => TileA::Packed(&pack[pack_start + offset / MR * kc * MR..][..kc * MR]),
+                        Some(offset) => TileA::Packed(&packed[offset / MR * kc * MR..][..kc * MR]),
                         None => TileA::Rows(&a[row * lda + k0..]),
                     };
                     let c_tile = &mut c[row * ldc + column - first_column..];
@@ -470,13 +470,15 @@ pub(super) fn drive<'w, T: 'w>(
                     }
                 }
             };
-            let packed_tiles = packed_rows.div_ceil(MR);
+            // Where K block kb's packed rows start when every K block is packed: the blocks
+            // before it are `KC` wide.
+            let block_start = |kb: usize| packed_rows.div_ceil(MR) * MR * kb * KC;
             match order {
                 LoopOrder::KBlockOuter => {
                     for kb in 0..k_blocks {
                         pack_blocks(kb..kb + 1, pack);
                         for panel in panels.clone() {
-                            run_block(panel, kb, pack, 0);
+                            run_block(panel, kb, pack);
                         }
                     }
                 }
@@ -484,7 +486,7 @@ pub(super) fn drive<'w, T: 'w>(
                     pack_blocks(0..k_blocks, pack);
                     for panel in panels.clone() {
                         for kb in 0..k_blocks {
-                            run_block(panel, kb, pack, packed_tiles * MR * kb * KC);
+                            run_block(panel, kb, &pack[block_start(kb)..]);
                         }
                     }
                 }
