@@ -17,7 +17,6 @@ rounds=$1 old=$2 new=$3
 shift 4
 source "$(dirname "$0")/alternate-lib.sh"
 tokens_per_s() {
-  "${priority[@]}" "$1" "${@:2}" 2>/dev/null | tail -1 |
-    python3 -c 'import json, sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))'
+  "${priority[@]}" "$1" "${@:2}" 2>/dev/null | last_tokens_per_s
 }
 alternate "$rounds" "$old" "$new" tokens_per_s tokens/s higher "$@"

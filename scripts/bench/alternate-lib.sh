@@ -1,5 +1,5 @@
 # Sourced by the alternate-*.sh and pair-encode.sh scripts: the priority they run benchmarks at,
-# the loop that has two builds take turns, and the median of their rounds.
+# the loop that has two builds take turns, and the arithmetic of their rounds.
 
 # nice -10 where allowed (root), else nothing.
 priority=(nice -n -10)
@@ -25,14 +25,24 @@ alternate() {
       b=$("$measure" "$new" "$@")
     fi
     if [ "$faster" = higher ]; then
-      ratio=$(python3 -c "print(f'{$b / $a:.3f}')")
+      ratio=$(quotient "$b" "$a")
     else
-      ratio=$(python3 -c "print(f'{$a / $b:.3f}')")
+      ratio=$(quotient "$a" "$b")
     fi
     echo "round $round: old $a $unit, new $b $unit, speed new/old $ratio"
     ratios+=("$ratio")
   done
   median_speed "${ratios[@]}"
+}
+
+# quotient X Y: X / Y to three decimals.
+quotient() {
+  python3 -c "print(f'{$1 / $2:.3f}')"
+}
+
+# last_tokens_per_s: the tokens_per_s of the encode bench's report, the last line of stdin.
+last_tokens_per_s() {
+  tail -1 | python3 -c 'import json, sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))'
 }
 
 # median_speed RATIO...: the median of the rounds' speeds new/old, and their spread.

@@ -21,17 +21,14 @@ shift 4
 source "$(dirname "$0")/alternate-lib.sh"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-tokens_per_s() {
-  tail -1 "$1" | python3 -c 'import json, sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))'
-}
 ratios=()
 for round in $(seq "$rounds"); do
   if ((round % 2)); then old_core=0 new_core=1; else old_core=1 new_core=0; fi
   "${priority[@]}" taskset -c "$old_core" "$old" "$@" --threads 1 >"$out/old" 2>/dev/null &
   "${priority[@]}" taskset -c "$new_core" "$new" "$@" --threads 1 >"$out/new" 2>/dev/null &
   wait
-  a=$(tokens_per_s "$out/old") b=$(tokens_per_s "$out/new")
-  ratio=$(python3 -c "print(f'{$b / $a:.3f}')")
+  a=$(last_tokens_per_s <"$out/old") b=$(last_tokens_per_s <"$out/new")
+  ratio=$(quotient "$b" "$a")
   echo "round $round: old $a tokens/s (core $old_core), new $b tokens/s (core $new_core), speed new/old $ratio"
   ratios+=("$ratio")
 done
