@@ -75,8 +75,10 @@ for round in $(seq "$rounds"); do
   run ort-int8 ort_bench --quantize int8
 done
 
-cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-flags=$(grep -o -w -E 'amx_bf16|amx_int8|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')
+# The marketing name alone ("AMD EPYC" in a VM) does not tell a Zen 4 from a Zen 5: add the
+# family and model numbers.
+cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1), family $(lscpu | sed -n 's/^CPU family: *//p' | head -1) model $(lscpu | sed -n 's/^Model: *//p' | head -1)"
+flags=$(grep -o -w -E 'amx_bf16|amx_int8|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ' | sed 's/ $//')
 echo
 echo "$(basename "$model"), $lines lines truncated at $max_length, $threads threads, $cpu ($flags), $(date -u +%F), encode only, median of $rounds interleaved rounds"
 python3 scripts/bench/compare_table.py <"$results"
