@@ -17,16 +17,29 @@
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::attention_amx;
 use super::math;
 use super::matmul::{gemm, PackedMatrix};
+#[cfg(target_arch = "x86_64")]
+use super::{attention_amx, attention_avx512};
 
 /// Whether the AMX kernel takes this head dimension.
 fn head_dim_fits_amx(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         attention_amx::supports(head_dim)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = head_dim;
+        false
+    }
+}
+
+/// Whether the AVX-512 kernel runs on this CPU at this head dimension.
+fn head_dim_fits_avx512(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        attention_avx512::supports(head_dim)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -43,12 +56,17 @@ pub enum HeadKernel {
     /// Q, K, V and the probabilities in bf16 on AMX tiles, f32 accumulation and softmax
     /// (`attention_amx`); for the bf16 path, head dimensions that are multiples of 32.
     Amx,
+    /// f32 on AVX-512 register tiles with Q and V read in place (`attention_avx512`): the
+    /// [`HeadKernel::F32`] path's bits without its copies; head dimensions that are multiples of
+    /// 32.
+    Avx512,
 }
 
 impl HeadKernel {
     /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 and
-    /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, f32
-    /// otherwise.
+    /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, else
+    /// the AVX-512 kernel where the f32 kernels are AVX-512 and the head dimension fits, else the
+    /// GEMM path.
     pub fn choose(dtype: crate::backend::Dtype, head_dim: usize) -> HeadKernel {
         let amx = dtype != crate::backend::Dtype::F32
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
@@ -56,6 +74,8 @@ impl HeadKernel {
             && head_dim_fits_amx(head_dim);
         if amx {
             HeadKernel::Amx
+        } else if head_dim_fits_avx512(head_dim) {
+            HeadKernel::Avx512
         } else {
             HeadKernel::F32
         }
@@ -76,6 +96,8 @@ struct Scratch {
     scores: Vec<f32>,
     #[cfg(target_arch = "x86_64")]
     amx: attention_amx::Scratch,
+    #[cfg(target_arch = "x86_64")]
+    avx512: attention_avx512::Scratch,
 }
 
 /// Writes the context for every token into `out` (`[tokens, heads * head_dim]`).
@@ -174,6 +196,11 @@ fn attend_head(
     #[cfg(target_arch = "x86_64")]
     if kernel == HeadKernel::Amx {
         attention_amx::attend_head(rows, len, heads, head_dim, h, &mut scratch.amx, out, ldo);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == HeadKernel::Avx512 {
+        attention_avx512::attend_head(rows, len, heads, head_dim, h, &mut scratch.avx512, out, ldo);
         return;
     }
     let hidden = heads * head_dim;

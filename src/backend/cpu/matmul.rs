@@ -171,7 +171,8 @@ impl PackedMatrix {
         self.n.div_ceil(NR)
     }
 
-    fn panel(&self, index: usize) -> &[f32] {
+    /// Panel `index`: `k` rows of `NR` floats, zero past `n`.
+    pub(super) fn panel(&self, index: usize) -> &[f32] {
         &self.data[self.offset + index * self.k * NR..][..self.k * NR]
     }
 }

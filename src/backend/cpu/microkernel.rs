@@ -292,7 +292,7 @@ pub(super) mod x86 {
     ) {
         // SAFETY: A[i][p] at `a + p * MR + i` lies in the `k * MR` floats vouched for; the rest is
         // the caller's contract, passed on.
-        unsafe { tile_12x32(k, |p, i| a.add(p * MR + i), b, c, ldc, init, &[]) }
+        unsafe { tile_12x32(k, |p, i| a.add(p * MR + i), b, NR, c, ldc, init, &[]) }
     }
 
     /// 12 x 32 with 24 zmm accumulators, reading A's twelve rows where they lie (`a + i * lda`),
@@ -316,24 +316,51 @@ pub(super) mod x86 {
     ) {
         // SAFETY: A[i][p] at `a + i * lda + p` lies in row i's `k` floats vouched for; the rest
         // is the caller's contract, passed on.
-        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, c, ldc, init, prefetch) }
+        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, NR, c, ldc, init, prefetch) }
+    }
+
+    /// [`avx512_rows`] with W's step p at `b + p * ldb` instead of a packed panel's `p * NR`:
+    /// attention's context product reads V's rows where they lie in the qkv rows. A function of
+    /// its own, not `tile_12x32` inlined into the caller: there LLVM hoisted the broadcasts of
+    /// four steps into registers and spilled them.
+    ///
+    /// # Safety
+    /// AVX-512F present; `a` readable for `k` floats at each `i * lda`, i < MR, `b` for `NR`
+    /// floats at each `p * ldb`, p < k, `c` read/write for `NR` floats at each `i * ldc`, i < MR.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)] // a BLAS-style signature
+    pub unsafe fn avx512_rows_strided(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        init: Option<&[f32; NR]>,
+    ) {
+        // SAFETY: as `avx512_rows`, with W's rows at stride `ldb` (the caller's contract).
+        unsafe { tile_12x32(k, |p, i| a.add(i * lda + p), b, ldb, c, ldc, init, &[]) }
     }
 
     /// Steps of k per iteration of [`tile_12x32`]'s loop.
     const UNROLL: usize = 4;
 
-    /// The 12 x 32 tile with A[i][p] at `a_at(p, i)`: per `p`, two loads of W, twelve broadcasts
-    /// of A (folded into the FMAs as `{1to16}` memory operands) and 24 FMAs.
+    /// The 12 x 32 tile with A[i][p] at `a_at(p, i)` and W's step p at `b + p * ldb` (`NR` for a
+    /// packed panel, V's row stride for [`avx512_rows_strided`]): per `p`, two loads of W, twelve
+    /// broadcasts of A (folded into the FMAs as `{1to16}` memory operands) and 24 FMAs.
     ///
     /// # Safety
-    /// AVX-512F present; `a_at(p, i)` readable for p < k, i < MR; `b`, `c`, `init` as for
-    /// [`avx512`].
+    /// AVX-512F present; `a_at(p, i)` readable for p < k, i < MR; `b` readable for `NR` floats at
+    /// each `p * ldb`, p < k; `c`, `init` as for [`avx512`].
     #[target_feature(enable = "avx512f")]
     #[inline]
+    #[allow(clippy::too_many_arguments)] // a BLAS-style signature, plus the prefetch hint
     unsafe fn tile_12x32(
         k: usize,
         a_at: impl Fn(usize, usize) -> *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         init: Option<&[f32; NR]>,
@@ -344,12 +371,12 @@ pub(super) mod x86 {
         // One step of k: two loads of W, twelve broadcasts of A, 24 FMAs.
         let step = |acc: &mut [[__m512; 2]; MR], p: usize| {
             prefetch_line(prefetch, p);
-            // SAFETY: p < k, and the caller made `b` readable for `k * NR` floats and A at
-            // `a_at(p, i)`: step p reads `b[p * NR..p * NR + 32]` and A's column p.
+            // SAFETY: p < k, and the caller made `b` readable for `NR` floats at `p * ldb` and
+            // A at `a_at(p, i)`: step p reads `b[p * ldb..p * ldb + 32]` and A's column p.
             unsafe {
                 let b_p = [
-                    _mm512_loadu_ps(b.add(p * NR)),
-                    _mm512_loadu_ps(b.add(p * NR + 16)),
+                    _mm512_loadu_ps(b.add(p * ldb)),
+                    _mm512_loadu_ps(b.add(p * ldb + 16)),
                 ];
                 fma_column(acc, |i| a_at(p, i), b_p);
             }

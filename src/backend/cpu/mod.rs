@@ -26,6 +26,8 @@ pub mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_amx;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 pub mod bf16;
 mod buffers;
 mod feed_forward;

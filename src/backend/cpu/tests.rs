@@ -306,6 +306,39 @@ fn attention_matches_reference() {
 }
 
 #[test]
+fn avx512_attention_gives_the_gemm_paths_bits() {
+    // The AVX-512 kernel runs the GEMM path's FMAs in the same order: every output bit equal, on
+    // lengths around the 12-query blocks and 32-key panels, one long sequence, head dimensions
+    // 32 and 64 (and 96: three column tiles), one thread and three.
+    if !attention::HeadKernel::choose(Dtype::F32, 32).eq(&attention::HeadKernel::Avx512) {
+        return; // no AVX-512 here: the GEMM path is the only one
+    }
+    let mut rng = SplitMix64::new(23);
+    for (heads, head_dim) in [(3, 64), (4, 32), (2, 96)] {
+        let batch = rng.batch(&[1, 11, 12, 13, 31, 32, 33, 56, 385, 70], 10, 1);
+        let qkv = rng.matrix(batch.num_tokens(), 3 * heads * head_dim, 2.0);
+        let run = |kernel| {
+            let mut out = vec![f32::NAN; batch.num_tokens() * heads * head_dim];
+            attention::attention(&qkv.data, &batch.cu_seqlens, heads, head_dim, kernel, &mut out);
+            out
+        };
+        for threads in [1, 3] {
+            let (gemm, avx512) = with_threads(threads, || {
+                (
+                    run(attention::HeadKernel::F32),
+                    run(attention::HeadKernel::Avx512),
+                )
+            });
+            let first_difference = gemm
+                .iter()
+                .zip(&avx512)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(first_difference, None, "{heads}x{head_dim}, {threads} threads");
+        }
+    }
+}
+
+#[test]
 fn bf16_attention_matches_reference_and_batching() {
     // The bf16 backend's attention: on AMX (head dimensions 32 and 64), Q, K, V and the
     // probabilities in bf16; elsewhere, and at head dimension 33, the f32 kernel.
