@@ -20,13 +20,26 @@ use rayon::prelude::*;
 use super::math;
 use super::matmul::{gemm, PackedMatrix};
 #[cfg(target_arch = "x86_64")]
-use super::{attention_amx, attention_avx512};
+use super::{attention_amx, attention_avx512, attention_bf16};
 
 /// Whether the AMX kernel takes this head dimension.
 fn head_dim_fits_amx(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         attention_amx::supports(head_dim)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = head_dim;
+        false
+    }
+}
+
+/// Whether the `vdpbf16ps` kernel runs on this CPU at this head dimension.
+fn head_dim_fits_bf16(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        attention_bf16::supports(head_dim)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -56,6 +69,10 @@ pub enum HeadKernel {
     /// Q, K, V and the probabilities in bf16 on AMX tiles, f32 accumulation and softmax
     /// (`attention_amx`); for the bf16 path, head dimensions that are multiples of 32.
     Amx,
+    /// Q, K, V and the probabilities in bf16 on `vdpbf16ps` register tiles, f32 accumulation
+    /// and softmax (`attention_bf16`): the bf16 and int8 paths where that instruction outruns
+    /// the f32 FMA (AMD), head dimensions that are multiples of 32.
+    Bf16,
     /// f32 on AVX-512 register tiles with Q and V read in place (`attention_avx512`): the
     /// [`HeadKernel::F32`] path's bits without its copies; head dimensions that are multiples of
     /// 32.
@@ -63,17 +80,19 @@ pub enum HeadKernel {
 }
 
 impl HeadKernel {
-    /// The kernel for a backend of `dtype` on this CPU at this head dimension: AMX for bf16 and
-    /// int8 (whose attention is bf16) where the level is AMX and the head dimension fits, else
-    /// the AVX-512 kernel where the f32 kernels are AVX-512 and the head dimension fits, else the
-    /// GEMM path.
+    /// The kernel for a backend of `dtype` on this CPU at this head dimension. bf16 and int8
+    /// (whose attention is bf16): AMX where the level is AMX, else `vdpbf16ps` where the bf16
+    /// GEMM uses it, if the head dimension fits. Then, and for f32, the AVX-512 kernel where the
+    /// f32 kernels are AVX-512 and the head dimension fits, else the GEMM path.
     pub fn choose(dtype: crate::backend::Dtype, head_dim: usize) -> HeadKernel {
-        let amx = dtype != crate::backend::Dtype::F32
+        let rounded = dtype != crate::backend::Dtype::F32 && cfg!(target_arch = "x86_64");
+        let amx = rounded
             && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
-            && cfg!(target_arch = "x86_64")
             && head_dim_fits_amx(head_dim);
         if amx {
             HeadKernel::Amx
+        } else if rounded && head_dim_fits_bf16(head_dim) {
+            HeadKernel::Bf16
         } else if head_dim_fits_avx512(head_dim) {
             HeadKernel::Avx512
         } else {
@@ -98,6 +117,8 @@ struct Scratch {
     amx: attention_amx::Scratch,
     #[cfg(target_arch = "x86_64")]
     avx512: attention_avx512::Scratch,
+    #[cfg(target_arch = "x86_64")]
+    bf16: attention_bf16::Scratch,
 }
 
 /// Writes the context for every token into `out` (`[tokens, heads * head_dim]`).
@@ -164,6 +185,9 @@ fn attend_sequence(
     } else {
         let mut scratch = Scratch::default();
         for h in 0..heads {
+            if h + 1 < heads {
+                prefetch_head(rows, len, hidden, head_dim, h + 1);
+            }
             attend_head(
                 rows,
                 len,
@@ -177,6 +201,28 @@ fn attend_sequence(
             );
         }
     }
+}
+
+/// Asks for head `h`'s Q, K and V columns of the sequence's rows to be brought into L2. The
+/// rows are a qkv row apart (4.5 KiB for MiniLM), too far for the hardware prefetchers, and
+/// every head reads lines of its own: issued a head ahead, the loads of the next head's
+/// columns overlap this head's products. perf of `layer_parts/Bf16_attention` had half of the
+/// bf16 kernel's own time in the instructions that first read Q and K.
+fn prefetch_head(rows: &[f32], len: usize, hidden: usize, head_dim: usize, h: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for row in rows.chunks_exact(3 * hidden).take(len) {
+        for part in 0..3 {
+            let columns = &row[part * hidden + h * head_dim..][..head_dim];
+            // Every line the columns touch: one address per 16 floats, and the last one.
+            for at in (0..head_dim).step_by(16).chain(std::iter::once(head_dim - 1)) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                // SAFETY: a prefetch is a hint that never faults; the address lies in `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(columns[at..].as_ptr().cast()) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, len, hidden, head_dim, h);
 }
 
 /// The context of head `h` for the `len` tokens whose qkv rows are `rows`, written to
@@ -196,6 +242,11 @@ fn attend_head(
     #[cfg(target_arch = "x86_64")]
     if kernel == HeadKernel::Amx {
         attention_amx::attend_head(rows, len, heads, head_dim, h, &mut scratch.amx, out, ldo);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == HeadKernel::Bf16 {
+        attention_bf16::attend_head(rows, len, heads, head_dim, h, &mut scratch.bf16, out, ldo);
         return;
     }
     #[cfg(target_arch = "x86_64")]

@@ -805,7 +805,7 @@ pub(super) fn split_rows<'a>(
 /// for 16 rows of 16 floats at stride `ldd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_16x16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+pub(super) unsafe fn transpose_16x16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
     // Plain loops over arrays, no closures: a closure is compiled without this function's
     // target features, so `array::from_fn` here left calls in the loop (and changed LLVM's

@@ -28,6 +28,8 @@ pub mod attention;
 mod attention_amx;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_bf16;
 pub mod bf16;
 mod buffers;
 mod feed_forward;

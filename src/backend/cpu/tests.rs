@@ -340,8 +340,8 @@ fn avx512_attention_gives_the_gemm_paths_bits() {
 
 #[test]
 fn bf16_attention_matches_reference_and_batching() {
-    // The bf16 backend's attention: on AMX (head dimensions 32 and 64), Q, K, V and the
-    // probabilities in bf16; elsewhere, and at head dimension 33, the f32 kernel.
+    // The bf16 backend's attention: on AMX, or with `vdpbf16ps` on AMD (head dimensions 32 and
+    // 64), Q, K, V and the probabilities in bf16; elsewhere, and at head dimension 33, f32.
     let Ok(backend) = CpuBackend::with_dtype(Dtype::Bf16) else {
         return; // refusal is checked by the bf16 GEMM test
     };
@@ -349,12 +349,18 @@ fn bf16_attention_matches_reference_and_batching() {
     let mut rng = SplitMix64::new(17);
     for (heads, head_dim) in [(6, 64), (12, 32), (5, 33)] {
         let kernel = attention::HeadKernel::choose(Dtype::Bf16, head_dim);
-        assert_eq!(
-            kernel == attention::HeadKernel::Amx,
-            amx && head_dim.is_multiple_of(32)
-        );
-        // Lengths around the 16-query and 16/32-key blocks, and one long sequence.
-        let batch = rng.batch(&[1, 15, 16, 17, 33, 512, 70], 10, 1);
+        let fits = head_dim.is_multiple_of(32);
+        let dot = bf16::Kernel::detected() == Some(bf16::Kernel::Dot);
+        let avx512 = matmul::Isa::detected().f32_kernels() == matmul::Isa::Avx512;
+        let expected = match () {
+            _ if amx && fits => attention::HeadKernel::Amx,
+            _ if dot && fits => attention::HeadKernel::Bf16,
+            _ if avx512 && fits => attention::HeadKernel::Avx512,
+            _ => attention::HeadKernel::F32,
+        };
+        assert_eq!(kernel, expected, "head dimension {head_dim}");
+        // Lengths around the 12- and 16-query and 16/32-key blocks, and one long sequence.
+        let batch = rng.batch(&[1, 11, 12, 13, 15, 16, 17, 33, 512, 70], 10, 1);
         let qkv = rng.matrix(batch.num_tokens(), 3 * heads * head_dim, 2.0);
         let want = reference::attention(&qkv, &batch.cu_seqlens, heads, head_dim);
         for threads in [1, 3] {
