@@ -101,6 +101,45 @@ impl HeadKernel {
     }
 }
 
+/// One head of one sequence as the register-tile kernels (`attention_avx512`, `attention_bf16`)
+/// read it: the sequence's `len` qkv rows, `ld` = 3 x hidden floats apart (q, then k, then v,
+/// each split into heads), and the first column of the head's Q, K and V. Built, and its extents
+/// checked, once in `attend_head`.
+#[derive(Clone, Copy)]
+pub(super) struct HeadColumns<'a> {
+    pub(super) rows: &'a [f32],
+    pub(super) len: usize,
+    pub(super) ld: usize,
+    pub(super) head_dim: usize,
+    pub(super) q: usize,
+    pub(super) k: usize,
+    pub(super) v: usize,
+}
+
+impl<'a> HeadColumns<'a> {
+    /// Head `h` of `heads` in the `len` rows `rows`.
+    ///
+    /// # Panics
+    /// If `h` is not below `heads` or `rows` is shorter than `len` rows.
+    fn new(rows: &'a [f32], len: usize, heads: usize, head_dim: usize, h: usize) -> Self {
+        let hidden = heads * head_dim;
+        let ld = 3 * hidden;
+        assert!(
+            h < heads && rows.len() >= len * ld,
+            "attention: qkv rows too short for head {h}"
+        );
+        Self {
+            rows,
+            len,
+            ld,
+            head_dim,
+            q: h * head_dim,
+            k: hidden + h * head_dim,
+            v: 2 * hidden + h * head_dim,
+        }
+    }
+}
+
 /// Query rows per score block: 64 x 512 scores are 128 KiB, within L2.
 const QUERY_BLOCK: usize = 64;
 /// Sequences at least this long split their heads into parallel subtasks; below it the per-head
@@ -245,13 +284,16 @@ fn attend_head(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if kernel == HeadKernel::Bf16 {
-        attention_bf16::attend_head(rows, len, heads, head_dim, h, &mut scratch.bf16, out, ldo);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == HeadKernel::Avx512 {
-        attention_avx512::attend_head(rows, len, heads, head_dim, h, &mut scratch.avx512, out, ldo);
+    if matches!(kernel, HeadKernel::Bf16 | HeadKernel::Avx512) {
+        let head = HeadColumns::new(rows, len, heads, head_dim, h);
+        assert!(
+            len == 0 || out.len() >= (len - 1) * ldo + head_dim,
+            "attention: output too short"
+        );
+        match kernel {
+            HeadKernel::Bf16 => attention_bf16::attend_head(head, &mut scratch.bf16, out, ldo),
+            _ => attention_avx512::attend_head(head, &mut scratch.avx512, out, ldo),
+        }
         return;
     }
     let hidden = heads * head_dim;

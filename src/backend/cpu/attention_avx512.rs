@@ -26,7 +26,8 @@
 //! the end of the sequence repeat its last query: computed, never stored. A query's context
 //! depends on its own row, K and V only, so batching invariance holds.
 
-use super::attention::{softmax_numerators, SOFTMAX_LANES};
+use super::attention::{softmax_numerators, HeadColumns, SOFTMAX_LANES};
+use super::buffers::grow;
 use super::matmul::PackedMatrix;
 use super::microkernel::x86::{avx512_rows, avx512_rows_strided};
 use super::microkernel::{Isa, MR, NR};
@@ -48,22 +49,20 @@ pub(super) struct Scratch {
     context: Vec<f32>,
 }
 
-/// The context of head `h` for the `len` tokens whose qkv rows are `rows` (stride `3 * heads *
-/// head_dim`), written to `out[i * ldo..i * ldo + head_dim]` for token `i`.
+/// The context of `head` for its `len` tokens, written to `out[i * ldo..i * ldo + head_dim]`
+/// for token `i` (`out` holds them: `attention::attend_head` checks).
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 or `head_dim` is not [`supports`]ed, or a slice is too short.
-#[allow(clippy::too_many_arguments)] // strides and extents of one head's slice of the batch
-pub(super) fn attend_head(
-    rows: &[f32],
-    len: usize,
-    heads: usize,
-    head_dim: usize,
-    h: usize,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-    ldo: usize,
-) {
+/// If the CPU lacks AVX-512 or the head dimension is not [`supports`]ed.
+pub(super) fn attend_head(head: HeadColumns, scratch: &mut Scratch, out: &mut [f32], ldo: usize) {
+    let HeadColumns {
+        rows,
+        len,
+        ld,
+        head_dim,
+        k,
+        ..
+    } = head;
     assert!(
         supports(head_dim),
         "AVX-512 attention: head dimension {head_dim} on this CPU"
@@ -71,20 +70,7 @@ pub(super) fn attend_head(
     if len == 0 {
         return;
     }
-    let hidden = heads * head_dim;
-    let ld = 3 * hidden;
-    assert!(
-        h < heads && rows.len() >= (len - 1) * ld + ld,
-        "AVX-512 attention: qkv rows too short"
-    );
-    assert!(
-        out.len() >= (len - 1) * ldo + head_dim,
-        "AVX-512 attention: output too short"
-    );
-    let (q_offset, v_offset) = (h * head_dim, 2 * hidden + h * head_dim);
-    scratch
-        .keys
-        .repack_rows(&rows[hidden + h * head_dim..], len, head_dim, ld);
+    scratch.keys.repack_rows(&rows[k..], len, head_dim, ld);
     // Whole key panels per slab row (also whole softmax vectors); the padded keys are zero rows
     // of K, their scores masked by the softmax and never read by the context.
     let stride = len.next_multiple_of(NR);
@@ -96,41 +82,23 @@ pub(super) fn attend_head(
     let scale = 1.0 / (head_dim as f32).sqrt();
     for first in (0..len).step_by(MR) {
         let block = QueryBlock {
-            rows,
-            ld,
+            head,
             first,
             valid: MR.min(len - first),
-            q_offset,
-            v_offset,
-            len,
-            head_dim,
             scale,
         };
-        // SAFETY: AVX-512F is present (`supports`); `rows` holds the sequence's `len` rows and
-        // `out` its `len` rows of `head_dim` (asserted above), the slab `MR * stride` floats.
+        // SAFETY: AVX-512F is present (`supports`); `rows` holds the sequence's `len` rows
+        // (`HeadColumns::new`) and `out` its `len` rows of `head_dim`, the slab `MR * stride`
+        // floats.
         unsafe { block.run(scratch, stride, &mut out[first * ldo..], ldo) };
     }
 }
 
-/// Makes `v` at least `len` long, keeping what is there.
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-}
-
-/// A block of up to [`MR`] queries of one head: queries `first..first + valid` of the sequence
-/// whose qkv rows are `rows` (stride `ld`), the head's columns at `q_offset` (Q) and `v_offset`
-/// (V).
+/// A block of up to [`MR`] queries of one head: queries `first..first + valid`.
 struct QueryBlock<'a> {
-    rows: &'a [f32],
-    ld: usize,
+    head: HeadColumns<'a>,
     first: usize,
     valid: usize,
-    q_offset: usize,
-    v_offset: usize,
-    len: usize,
-    head_dim: usize,
     scale: f32,
 }
 
@@ -147,16 +115,20 @@ impl QueryBlock<'_> {
     unsafe fn run(&self, scratch: &mut Scratch, stride: usize, out: &mut [f32], ldo: usize) {
         static ZERO_ROW: [f32; NR] = [0.0; NR];
         let Self {
-            rows,
-            ld,
+            head,
             first,
             valid,
-            q_offset,
-            v_offset,
-            len,
-            head_dim,
             scale,
         } = *self;
+        let HeadColumns {
+            rows,
+            len,
+            ld,
+            head_dim,
+            q: q_offset,
+            v: v_offset,
+            ..
+        } = head;
         let Scratch {
             keys,
             scores,

@@ -25,7 +25,8 @@
 //! worst cosine 0.999967 against the reference; int8 0.997886 against f32, retrieval top-10
 //! overlap 97.2 %.
 
-use super::attention::{softmax_numerators, SOFTMAX_LANES};
+use super::attention::{softmax_numerators, HeadColumns, SOFTMAX_LANES};
+use super::buffers::grow;
 use super::matmul::transpose_16x16;
 use super::microkernel::{MR, NR};
 
@@ -53,73 +54,35 @@ pub(super) struct Scratch {
     context: Vec<f32>,
 }
 
-/// Makes `v` at least `len` long, keeping what is there.
-fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
-}
-
-/// The context of head `h` for the `len` tokens whose qkv rows are `rows` (stride `3 * heads *
-/// head_dim`), written to `out[i * ldo..i * ldo + head_dim]` for token `i`.
+/// The context of `head` for its `len` tokens, written to `out[i * ldo..i * ldo + head_dim]`
+/// for token `i` (`out` holds them: `attention::attend_head` checks).
 ///
 /// # Panics
-/// If this CPU does not run the kernel ([`supports`]), or a slice is too short.
-#[allow(clippy::too_many_arguments)] // strides and extents of one head's slice of the batch
-pub(super) fn attend_head(
-    rows: &[f32],
-    len: usize,
-    heads: usize,
-    head_dim: usize,
-    h: usize,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-    ldo: usize,
-) {
+/// If this CPU does not run the kernel ([`supports`]).
+pub(super) fn attend_head(head: HeadColumns, scratch: &mut Scratch, out: &mut [f32], ldo: usize) {
     assert!(
-        supports(head_dim),
-        "bf16 attention: head dimension {head_dim} on this CPU"
+        supports(head.head_dim),
+        "bf16 attention: head dimension {} on this CPU",
+        head.head_dim
     );
-    if len == 0 {
+    if head.len == 0 {
         return;
     }
-    let hidden = heads * head_dim;
-    let ld = 3 * hidden;
-    assert!(
-        h < heads && rows.len() >= len * ld,
-        "bf16 attention: qkv rows too short"
-    );
-    assert!(
-        out.len() >= (len - 1) * ldo + head_dim,
-        "bf16 attention: output too short"
-    );
+    // Whole key panels per slab row: whole softmax vectors, and whole pairs.
     let head = Head {
-        rows,
-        ld,
-        len,
-        head_dim,
-        q_offset: h * head_dim,
-        k_offset: hidden + h * head_dim,
-        v_offset: 2 * hidden + h * head_dim,
-        // Whole key panels per slab row: whole softmax vectors, and whole pairs.
-        stride: len.next_multiple_of(NR),
+        columns: head,
+        stride: head.len.next_multiple_of(NR),
     };
     debug_assert!(head.stride.is_multiple_of(SOFTMAX_LANES));
     // SAFETY: AVX512-BF16 is present (`supports`: the dot kernel is chosen only where it is);
-    // `rows` holds `len` rows of `ld` floats, each with the head's columns, and `out` `len` rows
-    // of `head_dim` at stride `ldo` (asserted above).
+    // `rows` holds `len` rows of `ld` floats, each with the head's columns
+    // (`HeadColumns::new`), and `out` `len` rows of `head_dim` at stride `ldo`.
     unsafe { head.run(scratch, out, ldo) };
 }
 
-/// One head of one sequence.
+/// One head of one sequence, with its slab rows' stride (`len` rounded up to whole key panels).
 struct Head<'a> {
-    rows: &'a [f32],
-    ld: usize,
-    len: usize,
-    head_dim: usize,
-    q_offset: usize,
-    k_offset: usize,
-    v_offset: usize,
+    columns: HeadColumns<'a>,
     stride: usize,
 }
 
@@ -131,15 +94,15 @@ impl Head<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn run(&self, scratch: &mut Scratch, out: &mut [f32], ldo: usize) {
-        let Self {
+        let Self { columns, stride } = *self;
+        let HeadColumns {
             rows,
             ld,
             len,
             head_dim,
-            q_offset,
-            stride,
+            q: q_offset,
             ..
-        } = *self;
+        } = columns;
         let pairs = head_dim / 2;
         let (key_panels, value_panels, key_pairs) = (stride / NR, head_dim / NR, len.div_ceil(2));
         grow(&mut scratch.key_rows, stride * pairs);
@@ -218,15 +181,15 @@ impl Head<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_keys(&self, key_rows: &mut [u32], keys: &mut [u32]) {
-        let Self {
+        let Self { columns, stride } = *self;
+        let HeadColumns {
             rows,
             ld,
             len,
             head_dim,
-            k_offset,
-            stride,
+            k: k_offset,
             ..
-        } = *self;
+        } = columns;
         let pairs = head_dim / 2;
         for (j, dst) in key_rows.chunks_exact_mut(pairs).take(stride).enumerate() {
             if j < len {
@@ -262,14 +225,14 @@ impl Head<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_values(&self, values: &mut [u32]) {
         use std::arch::x86_64::*;
-        let Self {
+        let HeadColumns {
             rows,
             ld,
             len,
             head_dim,
-            v_offset,
+            v: v_offset,
             ..
-        } = *self;
+        } = self.columns;
         let key_pairs = len.div_ceil(2);
         for q in 0..key_pairs {
             let even = &rows[2 * q * ld + v_offset..][..head_dim];

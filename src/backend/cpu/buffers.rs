@@ -73,3 +73,11 @@ pub fn recycle(buffer: Vec<f32>) {
         }
     }
 }
+
+/// Makes `v` at least `len` long (new entries `T::default()`), keeping what is there: for a
+/// kernel's scratch that every call writes before it reads, so nothing is cleared.
+pub(super) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}

@@ -38,6 +38,7 @@
 
 use std::cell::RefCell;
 
+use super::buffers::grow;
 use super::matmul::{check_operands, next_block, part_of, prefetch_line, LoopOrder, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
@@ -352,13 +353,6 @@ impl PackedA {
                 zeros[g * MR + r] = quantization.zero as f32;
             }
         }
-    }
-}
-
-/// Makes `v` at least `len` long (new entries zero), without clearing what is there.
-fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
     }
 }
 
