@@ -22,45 +22,6 @@ use super::matmul::{gemm, PackedMatrix};
 #[cfg(target_arch = "x86_64")]
 use super::{attention_amx, attention_avx512, attention_bf16};
 
-/// Whether the AMX kernel takes this head dimension.
-fn head_dim_fits_amx(head_dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        attention_amx::supports(head_dim)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = head_dim;
-        false
-    }
-}
-
-/// Whether the `vdpbf16ps` kernel runs on this CPU at this head dimension.
-fn head_dim_fits_bf16(head_dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        attention_bf16::supports(head_dim)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = head_dim;
-        false
-    }
-}
-
-/// Whether the AVX-512 kernel runs on this CPU at this head dimension.
-fn head_dim_fits_avx512(head_dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        attention_avx512::supports(head_dim)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = head_dim;
-        false
-    }
-}
-
 /// How the products of one head are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadKernel {
@@ -85,19 +46,22 @@ impl HeadKernel {
     /// GEMM uses it, if the head dimension fits. Then, and for f32, the AVX-512 kernel where the
     /// f32 kernels are AVX-512 and the head dimension fits, else the GEMM path.
     pub fn choose(dtype: crate::backend::Dtype, head_dim: usize) -> HeadKernel {
-        let rounded = dtype != crate::backend::Dtype::F32 && cfg!(target_arch = "x86_64");
-        let amx = rounded
-            && super::microkernel::Isa::detected() == super::microkernel::Isa::Amx
-            && head_dim_fits_amx(head_dim);
-        if amx {
-            HeadKernel::Amx
-        } else if rounded && head_dim_fits_bf16(head_dim) {
-            HeadKernel::Bf16
-        } else if head_dim_fits_avx512(head_dim) {
-            HeadKernel::Avx512
-        } else {
-            HeadKernel::F32
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rounded = dtype != crate::backend::Dtype::F32;
+            let amx = super::microkernel::Isa::detected() == super::microkernel::Isa::Amx;
+            if rounded && amx && attention_amx::supports(head_dim) {
+                return HeadKernel::Amx;
+            }
+            if rounded && attention_bf16::supports(head_dim) {
+                return HeadKernel::Bf16;
+            }
+            if attention_avx512::supports(head_dim) {
+                return HeadKernel::Avx512;
+            }
         }
+        let _ = (dtype, head_dim);
+        HeadKernel::F32
     }
 }
 

@@ -310,7 +310,7 @@ fn avx512_attention_gives_the_gemm_paths_bits() {
     // The AVX-512 kernel runs the GEMM path's FMAs in the same order: every output bit equal, on
     // lengths around the 12-query blocks and 32-key panels, one long sequence, head dimensions
     // 32 and 64 (and 96: three column tiles), one thread and three.
-    if !attention::HeadKernel::choose(Dtype::F32, 32).eq(&attention::HeadKernel::Avx512) {
+    if attention::HeadKernel::choose(Dtype::F32, 32) != attention::HeadKernel::Avx512 {
         return; // no AVX-512 here: the GEMM path is the only one
     }
     let mut rng = SplitMix64::new(23);
