@@ -26,8 +26,9 @@
 //! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
 //!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
-//! - A: per K block of [`KC_INT8`], row by row: row `i`'s codes at `pack[i * KC_INT8..]`, so
-//!   that quantizing a row writes its codes in place, with no transpose; the kernel broadcasts
+//! - A: per M block of rows, every K block of [`KC_INT8`] quantized at once, row by row: in
+//!   block `b`, row `i`'s codes at `pack[b][i * KC_INT8..]`, so that quantizing a row writes
+//!   its codes in place, with no transpose; the kernel broadcasts
 //!   the u32 holding `q_a[i][4q..4q + 4]` from each of a 12-row tile's rows, all at offsets
 //!   known when it is compiled. Beside the codes, per 12-row tile and group, the rows' scales
 //!   and zero points.
@@ -242,8 +243,12 @@ impl Quantization {
 /// [`Quantization::of`] and [`Quantization::code`], with the same results.
 ///
 /// One call per row, in two passes: first every group's range and quantization (independent
-/// reductions and divisions, free to overlap), then the codes, from L1 by then. Most of its
-/// time is the first pass waiting for A: see the prefetch in `PackedA::pack`.
+/// reductions and divisions, free to overlap), then the codes, from L1 by then, 64 at a time:
+/// four vectors of codes saturated to bytes by two packing steps and one permutation, one
+/// 64-byte store. Only the row's last partial vector is masked. At n = 384 (MiniLM's attention
+/// output and FFN down projections) the quantization is a large part of the GEMM: 17 % of a
+/// one-thread 1365 x 384 x 384 product when every vector computed its mask and narrowed its 16
+/// codes on its own.
 ///
 /// # Safety
 /// AVX-512F and AVX-512BW present.
@@ -252,50 +257,85 @@ impl Quantization {
 unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations: &mut [Quantization]) {
     use std::arch::x86_64::*;
     assert!(out.len() == values.len() && quantizations.len() == values.len().div_ceil(GROUP));
-    // Vector `v` covers values 16 v.. 16 v + 16; its mask leaves out the lanes past the end.
-    let mask = |v: usize| (((1u32 << (values.len() - 16 * v).min(16)) - 1) & 0xffff) as u16;
-    let vectors = |g: usize| (g * GROUP / 16)..((g + 1) * GROUP).min(values.len()).div_ceil(16);
-    let load = |v: usize| {
-        // SAFETY: callers pass v < values.len().div_ceil(16) (`vectors`), and the mask covers
-        // only the lanes below `values.len() - 16 * v`: no lane past the end is read.
-        unsafe { _mm512_maskz_loadu_ps(mask(v), values.as_ptr().add(16 * v)) }
+    let (len, src, dst) = (values.len(), values.as_ptr(), out.as_mut_ptr());
+    // The lanes of the vector at `start` that lie inside the row (all 16 but in the last one).
+    let mask = |start: usize| (u32::MAX >> (32 - (len - start).min(16))) as u16;
+    // The 16 values at `start < len`; lanes at or past `len` (in the last vector only, the one
+    // branch that computes a mask) load 0, which the range holds anyway.
+    let load = |start: usize| {
+        // SAFETY: `start < len`: a full vector when 16 values remain, else masked to those left.
+        unsafe {
+            if start + 16 <= len {
+                _mm512_loadu_ps(src.add(start))
+            } else {
+                _mm512_maskz_loadu_ps(mask(start), src.add(start))
+            }
+        }
     };
     for (g, quantization) in quantizations.iter_mut().enumerate() {
-        // Masked-off lanes load 0, which the range holds anyway.
         let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for v in vectors(g) {
-            let x = load(v);
+        let end = ((g + 1) * GROUP).min(len);
+        for start in (g * GROUP..end).step_by(16) {
+            let x = load(start);
             low = _mm512_min_ps(low, x);
             high = _mm512_max_ps(high, x);
         }
         *quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
     }
+    // The codes of the 16 values at `start`, as i32 lanes: the conversion rounds to nearest,
+    // ties to even (the default MXCSR mode), as `round_even`; adding the zero point is exact.
+    let codes = |start: usize, inverse: __m512, zero: __m512i| {
+        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(load(start), inverse)), zero)
+    };
+    // Where the 32-bit word `t` of the packed bytes belongs: packing works within 128-bit lanes,
+    // leaving word `4 l + s` with values `4 l..4 l + 4` of source vector `s`.
+    let order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    let byte_max = _mm512_set1_epi16(255);
     for (g, quantization) in quantizations.iter().enumerate() {
         let inverse = _mm512_set1_ps(1.0 / quantization.scale);
         let zero = _mm512_set1_epi32(quantization.zero);
-        for v in vectors(g) {
-            // The conversion rounds to nearest, ties to even (the default MXCSR mode), as
-            // `round_even`; the sum and clamp are exact in integers; the narrowing saturates at
-            // 255.
-            let rounded = _mm512_cvtps_epi32(_mm512_mul_ps(load(v), inverse));
-            let shifted = _mm512_max_epi32(_mm512_add_epi32(rounded, zero), _mm512_setzero_si512());
-            let bytes = _mm512_cvtusepi32_epi8(shifted);
-            // SAFETY: `out` is as long as `values` (asserted on entry) and the mask is the
-            // load's: no byte past its end is written.
-            unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr().add(16 * v).cast(), mask(v), bytes) };
+        let (mut start, end) = (g * GROUP, ((g + 1) * GROUP).min(len));
+        while start + 64 <= end {
+            let [a, b, c, d] = [0, 16, 32, 48].map(|offset| codes(start + offset, inverse, zero));
+            // Signed 32 -> unsigned 16 bits saturates below at 0; the minimum clamps at 255 (and
+            // leaves the next step's signed 16-bit reading nothing negative); 16 -> 8 bits.
+            let ab = _mm512_min_epu16(_mm512_packus_epi32(a, b), byte_max);
+            let cd = _mm512_min_epu16(_mm512_packus_epi32(c, d), byte_max);
+            let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(ab, cd));
+            // SAFETY: `start + 64 <= len`: the 64 bytes lie inside `out`.
+            unsafe { _mm512_storeu_si512(dst.add(start).cast(), bytes) };
+            start += 64;
+        }
+        for start in (start..end).step_by(16) {
+            let clamped = _mm512_max_epi32(codes(start, inverse, zero), _mm512_setzero_si512());
+            // SAFETY: the mask is the load's: no byte at or past `len` is written.
+            unsafe {
+                _mm_mask_storeu_epi8(
+                    dst.add(start).cast(),
+                    mask(start),
+                    _mm512_cvtusepi32_epi8(clamped),
+                )
+            };
         }
     }
 }
 
-/// One K block of A, quantized and packed for the kernel (see the module header).
+/// Rows of an M block of A, quantized and packed for the kernel, every K block of them (see the
+/// module header).
 #[derive(Default)]
 struct PackedA {
-    /// `[row][k]`, rows `KC_INT8` bytes apart.
+    /// `[K block][row][k]`, rows `KC_INT8` bytes apart.
     codes: Vec<u8>,
-    /// `[tile][group][row of tile]`: `s_a`, then `z` as f32.
+    /// `[K block][tile][group][row of tile]`, K blocks `BLOCK_GROUPS` groups of tiles apart:
+    /// `s_a`, then `z` as f32.
     scales: Vec<f32>,
     zeros: Vec<f32>,
+    /// 12-row tiles packed.
+    tiles: usize,
 }
+
+/// Groups per K block.
+const BLOCK_GROUPS: usize = KC_INT8 / GROUP;
 
 thread_local! {
     /// Each thread's packed A block, reused across calls.
@@ -303,55 +343,75 @@ thread_local! {
 }
 
 impl PackedA {
-    /// Quantizes rows `0..m` (m <= MC), columns `k0..k0 + kc` of A per group, each row's codes
+    /// Quantizes rows `0..m` (m <= MC) of A, all `k` columns, per group, each row's codes
     /// written where the kernel reads them; rows up to the next multiple of `MR` are zero.
-    fn pack(&mut self, a: &[f32], lda: usize, m: usize, k0: usize, kc: usize) {
-        let (groups, tiles) = (kc.div_ceil(GROUP), m.div_ceil(MR));
+    ///
+    /// Row by row, every K block of a row before the next: a row of A is one stretch of memory
+    /// (often in L3), asked for whole while the row before it is quantized. Packed one K block
+    /// at a time, as before, each row was read in short segments and each segment asked for
+    /// alone: at n = 384, k = 1,536 (MiniLM's FFN down projection, one thread), quantizing
+    /// held 14 % of the GEMM's time and the wait on A most of the rest outside the kernel;
+    /// this order took the GEMM from 658 to 710 GOP/s (BENCHMARKS.md).
+    fn pack(&mut self, a: &[f32], lda: usize, m: usize, k: usize) {
+        let (tiles, blocks) = (m.div_ceil(MR), k.div_ceil(KC_INT8).max(1));
+        self.tiles = tiles;
         // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
         // Codes past `kc` in a row's last quad are left from earlier blocks (or zero from
         // `grow`): they meet zero weights.
-        grow(&mut self.codes, tiles * MR * KC_INT8);
-        grow(&mut self.scales, tiles * groups * MR);
-        grow(&mut self.zeros, tiles * groups * MR);
+        grow(&mut self.codes, blocks * tiles * MR * KC_INT8);
+        grow(&mut self.scales, blocks * tiles * BLOCK_GROUPS * MR);
+        grow(&mut self.zeros, blocks * tiles * BLOCK_GROUPS * MR);
         for i in 0..tiles * MR {
             let (t, r) = (i / MR, i % MR);
-            let row_codes = &mut self.codes[i * KC_INT8..][..kc];
-            let scales = &mut self.scales[t * groups * MR..][..groups * MR];
-            let zeros = &mut self.zeros[t * groups * MR..][..groups * MR];
-            if i >= m {
-                row_codes.fill(0);
-                scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                continue;
-            }
-            let values = &a[i * lda + k0..][..kc];
-            // The rows' K-block segments are not contiguous (and A is often in L3: the FFN's
-            // intermediate is megabytes), so the hardware prefetcher does not run ahead of
-            // them: ask for the next row's while this one is quantized.
+            // The next row, all of it, into L2.
             #[cfg(target_arch = "x86_64")]
             if i + 1 < m {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                let next = &a[(i + 1) * lda + k0..][..kc];
-                for line in next.chunks(16) {
+                for line in a[(i + 1) * lda..][..k].chunks(16) {
                     // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
                     unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
                 }
             }
-            let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; KC_INT8 / GROUP];
-            let quantizations = &mut quantizations[..groups];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
-            unsafe {
-                quantize_row(values, row_codes, quantizations)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            for (group, quantization) in values.chunks(GROUP).zip(quantizations.iter_mut()) {
-                *quantization = Quantization::of(group);
+            for kb in 0..blocks {
+                let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
+                let groups = kc.div_ceil(GROUP);
+                let row_codes = &mut self.codes[(kb * tiles * MR + i) * KC_INT8..][..kc];
+                let tile_groups = (kb * tiles * BLOCK_GROUPS + t * groups) * MR;
+                let scales = &mut self.scales[tile_groups..][..groups * MR];
+                let zeros = &mut self.zeros[tile_groups..][..groups * MR];
+                if i >= m {
+                    row_codes.fill(0);
+                    scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                    zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                    continue;
+                }
+                let values = &a[i * lda + k0..][..kc];
+                let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; BLOCK_GROUPS];
+                let quantizations = &mut quantizations[..groups];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
+                unsafe {
+                    quantize_row(values, row_codes, quantizations)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                for (group, quantization) in values.chunks(GROUP).zip(quantizations.iter_mut()) {
+                    *quantization = Quantization::of(group);
+                }
+                for (g, quantization) in quantizations.iter().enumerate() {
+                    scales[g * MR + r] = quantization.scale;
+                    zeros[g * MR + r] = quantization.zero as f32;
+                }
             }
-            for (g, quantization) in quantizations.iter().enumerate() {
-                scales[g * MR + r] = quantization.scale;
-                zeros[g * MR + r] = quantization.zero as f32;
-            }
+        }
+    }
+
+    /// Tile `t` of K block `kb`, of `groups` groups.
+    fn tile(&self, kb: usize, t: usize, groups: usize) -> Activations<'_> {
+        let tile_groups = (kb * self.tiles * BLOCK_GROUPS + t * groups) * MR;
+        Activations {
+            codes: &self.codes[(kb * self.tiles + t) * MR * KC_INT8..][..MR * KC_INT8],
+            scales: &self.scales[tile_groups..][..groups * MR],
+            zeros: &self.zeros[tile_groups..][..groups * MR],
         }
     }
 }
@@ -382,11 +442,11 @@ pub fn gemm_panels(
     A_PACK.with_borrow_mut(|pack| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
+            pack.pack(&a[m0 * lda..], lda, rows_in_block, k);
             // At least one K block, so that k = 0 still writes the bias.
             for kb in 0..k.div_ceil(KC_INT8).max(1) {
                 let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
                 let (quads, groups) = (stored_quads(kc), kc.div_ceil(GROUP));
-                pack.pack(&a[m0 * lda..], lda, rows_in_block, k0, kc);
                 for panel_index in panels.clone() {
                     let column = panel_index * NR;
                     let width = NR.min(n - column);
@@ -406,11 +466,7 @@ pub fn gemm_panels(
                         .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
                     let tiles = rows_in_block.div_ceil(MR);
                     for t in 0..tiles {
-                        let a_tile = Activations {
-                            codes: &pack.codes[t * MR * KC_INT8..][..MR * KC_INT8],
-                            scales: &pack.scales[t * groups * MR..][..groups * MR],
-                            zeros: &pack.zeros[t * groups * MR..][..groups * MR],
-                        };
+                        let a_tile = pack.tile(kb, t, groups);
                         let row = m0 + t * MR;
                         let c_tile = &mut c[row * ldc + column - first_column..];
                         let rows = MR.min(m - row);
