@@ -306,6 +306,54 @@ fn attention_matches_reference() {
 }
 
 #[test]
+fn softmax_numerators_match_f64_at_every_level() {
+    // Every level's softmax against f64 `exp`: lengths around the 16-lane vectors (and rows
+    // with padding vectors past the last score), scores from flat to peaked, and a row whose
+    // range sends most exponents below f32's normal range (0 there, never a clamp's 1e-38
+    // counted as if it mattered).
+    let mut rng = SplitMix64::new(24);
+    for len in [1, 2, 15, 16, 17, 31, 33, 56, 385] {
+        for (magnitude, padding) in [(0.01, 0), (3.0, 16), (40.0, 0), (2000.0, 32)] {
+            let scores = rng.values(len, magnitude);
+            let scale = 0.125;
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) as f64;
+            let want: Vec<f64> = scores
+                .iter()
+                .map(|&s| ((s as f64 - max) * scale as f64).exp())
+                .collect();
+            let want_sum: f64 = want.iter().sum();
+            let stride = len.next_multiple_of(16) + padding;
+            let mut row = vec![0.5f32; stride];
+            let mut check = |what: &str, run: &dyn Fn(&mut [f32]) -> f32| {
+                row[..len].copy_from_slice(&scores);
+                let sum = run(&mut row);
+                assert!(
+                    ((sum as f64 - want_sum) / want_sum).abs() < 2e-6,
+                    "{what} len {len}: sum"
+                );
+                for (i, (&got, &want)) in row.iter().zip(&want).enumerate() {
+                    // Relative to the row's largest numerator (1): the scores' own rounding
+                    // times |t| up to ~40 where the numerator is far below 1.
+                    assert!(
+                        (got as f64 - want).abs() < 1e-6 * (1.0 + want),
+                        "{what} len {len} [{i}]"
+                    );
+                }
+                assert!(row[len..].iter().all(|v| v.is_finite()), "{what}: padding");
+            };
+            check("dispatched", &|row| {
+                attention::softmax_numerators(row, len, scale)
+            });
+            for isa in microkernel::Isa::available_f32() {
+                check(isa.name(), &|row| {
+                    attention::softmax_numerators_portable_with(isa, row, len, scale)
+                });
+            }
+        }
+    }
+}
+
+#[test]
 fn avx512_attention_gives_the_gemm_paths_bits() {
     // The AVX-512 kernel runs the GEMM path's FMAs in the same order: every output bit equal, on
     // lengths around the 12-query blocks and 32-key panels, one long sequence, head dimensions
