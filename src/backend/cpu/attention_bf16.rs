@@ -26,6 +26,7 @@
 //! overlap 97.2 %.
 
 use super::attention::{softmax_numerators, HeadColumns, SOFTMAX_LANES};
+use super::bf16::dot_pairs;
 use super::buffers::grow;
 use super::matmul::transpose_16x16;
 use super::microkernel::{MR, NR};
@@ -315,9 +316,8 @@ unsafe fn probabilities_to_bf16(row: &[f32], len: usize, dst: &mut [u32]) {
     }
 }
 
-/// The 12 x 32 tile `C = A · B` in f32 with 24 zmm accumulators: per pair, two 64-byte loads of
-/// B (`b + q * NR`, 32 columns of one pair each), twelve broadcasts of A's pair (`a + i * lda +
-/// q`: rows in place) and 24 `vdpbf16ps`; stored to `c + i * ldc`. A function of its own, not
+/// The 12 x 32 tile `C = A · B` in f32, A's rows in place (`a + i * lda + q`), B packed
+/// (`b + q * NR`): [`dot_pairs`] from zero, stored to `c + i * ldc`. A function of its own, not
 /// inlined into the block loop, where LLVM may hoist broadcasts and spill them (it did for the
 /// f32 kernel's twin).
 ///
@@ -328,27 +328,12 @@ unsafe fn probabilities_to_bf16(row: &[f32], len: usize, dst: &mut [u32]) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline(never)]
 unsafe fn dot_tile(pairs: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for q in 0..pairs {
-        // SAFETY: q < pairs: B's 32 values of pair q and A's pair q of each row lie in the
-        // extents the caller vouched for. The transmutes reinterpret 512 bits of integers as
-        // 512 bits of bf16 pairs, for which every bit pattern is a value.
-        unsafe {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR).cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16).cast()));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * lda + q) as i32));
-                row[0] = _mm512_dpbf16_ps(row[0], a_iq, b0);
-                row[1] = _mm512_dpbf16_ps(row[1], a_iq, b1);
-            }
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: row i < MR of C (the caller's contract).
-        unsafe {
-            _mm512_storeu_ps(c.add(i * ldc), row[0]);
-            _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
-        }
+    use super::microkernel::x86::store_tile;
+    let mut acc = [[std::arch::x86_64::_mm512_setzero_ps(); 2]; MR];
+    // SAFETY: A[i][q] at `a + i * lda + q` lies in row i's `pairs` values; B and C as the
+    // caller vouched for.
+    unsafe {
+        dot_pairs(&mut acc, pairs, |q, i| a.add(i * lda + q), b);
+        store_tile(&acc, c, ldc);
     }
 }

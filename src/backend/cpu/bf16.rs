@@ -473,8 +473,8 @@ fn gemm_panels_avx512bf16(
     });
 }
 
-/// The 12 x 32 tile with 24 zmm accumulators: per pair of k, two 64-byte loads of W (16 columns
-/// x 2 bf16 each), twelve 32-bit broadcasts of A and 24 `vdpbf16ps`.
+/// The 12 x 32 tile with 24 zmm accumulators on a packed A micro-panel, added to the tile's
+/// contents: [`dot_pairs`] between loading and storing the tile.
 ///
 /// # Safety
 /// AVX-512F and AVX512-BF16 present; `a` readable for `pairs * MR` u32, `b` for
@@ -482,36 +482,46 @@ fn gemm_panels_avx512bf16(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn avx512bf16(pairs: usize, a: *const u32, b: *const u16, tile: *mut f32) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for (i, row) in acc.iter_mut().enumerate() {
-        // SAFETY: row i < MR of the tile, `NR` = 32 floats of the `MR * NR` the caller vouched for.
-        unsafe {
-            row[0] = _mm512_loadu_ps(tile.add(i * NR));
-            row[1] = _mm512_loadu_ps(tile.add(i * NR + 16));
-        }
+    use super::microkernel::x86::{load_tile, store_tile};
+    // SAFETY: the tile holds MR rows of NR floats; A[i][q] at `a + q * MR + i` lies in the
+    // `pairs * MR` values and B in the `pairs * NR * 2` (as u32 pairs: `pairs * NR`) vouched for.
+    unsafe {
+        let mut acc = load_tile(tile, NR, None);
+        dot_pairs(&mut acc, pairs, |q, i| a.add(q * MR + i), b.cast());
+        store_tile(&acc, tile, NR);
     }
+}
+
+/// Adds `A · B` over `pairs` pairs of k to the 12 x 32 tile `acc`: per pair, two 64-byte loads
+/// of B (`b + q * NR`: 32 columns of one pair each), twelve 32-bit broadcasts of A's pair
+/// (`a_at(q, i)`, packed or in place) and 24 `vdpbf16ps`. The bf16 GEMM's kernel and
+/// attention's (`attention_bf16`) both run it.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 present; `a_at(q, i)` readable for q < pairs, i < MR; `b` for
+/// `pairs * NR` u32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+pub(super) unsafe fn dot_pairs(
+    acc: &mut [[std::arch::x86_64::__m512; 2]; MR],
+    pairs: usize,
+    a_at: impl Fn(usize, usize) -> *const u32,
+    b: *const u32,
+) {
+    use std::arch::x86_64::*;
     for q in 0..pairs {
-        // SAFETY: q < pairs: `b[q * NR * 2..][..64]` and `a[q * MR..][..MR]` lie inside the
-        // `pairs * NR * 2` and `pairs * MR` values the caller vouched for. The transmutes turn
-        // 512 bits of integers into 512 bits of bf16 pairs, plain vectors of the same size for
-        // which every bit pattern is a value.
+        // SAFETY: q < pairs: B's 32 values of pair q and A's pair q of each row lie in the
+        // extents the caller vouched for. The transmutes turn 512 bits of integers into 512 bits
+        // of bf16 pairs, plain vectors of the same size for which every bit pattern is a value.
         unsafe {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2) as *const _));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR * 2 + 32) as *const _));
-            let a_q = a.add(q * MR);
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16).cast()));
             for (i, row) in acc.iter_mut().enumerate() {
-                let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_q.add(i) as i32));
+                let a_iq: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_at(q, i) as i32));
                 row[0] = _mm512_dpbf16_ps(row[0], a_iq, b0);
                 row[1] = _mm512_dpbf16_ps(row[1], a_iq, b1);
             }
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: the same 32 floats of row i as loaded above.
-        unsafe {
-            _mm512_storeu_ps(tile.add(i * NR), row[0]);
-            _mm512_storeu_ps(tile.add(i * NR + 16), row[1]);
         }
     }
 }
