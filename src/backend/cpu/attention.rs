@@ -355,7 +355,7 @@ unsafe fn softmax_numerators_avx512(row: &mut [f32], len: usize, scale: f32) -> 
     let ptr = row.as_mut_ptr();
     // The lanes of the vector at `first` that hold scores: all, some (the last), or none (the
     // padding).
-    let lanes = |first: usize| ((1u32 << len.saturating_sub(first).min(16)) - 1) as u16;
+    let lanes = |first: usize| math::lanes_before(len, first);
     let mut maxima = _mm512_set1_ps(f32::NEG_INFINITY);
     for first in (0..row.len()).step_by(SOFTMAX_LANES) {
         // SAFETY: `first + 16 <= row.len()`.

@@ -300,7 +300,7 @@ unsafe fn to_bf16_pairs(values: &[f32], dst: &mut [u32]) {
 unsafe fn probabilities_to_bf16(row: &[f32], len: usize, dst: &mut [u32]) {
     use std::arch::x86_64::*;
     assert!(row.len().is_multiple_of(32) && dst.len() >= row.len() / 2);
-    let mask = |first: usize| ((1u32 << len.saturating_sub(first).min(16)) - 1) as u16;
+    let mask = |first: usize| super::math::lanes_before(len, first);
     for (v, out) in (0..row.len()).step_by(32).zip(dst.chunks_exact_mut(16)) {
         // SAFETY: 32 floats from `v` < row.len(), 16 pairs out. Past `len` the lanes load as
         // zero (the masks), so the padded keys weigh nothing whatever the scores held there.

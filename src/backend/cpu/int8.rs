@@ -259,7 +259,7 @@ unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations: &mut [Quan
     assert!(out.len() == values.len() && quantizations.len() == values.len().div_ceil(GROUP));
     let (len, src, dst) = (values.len(), values.as_ptr(), out.as_mut_ptr());
     // The lanes of the vector at `start` that lie inside the row (all 16 but in the last one).
-    let mask = |start: usize| (u32::MAX >> (32 - (len - start).min(16))) as u16;
+    let mask = |start: usize| super::math::lanes_before(len, start);
     // The 16 values at `start < len`; lanes at or past `len` (in the last vector only, the one
     // branch that computes a mask) load 0, which the range holds anyway.
     let load = |start: usize| {
@@ -376,7 +376,7 @@ impl PackedA {
                 let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
                 let groups = kc.div_ceil(GROUP);
                 let row_codes = &mut self.codes[(kb * tiles * MR + i) * KC_INT8..][..kc];
-                let tile_groups = (kb * tiles * BLOCK_GROUPS + t * groups) * MR;
+                let tile_groups = Self::tile_groups(tiles, kb, t, groups);
                 let scales = &mut self.scales[tile_groups..][..groups * MR];
                 let zeros = &mut self.zeros[tile_groups..][..groups * MR];
                 if i >= m {
@@ -405,9 +405,15 @@ impl PackedA {
         }
     }
 
+    /// Where tile `t`'s scales (and zero points) of K block `kb`, of `groups` groups, start in a
+    /// pack of `tiles` tiles.
+    fn tile_groups(tiles: usize, kb: usize, t: usize, groups: usize) -> usize {
+        (kb * tiles * BLOCK_GROUPS + t * groups) * MR
+    }
+
     /// Tile `t` of K block `kb`, of `groups` groups.
     fn tile(&self, kb: usize, t: usize, groups: usize) -> Activations<'_> {
-        let tile_groups = (kb * self.tiles * BLOCK_GROUPS + t * groups) * MR;
+        let tile_groups = Self::tile_groups(self.tiles, kb, t, groups);
         Activations {
             codes: &self.codes[(kb * self.tiles + t) * MR * KC_INT8..][..MR * KC_INT8],
             scales: &self.scales[tile_groups..][..groups * MR],

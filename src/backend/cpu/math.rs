@@ -140,6 +140,13 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
 }
 
+/// The lanes of the 16-lane vector whose first lane is element `first` that lie before element
+/// `end`, as an AVX-512 mask: all 16, the few left in a row's last vector, or none past it.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn lanes_before(end: usize, first: usize) -> u16 {
+    ((1u32 << end.saturating_sub(first).min(16)) - 1) as u16
+}
+
 /// Defines `$name(args)`, which runs the `#[inline(always)]` function `$inner` compiled for the
 /// instruction set of [`Isa::detected`], and `$name_with(isa, args)` for a given level (tests).
 ///
