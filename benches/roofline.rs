@@ -236,8 +236,9 @@ fn gemm_bf16(
     std::hint::black_box(&out);
 }
 
-/// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`. The activations'
-/// quantization is part of the time, as in a real layer.
+/// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`: first on A quantized
+/// beforehand (`int8-codes`: the GEMM's integer work alone, as for an A quantized where it is
+/// produced), then with A's quantization in the time (`int8-vnni`, from f32 rows).
 fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
     use common::testutil::SplitMix64;
     use ember::backend::cpu::int8;
@@ -247,6 +248,11 @@ fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
     let w = int8::PackedInt8::from_rows(&rng.values(n * k, 0.05), n, k);
     let bias = rng.values(n, 0.1);
     let mut out = vec![0.0; m * n];
+    let mut codes = int8::QuantizedRows::new();
+    codes.quantize(&a, k, m, k);
+    best_rate("int8-codes", peak, shape, runs, || {
+        int8::gemm_codes_panels(&codes, &w, 0..w.panels(), Some(&bias), &mut out, n)
+    });
     best_rate("int8-vnni", peak, shape, runs, || {
         int8::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
     });

@@ -26,22 +26,30 @@
 //! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
 //!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
-//! - A: per M block of rows, every K block of [`KC_INT8`] quantized at once, row by row: in
-//!   block `b`, row `i`'s codes at `pack[b][i * KC_INT8..]`, so that quantizing a row writes
-//!   its codes in place, with no transpose; the kernel broadcasts
-//!   the u32 holding `q_a[i][4q..4q + 4]` from each of a 12-row tile's rows, all at offsets
-//!   known when it is compiled. Beside the codes, per 12-row tile and group, the rows' scales
-//!   and zero points.
+//! - A ([`QuantizedRows`]): every K block of [`KC_INT8`] of a row quantized at once, row by
+//!   row: in block `b`, row `i`'s codes at `codes[b][i * KC_INT8..]`, so that quantizing a row
+//!   writes its codes in place, with no transpose; the kernel broadcasts the u32 holding
+//!   `q_a[i][4q..4q + 4]` from each of a 12-row tile's rows, all at offsets known when it is
+//!   compiled. Beside the codes, per 12-row tile and group, the rows' scales and zero points.
+//!   [`gemm_panels`] quantizes an f32 A one M block of rows at a time, just before multiplying
+//!   it; [`gemm_codes_panels`] takes rows quantized beforehand.
 //!
 //! A CPU without AVX512-VNNI (or a level below AVX-512 forced by `EMBER_CPU_ISA`) gets a clear
 //! error from [`check_supported`]. AMX-INT8 (`tdpbusd`) is not used yet: CPUs with AMX run this
 //! kernel too.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
-use super::buffers::grow;
 use super::matmul::{check_operands, next_block, part_of, prefetch_line, LoopOrder, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
+
+#[path = "int8_activations.rs"]
+mod activations;
+#[cfg(test)]
+use activations::quantize_row;
+use activations::Activations;
+pub use activations::{Quantization, QuantizedRows};
 
 /// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
 /// enough that an outlier coarsens few values, large enough that the per-group scaling (8
@@ -112,7 +120,7 @@ pub struct PackedInt8 {
 
 /// Rounds `value` to the nearest integer, ties to even, as f32 (|value| well below 2^22).
 #[inline(always)]
-fn round_even(value: f32) -> f32 {
+pub(super) fn round_even(value: f32) -> f32 {
     // Adding and removing 1.5 * 2^23 leaves an integer rounded by the FPU's own
     // round-to-nearest-even; unlike `round_ties_even`, LLVM vectorizes it on every level.
     const MAGIC: f32 = 12_582_912.0;
@@ -203,228 +211,14 @@ impl PackedInt8 {
     }
 }
 
-/// The quantization of one group of a row of activations: `x ~ (q - zero) * scale`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quantization {
-    /// The width of one code step.
-    pub scale: f32,
-    /// The code of the value 0.
-    pub zero: i32,
-}
-
-impl Quantization {
-    /// The scale and zero point of `values` (see the module header); all zeros get scale 1.
-    pub fn of(values: &[f32]) -> Self {
-        let min = values.iter().copied().fold(0.0f32, f32::min);
-        let max = values.iter().copied().fold(0.0f32, f32::max);
-        Self::of_range(min, max)
-    }
-
-    /// The scale and zero point for values in `[min, max]`, a range that holds 0.
-    fn of_range(min: f32, max: f32) -> Self {
-        let scale = (max - min) / 255.0;
-        if !(scale > 0.0 && scale.is_finite()) {
-            return Self { scale: 1.0, zero: 0 };
-        }
-        Self {
-            scale,
-            zero: round_even(-min / scale).clamp(0.0, 255.0) as i32,
-        }
-    }
-
-    /// The code of `value`: `round(value / scale) + zero`, clamped to [0, 255].
-    pub fn code(&self, value: f32) -> u8 {
-        (round_even(value * (1.0 / self.scale)) + self.zero as f32).clamp(0.0, 255.0) as u8
-    }
-}
-
-/// Quantizes a row, group by group of [`GROUP`] values, into `out` (as long as `values`), and
-/// each group's scale and zero point into `quantizations` (one per group): the vectorized
-/// [`Quantization::of`] and [`Quantization::code`], with the same results.
-///
-/// One call per row, in two passes: first every group's range and quantization (independent
-/// reductions and divisions, free to overlap), then the codes, from L1 by then, 64 at a time:
-/// four vectors of codes saturated to bytes by two packing steps and one permutation, one
-/// 64-byte store. Only the row's last partial vector is masked. At n = 384 (MiniLM's attention
-/// output and FFN down projections) the quantization is a large part of the GEMM: 17 % of a
-/// one-thread 1365 x 384 x 384 product when every vector computed its mask and narrowed its 16
-/// codes on its own.
-///
-/// # Safety
-/// AVX-512F and AVX-512BW present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations: &mut [Quantization]) {
-    use std::arch::x86_64::*;
-    assert!(out.len() == values.len() && quantizations.len() == values.len().div_ceil(GROUP));
-    let (len, src, dst) = (values.len(), values.as_ptr(), out.as_mut_ptr());
-    // The lanes of the vector at `start` that lie inside the row (all 16 but in the last one).
-    let mask = |start: usize| super::math::lanes_before(len, start);
-    // The 16 values at `start < len`; lanes at or past `len` (in the last vector only, the one
-    // branch that computes a mask) load 0, which the range holds anyway.
-    let load = |start: usize| {
-        // SAFETY: `start < len`: a full vector when 16 values remain, else masked to those left.
-        unsafe {
-            if start + 16 <= len {
-                _mm512_loadu_ps(src.add(start))
-            } else {
-                _mm512_maskz_loadu_ps(mask(start), src.add(start))
-            }
-        }
-    };
-    for (g, quantization) in quantizations.iter_mut().enumerate() {
-        let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let end = ((g + 1) * GROUP).min(len);
-        for start in (g * GROUP..end).step_by(16) {
-            let x = load(start);
-            low = _mm512_min_ps(low, x);
-            high = _mm512_max_ps(high, x);
-        }
-        *quantization = Quantization::of_range(_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
-    }
-    // The codes of the 16 values at `start`, as i32 lanes: the conversion rounds to nearest,
-    // ties to even (the default MXCSR mode), as `round_even`; adding the zero point is exact.
-    let codes = |start: usize, inverse: __m512, zero: __m512i| {
-        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(load(start), inverse)), zero)
-    };
-    // Where the 32-bit word `t` of the packed bytes belongs: packing works within 128-bit lanes,
-    // leaving word `4 l + s` with values `4 l..4 l + 4` of source vector `s`.
-    let order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    let byte_max = _mm512_set1_epi16(255);
-    for (g, quantization) in quantizations.iter().enumerate() {
-        let inverse = _mm512_set1_ps(1.0 / quantization.scale);
-        let zero = _mm512_set1_epi32(quantization.zero);
-        let (mut start, end) = (g * GROUP, ((g + 1) * GROUP).min(len));
-        while start + 64 <= end {
-            let [a, b, c, d] = [0, 16, 32, 48].map(|offset| codes(start + offset, inverse, zero));
-            // Signed 32 -> unsigned 16 bits saturates below at 0; the minimum clamps at 255 (and
-            // leaves the next step's signed 16-bit reading nothing negative); 16 -> 8 bits.
-            let ab = _mm512_min_epu16(_mm512_packus_epi32(a, b), byte_max);
-            let cd = _mm512_min_epu16(_mm512_packus_epi32(c, d), byte_max);
-            let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(ab, cd));
-            // SAFETY: `start + 64 <= len`: the 64 bytes lie inside `out`.
-            unsafe { _mm512_storeu_si512(dst.add(start).cast(), bytes) };
-            start += 64;
-        }
-        for start in (start..end).step_by(16) {
-            let clamped = _mm512_max_epi32(codes(start, inverse, zero), _mm512_setzero_si512());
-            // SAFETY: the mask is the load's: no byte at or past `len` is written.
-            unsafe {
-                _mm_mask_storeu_epi8(
-                    dst.add(start).cast(),
-                    mask(start),
-                    _mm512_cvtusepi32_epi8(clamped),
-                )
-            };
-        }
-    }
-}
-
-/// Rows of an M block of A, quantized and packed for the kernel, every K block of them (see the
-/// module header).
-#[derive(Default)]
-struct PackedA {
-    /// `[K block][row][k]`, rows `KC_INT8` bytes apart.
-    codes: Vec<u8>,
-    /// `[K block][tile][group][row of tile]`, K blocks `BLOCK_GROUPS` groups of tiles apart:
-    /// `s_a`, then `z` as f32.
-    scales: Vec<f32>,
-    zeros: Vec<f32>,
-    /// 12-row tiles packed.
-    tiles: usize,
-}
-
-/// Groups per K block.
-const BLOCK_GROUPS: usize = KC_INT8 / GROUP;
-
 thread_local! {
-    /// Each thread's packed A block, reused across calls.
-    static A_PACK: RefCell<PackedA> = RefCell::new(PackedA::default());
-}
-
-impl PackedA {
-    /// Quantizes rows `0..m` (m <= MC) of A, all `k` columns, per group, each row's codes
-    /// written where the kernel reads them; rows up to the next multiple of `MR` are zero.
-    ///
-    /// Row by row, every K block of a row before the next: a row of A is one stretch of memory
-    /// (often in L3), asked for whole while the row before it is quantized. Packed one K block
-    /// at a time, as before, each row was read in short segments and each segment asked for
-    /// alone: at n = 384, k = 1,536 (MiniLM's FFN down projection, one thread), quantizing
-    /// held 14 % of the GEMM's time and the wait on A most of the rest outside the kernel;
-    /// this order took the GEMM from 658 to 710 GOP/s (BENCHMARKS.md).
-    fn pack(&mut self, a: &[f32], lda: usize, m: usize, k: usize) {
-        let (tiles, blocks) = (m.div_ceil(MR), k.div_ceil(KC_INT8).max(1));
-        self.tiles = tiles;
-        // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
-        // Codes past `kc` in a row's last quad are left from earlier blocks (or zero from
-        // `grow`): they meet zero weights.
-        grow(&mut self.codes, blocks * tiles * MR * KC_INT8);
-        grow(&mut self.scales, blocks * tiles * BLOCK_GROUPS * MR);
-        grow(&mut self.zeros, blocks * tiles * BLOCK_GROUPS * MR);
-        for i in 0..tiles * MR {
-            let (t, r) = (i / MR, i % MR);
-            // The next row, all of it, into L2.
-            #[cfg(target_arch = "x86_64")]
-            if i + 1 < m {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                for line in a[(i + 1) * lda..][..k].chunks(16) {
-                    // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
-                }
-            }
-            for kb in 0..blocks {
-                let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
-                let groups = kc.div_ceil(GROUP);
-                let row_codes = &mut self.codes[(kb * tiles * MR + i) * KC_INT8..][..kc];
-                let tile_groups = Self::tile_groups(tiles, kb, t, groups);
-                let scales = &mut self.scales[tile_groups..][..groups * MR];
-                let zeros = &mut self.zeros[tile_groups..][..groups * MR];
-                if i >= m {
-                    row_codes.fill(0);
-                    scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                    zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                    continue;
-                }
-                let values = &a[i * lda + k0..][..kc];
-                let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; BLOCK_GROUPS];
-                let quantizations = &mut quantizations[..groups];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512 is present (`gemm_panels` asserts VNNI, which implies it).
-                unsafe {
-                    quantize_row(values, row_codes, quantizations)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                for (group, quantization) in values.chunks(GROUP).zip(quantizations.iter_mut()) {
-                    *quantization = Quantization::of(group);
-                }
-                for (g, quantization) in quantizations.iter().enumerate() {
-                    scales[g * MR + r] = quantization.scale;
-                    zeros[g * MR + r] = quantization.zero as f32;
-                }
-            }
-        }
-    }
-
-    /// Where tile `t`'s scales (and zero points) of K block `kb`, of `groups` groups, start in a
-    /// pack of `tiles` tiles.
-    fn tile_groups(tiles: usize, kb: usize, t: usize, groups: usize) -> usize {
-        (kb * tiles * BLOCK_GROUPS + t * groups) * MR
-    }
-
-    /// Tile `t` of K block `kb`, of `groups` groups.
-    fn tile(&self, kb: usize, t: usize, groups: usize) -> Activations<'_> {
-        let tile_groups = Self::tile_groups(self.tiles, kb, t, groups);
-        Activations {
-            codes: &self.codes[(kb * self.tiles + t) * MR * KC_INT8..][..MR * KC_INT8],
-            scales: &self.scales[tile_groups..][..groups * MR],
-            zeros: &self.zeros[tile_groups..][..groups * MR],
-        }
-    }
+    /// Each thread's quantized block of A, reused across calls.
+    static A_BLOCK: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::new());
 }
 
 /// `C = A · Wᵀ (+ bias)` restricted to the panels `panels` of `w`, on one thread, with A
-/// quantized as it is packed; column 0 of `c` is column `panels.start * NR` of the full product
-/// (as `matmul::gemm_panels`).
+/// quantized one M block of rows at a time, just before its products; column 0 of `c` is column
+/// `panels.start * NR` of the full product (as `matmul::gemm_panels`).
 ///
 /// # Panics
 /// If the CPU has no AVX512-VNNI, or a slice is too short for its stride and extent.
@@ -434,55 +228,109 @@ pub fn gemm_panels(
     lda: usize,
     m: usize,
     w: &PackedInt8,
-    panels: std::ops::Range<usize>,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    check_operands("gemm_int8", (a, lda), m, w.n, w.k, &panels, bias, (c, ldc));
+    A_BLOCK.with_borrow_mut(|block| {
+        for m0 in (0..m).step_by(MC) {
+            let rows = MC.min(m - m0);
+            block.quantize(&a[m0 * lda..], lda, rows, w.k);
+            multiply(
+                block,
+                0..block.tiles(),
+                w,
+                panels.clone(),
+                bias,
+                &mut c[m0 * ldc..],
+                ldc,
+            );
+        }
+    });
+}
+
+/// [`gemm_panels`] with A quantized beforehand (all of `a`'s rows, of length `w.k()`).
+///
+/// # Panics
+/// If the CPU has no AVX512-VNNI, if `a.k() != w.k()`, or if `c` is too short.
+pub fn gemm_codes_panels(
+    a: &QuantizedRows,
+    w: &PackedInt8,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert_eq!(a.k(), w.k, "gemm_codes_panels: A's k and W's k");
+    let m = a.rows();
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    let columns = (panels.end * NR).min(w.n) - panels.start * NR;
+    assert!(
+        c.len() >= (m - 1) * ldc + columns,
+        "gemm_codes_panels: C too short"
+    );
+    if let Some(bias) = bias {
+        assert!(bias.len() >= w.n, "gemm_codes_panels: bias too short");
+    }
+    // M blocks of `MC` rows, as `gemm_panels`: each W panel's K block is read once per M block.
+    let tiles_per_block = MC / MR;
+    for t0 in (0..a.tiles()).step_by(tiles_per_block) {
+        let tiles = t0..(t0 + tiles_per_block).min(a.tiles());
+        multiply(a, tiles, w, panels.clone(), bias, &mut c[t0 * MR * ldc..], ldc);
+    }
+}
+
+/// The products of the rows of `a`'s tiles `tiles` (at most an M block) with W's panels
+/// `panels`, into `c` (its row 0 is the first tile's first row, its column 0 the first panel's).
+fn multiply(
+    a: &QuantizedRows,
+    tiles: Range<usize>,
+    w: &PackedInt8,
+    panels: Range<usize>,
     bias: Option<&[f32]>,
     c: &mut [f32],
     ldc: usize,
 ) {
     assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
     let (n, k) = (w.n, w.k);
-    if m == 0 || panels.is_empty() {
-        return;
-    }
-    let first_column = check_operands("gemm_int8", (a, lda), m, n, k, &panels, bias, (c, ldc));
-    A_PACK.with_borrow_mut(|pack| {
-        for m0 in (0..m).step_by(MC) {
-            let rows_in_block = MC.min(m - m0);
-            pack.pack(&a[m0 * lda..], lda, rows_in_block, k);
-            // At least one K block, so that k = 0 still writes the bias.
-            for kb in 0..k.div_ceil(KC_INT8).max(1) {
-                let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
-                let (quads, groups) = (stored_quads(kc), kc.div_ceil(GROUP));
-                for panel_index in panels.clone() {
-                    let column = panel_index * NR;
-                    let width = NR.min(n - column);
-                    let mut b = Weights {
-                        codes: w.panel_quads(panel_index, k0 / 4, quads),
-                        groups: w.panel_groups(panel_index, k0 / GROUP, groups),
-                        quads,
-                        prefetch: &[],
-                    };
-                    let init = (kb == 0).then(|| bias.map(|bias| &bias[column..column + width]));
-                    // The next panel's codes (of this K block, else the next one's first)
-                    // come from L3 or memory: a model's int8 weights are tens of megabytes,
-                    // read once per row block. Each tile asks for a slice of them, so they are
-                    // in L2 when that panel starts. perf of a bge-base int8 pass had 23 % of
-                    // the kernel's samples waiting on W loads; 8 % with the prefetch.
-                    let next = next_block(LoopOrder::KBlockOuter, &panels, panel_index, (k0, kc), k, KC_INT8)
-                        .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
-                    let tiles = rows_in_block.div_ceil(MR);
-                    for t in 0..tiles {
-                        let a_tile = pack.tile(kb, t, groups);
-                        let row = m0 + t * MR;
-                        let c_tile = &mut c[row * ldc + column - first_column..];
-                        let rows = MR.min(m - row);
-                        b.prefetch = next.map_or(&[], |next| part_of(next, t, tiles));
-                        run_tile(&a_tile, &b, c_tile, ldc, rows, width, init);
-                    }
-                }
+    let (first_row, first_column) = (tiles.start * MR, panels.start * NR);
+    // At least one K block, so that k = 0 still writes the bias.
+    for kb in 0..k.div_ceil(KC_INT8).max(1) {
+        let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
+        let (quads, groups) = (stored_quads(kc), kc.div_ceil(GROUP));
+        for panel_index in panels.clone() {
+            let column = panel_index * NR;
+            let width = NR.min(n - column);
+            let mut b = Weights {
+                codes: w.panel_quads(panel_index, k0 / 4, quads),
+                groups: w.panel_groups(panel_index, k0 / GROUP, groups),
+                quads,
+                prefetch: &[],
+            };
+            let init = (kb == 0).then(|| bias.map(|bias| &bias[column..column + width]));
+            // The next panel's codes (of this K block, else the next one's first) come from L3
+            // or memory: a model's int8 weights are tens of megabytes, read once per row
+            // block. Each tile asks for a slice of them, so they are in L2 when that panel
+            // starts. perf of a bge-base int8 pass had 23 % of the kernel's samples waiting on
+            // W loads; 8 % with the prefetch.
+            let next = next_block(LoopOrder::KBlockOuter, &panels, panel_index, (k0, kc), k, KC_INT8)
+                .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
+            for t in tiles.clone() {
+                let row = t * MR;
+                let c_tile = &mut c[(row - first_row) * ldc + column - first_column..];
+                let rows = MR.min(a.rows() - row);
+                b.prefetch = next.map_or(&[], |next| part_of(next, t - tiles.start, tiles.len()));
+                run_tile(&a.tile(kb, t, groups), &b, c_tile, ldc, rows, width, init);
             }
         }
-    });
+    }
 }
 
 /// One K block of a W panel: codes, and per group the scales and column sums.
@@ -492,14 +340,6 @@ struct Weights<'a> {
     quads: usize,
     /// Codes of a later panel to bring into L2 while this block runs, a slice per group.
     prefetch: &'a [i8],
-}
-
-/// One K block of a 12-row tile of A: codes (rows `KC_INT8` bytes apart), and per group the
-/// rows' scales and zero points.
-struct Activations<'a> {
-    codes: &'a [u8],
-    scales: &'a [f32],
-    zeros: &'a [f32],
 }
 
 /// Adds one K block's products to an `MR x NR` tile of `c` (row `i` at `c[i * ldc..]`), or on
@@ -564,7 +404,7 @@ enum Source {
 ///
 /// # Safety
 /// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`, `first` readable likewise at its
-/// own stride; VNNI present (`gemm_panels` asserts it); `a` and `b` as `run_tile` asserts.
+/// own stride; VNNI present (`multiply` asserts it); `a` and `b` as `run_tile` asserts.
 unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, ldc: usize) {
     let groups = b.quads.div_ceil(GROUP_QUADS);
     for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {

@@ -88,6 +88,22 @@ fn int8_gemm_is_exactly_its_integer_model() {
                 "wrote outside C"
             );
         }
+        // A quantized beforehand gives the same bits, over every M block at once.
+        let mut quantized = QuantizedRows::new();
+        quantized.quantize(&a, lda, m, k);
+        let mut from_codes = vec![sentinel; m * ldc];
+        gemm_codes_panels(
+            &quantized,
+            &packed,
+            all.clone(),
+            Some(&bias),
+            &mut from_codes,
+            ldc,
+        );
+        assert!(
+            from_codes == c,
+            "int8 {m}x{n}x{k}: gemm_codes_panels differs from gemm_panels"
+        );
         // Without a bias the tiles start from zero.
         let mut unbiased = vec![sentinel; m * ldc];
         gemm_panels(&a, lda, m, &packed, all.clone(), None, &mut unbiased, ldc);
