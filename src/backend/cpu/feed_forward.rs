@@ -75,9 +75,18 @@ pub fn feed_forward_parallel<U: PanelWeights, D: PanelWeights>(
                 let hidden = &mut buffer[..len];
                 let a = &x[rows.start * k..];
                 up.gemm_panels(a, k, rows.len(), 0..up.panels(), Some(up_bias), hidden, middle);
-                activate(hidden);
                 let panels = 0..down.panels();
-                down.gemm_panels(hidden, middle, rows.len(), panels, Some(down_bias), out_block, n);
+                let m = rows.len();
+                down.activate_then_gemm_panels(
+                    hidden,
+                    middle,
+                    m,
+                    &activate,
+                    panels,
+                    Some(down_bias),
+                    out_block,
+                    n,
+                );
                 finish(rows.start, out_block);
             });
         });

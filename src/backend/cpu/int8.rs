@@ -237,19 +237,54 @@ pub fn gemm_panels(
         return;
     }
     check_operands("gemm_int8", (a, lda), m, w.n, w.k, &panels, bias, (c, ldc));
+    block_by_block(m, w, panels, bias, c, ldc, |block, m0, rows| {
+        block.quantize(&a[m0 * lda..], lda, rows, w.k)
+    });
+}
+
+/// `activate` on each of rows `0..m` of `a` (`w.k()` values at stride `lda`, in place), then
+/// [`gemm_panels`] on them, in one pass along the rows: each row is quantized just after its
+/// activation, while it is in L1 (the FFN's GELU and down projection).
+///
+/// # Panics
+/// As [`gemm_panels`].
+#[allow(clippy::too_many_arguments)] // gemm_panels' signature and the activation
+pub fn activate_then_gemm_panels(
+    a: &mut [f32],
+    lda: usize,
+    m: usize,
+    activate: &(dyn Fn(&mut [f32]) + Sync),
+    w: &PackedInt8,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    check_operands("gemm_int8", (a, lda), m, w.n, w.k, &panels, bias, (c, ldc));
+    block_by_block(m, w, panels, bias, c, ldc, |block, m0, rows| {
+        block.quantize_activated(&mut a[m0 * lda..], lda, rows, w.k, activate)
+    });
+}
+
+/// The products of `m` rows of A, one M block of `MC` rows at a time: `quantize(block, m0,
+/// rows)` fills this thread's block with rows `m0..m0 + rows`, then they are multiplied.
+fn block_by_block(
+    m: usize,
+    w: &PackedInt8,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+    mut quantize: impl FnMut(&mut QuantizedRows, usize, usize),
+) {
     A_BLOCK.with_borrow_mut(|block| {
         for m0 in (0..m).step_by(MC) {
-            let rows = MC.min(m - m0);
-            block.quantize(&a[m0 * lda..], lda, rows, w.k);
-            multiply(
-                block,
-                0..block.tiles(),
-                w,
-                panels.clone(),
-                bias,
-                &mut c[m0 * ldc..],
-                ldc,
-            );
+            quantize(block, m0, MC.min(m - m0));
+            let tiles = 0..block.tiles();
+            multiply(block, tiles, w, panels.clone(), bias, &mut c[m0 * ldc..], ldc);
         }
     });
 }

@@ -181,59 +181,86 @@ impl QuantizedRows {
     /// # Panics
     /// If `a` is too short for `m` rows of `k` at stride `lda`.
     pub fn quantize(&mut self, a: &[f32], lda: usize, m: usize, k: usize) {
-        assert!(
-            m == 0 || a.len() >= (m - 1) * lda + k,
-            "QuantizedRows: A too short"
-        );
+        self.prepare(a.len(), lda, m, k);
+        for i in 0..m.next_multiple_of(MR) {
+            prefetch_row(a, lda, i + 1, m, k);
+            self.store_row(i, (i < m).then(|| &a[i * lda..][..k]));
+        }
+    }
+
+    /// [`quantize`](Self::quantize) after `activate` on each row in place, in one pass along the
+    /// rows: each row is quantized just after its activation, while it is in L1 (the FFN's
+    /// GELU before its down projection).
+    ///
+    /// # Panics
+    /// As `quantize`.
+    pub fn quantize_activated(
+        &mut self,
+        a: &mut [f32],
+        lda: usize,
+        m: usize,
+        k: usize,
+        activate: impl Fn(&mut [f32]),
+    ) {
+        self.prepare(a.len(), lda, m, k);
+        for i in 0..m.next_multiple_of(MR) {
+            prefetch_row(a, lda, i + 1, m, k);
+            let row = (i < m).then(|| {
+                let row = &mut a[i * lda..][..k];
+                activate(row);
+                &*row
+            });
+            self.store_row(i, row);
+        }
+    }
+
+    /// Sizes the storage for `m` rows of `k`, after checking that an A of `a_len` values holds
+    /// them at stride `lda`.
+    fn prepare(&mut self, a_len: usize, lda: usize, m: usize, k: usize) {
+        assert!(m == 0 || a_len >= (m - 1) * lda + k, "QuantizedRows: A too short");
         let (tiles, blocks) = (m.div_ceil(MR), k.div_ceil(KC_INT8).max(1));
         (self.rows, self.k) = (m, k);
-        let vectorized = Isa::Avx512.is_available();
         // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
         // Codes past `kc` in a row's last quad are left from earlier blocks (or zero from
         // `grow`): they meet zero weights.
         grow(&mut self.codes, blocks * tiles * MR * KC_INT8);
         grow(&mut self.scales, blocks * tiles * BLOCK_GROUPS * MR);
         grow(&mut self.zeros, blocks * tiles * BLOCK_GROUPS * MR);
-        for i in 0..tiles * MR {
-            let (t, r) = (i / MR, i % MR);
-            // The next row, all of it, into L2.
-            #[cfg(target_arch = "x86_64")]
-            if i + 1 < m {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                for line in a[(i + 1) * lda..][..k].chunks(16) {
-                    // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
-                }
+    }
+
+    /// Row `i`'s codes, scales and zero points from its `k` values, every K block of them, or
+    /// zeros for a padding row (`None`).
+    fn store_row(&mut self, i: usize, values: Option<&[f32]>) {
+        let (tiles, k) = (self.tiles(), self.k);
+        let (t, r) = (i / MR, i % MR);
+        for kb in 0..k.div_ceil(KC_INT8).max(1) {
+            let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
+            let groups = kc.div_ceil(GROUP);
+            let row_codes = &mut self.codes[(kb * tiles * MR + i) * KC_INT8..][..kc];
+            let tile_groups = Self::tile_groups(tiles, kb, t, groups);
+            let scales = &mut self.scales[tile_groups..][..groups * MR];
+            let zeros = &mut self.zeros[tile_groups..][..groups * MR];
+            let Some(values) = values else {
+                row_codes.fill(0);
+                scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                continue;
+            };
+            let values = &values[k0..][..kc];
+            let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; BLOCK_GROUPS];
+            let quantizations = &mut quantizations[..groups];
+            if Isa::Avx512.is_available() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 (F, BW, VL) is present: `Isa::Avx512` checks all three.
+                unsafe {
+                    quantize_row(values, row_codes, quantizations)
+                };
+            } else {
+                quantize_row_scalar(values, row_codes, quantizations);
             }
-            for kb in 0..blocks {
-                let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
-                let groups = kc.div_ceil(GROUP);
-                let row_codes = &mut self.codes[(kb * tiles * MR + i) * KC_INT8..][..kc];
-                let tile_groups = Self::tile_groups(tiles, kb, t, groups);
-                let scales = &mut self.scales[tile_groups..][..groups * MR];
-                let zeros = &mut self.zeros[tile_groups..][..groups * MR];
-                if i >= m {
-                    row_codes.fill(0);
-                    scales.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                    zeros.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                    continue;
-                }
-                let values = &a[i * lda + k0..][..kc];
-                let mut quantizations = [Quantization { scale: 1.0, zero: 0 }; BLOCK_GROUPS];
-                let quantizations = &mut quantizations[..groups];
-                if vectorized {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512 (F, BW, VL) is present: `Isa::Avx512` checks all three.
-                    unsafe {
-                        quantize_row(values, row_codes, quantizations)
-                    };
-                } else {
-                    quantize_row_scalar(values, row_codes, quantizations);
-                }
-                for (g, quantization) in quantizations.iter().enumerate() {
-                    scales[g * MR + r] = quantization.scale;
-                    zeros[g * MR + r] = quantization.zero as f32;
-                }
+            for (g, quantization) in quantizations.iter().enumerate() {
+                scales[g * MR + r] = quantization.scale;
+                zeros[g * MR + r] = quantization.zero as f32;
             }
         }
     }
@@ -262,6 +289,21 @@ pub(super) struct Activations<'a> {
     pub codes: &'a [u8],
     pub scales: &'a [f32],
     pub zeros: &'a [f32],
+}
+
+/// Asks for row `i` of A (`k` values at stride `lda`), all of it, in L2, if `i < m`: the next
+/// row, while this one is quantized.
+fn prefetch_row(a: &[f32], lda: usize, i: usize, m: usize, k: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < m {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        for line in a[i * lda..][..k].chunks(16) {
+            // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, lda, i, m, k);
 }
 
 /// [`quantize_row`] one value at a time, for a CPU without AVX-512 (the same results).

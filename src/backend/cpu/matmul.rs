@@ -613,6 +613,27 @@ pub trait PanelWeights: Sync {
         c: &mut [f32],
         ldc: usize,
     );
+    /// `activate` on each of rows `0..m` of `a` (`k()` values at stride `lda`, in place), then
+    /// [`gemm_panels`](Self::gemm_panels) on them: the FFN's activation and down projection.
+    /// The int8 weights do both in one pass along the rows (each row quantized just after its
+    /// activation); the others activate every row first.
+    #[allow(clippy::too_many_arguments)]
+    fn activate_then_gemm_panels(
+        &self,
+        a: &mut [f32],
+        lda: usize,
+        m: usize,
+        activate: &(dyn Fn(&mut [f32]) + Sync),
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        for row in a.chunks_mut(lda).take(m) {
+            activate(&mut row[..self.k()]);
+        }
+        self.gemm_panels(a, lda, m, panels, bias, c, ldc);
+    }
 }
 
 impl PanelWeights for PackedMatrix {
@@ -642,7 +663,7 @@ impl PanelWeights for PackedMatrix {
 /// The `PanelWeights` of a packed type whose module has `gemm_panels(a, lda, m, &w, panels,
 /// bias, c, ldc)` (the bf16 and int8 weights).
 macro_rules! panel_weights {
-    ($packed:ty, $gemm_panels:path) => {
+    ($packed:ty, $gemm_panels:path $(, $activate_then_gemm_panels:path)?) => {
         impl PanelWeights for $packed {
             fn n(&self) -> usize {
                 <$packed>::n(self)
@@ -665,11 +686,30 @@ macro_rules! panel_weights {
             ) {
                 $gemm_panels(a, lda, m, self, panels, bias, c, ldc);
             }
+            $(
+            fn activate_then_gemm_panels(
+                &self,
+                a: &mut [f32],
+                lda: usize,
+                m: usize,
+                activate: &(dyn Fn(&mut [f32]) + Sync),
+                panels: std::ops::Range<usize>,
+                bias: Option<&[f32]>,
+                c: &mut [f32],
+                ldc: usize,
+            ) {
+                $activate_then_gemm_panels(a, lda, m, activate, self, panels, bias, c, ldc);
+            }
+            )?
         }
     };
 }
 panel_weights!(super::bf16::PackedBf16, super::bf16::gemm_panels);
-panel_weights!(super::int8::PackedInt8, super::int8::gemm_panels);
+panel_weights!(
+    super::int8::PackedInt8,
+    super::int8::gemm_panels,
+    super::int8::activate_then_gemm_panels
+);
 
 /// `out[m, n] = x[m, k] · Wᵀ + bias`, then `epilogue(first_row, rows_of_out)` on each block of
 /// finished rows (activation and residual, while the block is still in cache). Runs on the
