@@ -139,6 +139,49 @@ fn int8_gemm_is_exactly_its_integer_model() {
 }
 
 #[test]
+fn activating_while_quantizing_is_activating_first() {
+    if !is_supported() {
+        return; // the refusal is checked above
+    }
+    let mut rng = SplitMix64::new(24);
+    let gelu = |row: &mut [f32]| crate::backend::cpu::math::activate(crate::backend::Activation::Gelu, row);
+    // Rows padded past k (lda > k): the padding must stay as it was. Three M blocks, k over two
+    // K blocks, a partly filled last quad.
+    for (m, n, k) in [(1, 3, 5), (200, 70, 1539), (13, 32, 128)] {
+        let lda = k + 9;
+        let a = rng.values(m * lda, 2.0);
+        let w = PackedInt8::from_rows(&rng.values(n * k, 0.1), n, k);
+        let bias = rng.values(n, 0.5);
+        let mut activated = a.clone();
+        for row in activated.chunks_mut(lda) {
+            gelu(&mut row[..k]);
+        }
+        let mut want = vec![0.0; m * n];
+        gemm_panels(&activated, lda, m, &w, 0..w.panels(), Some(&bias), &mut want, n);
+        let (mut fused_a, mut got) = (a.clone(), vec![0.0; m * n]);
+        activate_then_gemm_panels(
+            &mut fused_a,
+            lda,
+            m,
+            &gelu,
+            &w,
+            0..w.panels(),
+            Some(&bias),
+            &mut got,
+            n,
+        );
+        assert!(got == want, "{m}x{n}x{k}: products differ");
+        for (i, (row, before)) in fused_a.chunks(lda).zip(a.chunks(lda)).enumerate() {
+            assert!(
+                row[..k] == activated[i * lda..][..k],
+                "{m}x{n}x{k}: row {i} not activated in place"
+            );
+            assert!(row[k..] == before[k..], "{m}x{n}x{k}: row {i}'s padding written");
+        }
+    }
+}
+
+#[test]
 fn quantization_stays_within_half_a_step() {
     let mut rng = SplitMix64::new(22);
     for len in [1, 5, 16, 17, 200, 383, 1536] {
