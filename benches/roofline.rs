@@ -7,7 +7,9 @@
 //! GFLOP/s and as a percentage of the single-thread peak.
 //!
 //! The same for the bf16 and int8 GEMMs against the peak of their own instruction (`vdpbf16ps`,
-//! `tdpbf16ps`, `vpdpbusd`; the FMA for bf16 weights widened to f32).
+//! `tdpbf16ps`, `vpdpbusd`; the FMA for bf16 weights widened to f32). The int8 GEMM twice:
+//! `int8-codes` on activations quantized beforehand (its integer work alone), `int8-vnni` from f32
+//! activations, their quantization in the time.
 //!
 //! `cargo bench --bench roofline` (MiniLM widths; `EMBER_BENCH_SHAPES=bge-base` for bge-base
 //! widths) prints GFLOP/s (2 FLOPs per lane per FMA; for int8, 2
