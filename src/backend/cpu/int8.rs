@@ -46,7 +46,7 @@ use super::microkernel::{Isa, Tile, MR, NR};
 
 #[path = "int8_activations.rs"]
 mod activations;
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 use activations::quantize_row;
 use activations::Activations;
 pub use activations::{Quantization, QuantizedRows};
@@ -233,6 +233,7 @@ pub fn gemm_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
+    assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
     if m == 0 || panels.is_empty() {
         return;
     }
@@ -260,6 +261,7 @@ pub fn activate_then_gemm_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
+    assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
     if m == 0 || panels.is_empty() {
         return;
     }
@@ -292,7 +294,8 @@ fn block_by_block(
 /// [`gemm_panels`] with A quantized beforehand (all of `a`'s rows, of length `w.k()`).
 ///
 /// # Panics
-/// If the CPU has no AVX512-VNNI, if `a.k() != w.k()`, or if `c` is too short.
+/// If the CPU has no AVX512-VNNI, if `a.k() != w.k()`, if `panels` runs past `w`'s panels, or
+/// if `c` or `bias` is too short.
 pub fn gemm_codes_panels(
     a: &QuantizedRows,
     w: &PackedInt8,
@@ -301,6 +304,7 @@ pub fn gemm_codes_panels(
     c: &mut [f32],
     ldc: usize,
 ) {
+    assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
     assert_eq!(a.k(), w.k, "gemm_codes_panels: A's k and W's k");
     let m = a.rows();
     if m == 0 || panels.is_empty() {
@@ -333,7 +337,6 @@ fn multiply(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(has_vnni(), "int8 GEMM on a CPU without AVX512-VNNI");
     let (n, k) = (w.n, w.k);
     let (first_row, first_column) = (tiles.start * MR, panels.start * NR);
     // At least one K block, so that k = 0 still writes the bias.
@@ -394,7 +397,9 @@ fn run_tile(
     assert!(a.codes.len() >= MR * KC_INT8 && b.quads * 4 <= KC_INT8 && b.codes.len() >= b.quads * NR * 4);
     assert!(a.scales.len() >= groups * MR && a.zeros.len() >= groups * MR);
     assert!(b.groups.1.len() >= groups * NR);
-    if rows == MR && width == NR && ldc >= NR {
+    // With no quads (k = 0) no group runs, so a tile in place would never be written: the
+    // buffer below writes the bias.
+    if rows == MR && width == NR && ldc >= NR && b.quads > 0 {
         assert!(c.len() >= (MR - 1) * ldc + NR);
         // The first group starts from the bias (or zero) row, read at stride 0 for every row of
         // the tile, instead of copying it into C first: no pass over C before the products.
@@ -439,7 +444,7 @@ enum Source {
 ///
 /// # Safety
 /// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`, `first` readable likewise at its
-/// own stride; VNNI present (`multiply` asserts it); `a` and `b` as `run_tile` asserts.
+/// own stride; VNNI present (the public entry points assert it); `a` and `b` as `run_tile` asserts.
 unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, ldc: usize) {
     let groups = b.quads.div_ceil(GROUP_QUADS);
     for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {

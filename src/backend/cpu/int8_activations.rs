@@ -57,7 +57,7 @@ impl Quantization {
 /// codes on its own.
 ///
 /// # Safety
-/// AVX-512F and AVX-512BW present.
+/// AVX-512F, AVX-512BW and AVX-512VL present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations: &mut [Quantization]) {
@@ -127,7 +127,8 @@ pub(super) unsafe fn quantize_row(values: &[f32], out: &mut [u8], quantizations:
 }
 
 /// Rows of activations quantized for the int8 GEMM, every K block of them (see the module
-/// header of `int8`): made by [`QuantizedRows::quantize`], read by `int8::gemm_codes_panels`.
+/// header of `int8`): made by [`QuantizedRows::quantize`] (or
+/// [`QuantizedRows::quantize_activated`]), read by `int8::gemm_codes_panels`.
 /// Its storage is kept and reused by the next `quantize`.
 #[derive(Debug, Default)]
 pub struct QuantizedRows {
@@ -306,7 +307,8 @@ fn prefetch_row(a: &[f32], lda: usize, i: usize, m: usize, k: usize) {
     let _ = (a, lda, i, m, k);
 }
 
-/// [`quantize_row`] one value at a time, for a CPU without AVX-512 (the same results).
+/// [`quantize_row`] one value at a time, for a CPU without AVX-512 (the same results for finite
+/// values).
 fn quantize_row_scalar(values: &[f32], out: &mut [u8], quantizations: &mut [Quantization]) {
     for ((group, codes), quantization) in values.chunks(GROUP).zip(out.chunks_mut(GROUP)).zip(quantizations) {
         *quantization = Quantization::of(group);

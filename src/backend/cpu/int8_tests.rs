@@ -53,6 +53,8 @@ fn int8_gemm_is_exactly_its_integer_model() {
         (29, 70, 777),
         (97, 32, 384),
         (12, 5, 0),
+        // k = 0 on full 12 x 32 tiles: the bias alone.
+        (24, 64, 0),
         (33, 64, 1537),
         (17, 95, 6),
         (200, 40, 65),

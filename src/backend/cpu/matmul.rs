@@ -616,7 +616,8 @@ pub trait PanelWeights: Sync {
     /// `activate` on each of rows `0..m` of `a` (`k()` values at stride `lda`, in place), then
     /// [`gemm_panels`](Self::gemm_panels) on them: the FFN's activation and down projection.
     /// The int8 weights do both in one pass along the rows (each row quantized just after its
-    /// activation); the others activate every row first.
+    /// activation); the others activate every row first. `activate` runs inside the GEMM, on
+    /// its thread: it must not start a GEMM itself.
     #[allow(clippy::too_many_arguments)]
     fn activate_then_gemm_panels(
         &self,
@@ -629,8 +630,8 @@ pub trait PanelWeights: Sync {
         c: &mut [f32],
         ldc: usize,
     ) {
-        for row in a.chunks_mut(lda).take(m) {
-            activate(&mut row[..self.k()]);
+        for i in 0..m {
+            activate(&mut a[i * lda..][..self.k()]);
         }
         self.gemm_panels(a, lda, m, panels, bias, c, ldc);
     }
