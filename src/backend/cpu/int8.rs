@@ -41,7 +41,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::matmul::{check_operands, next_block, part_of, prefetch_line, LoopOrder, MC};
+use super::matmul::{check_operands, check_output, next_block, part_of, prefetch_line, LoopOrder, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 #[path = "int8_activations.rs"]
@@ -310,14 +310,7 @@ pub fn gemm_codes_panels(
     if m == 0 || panels.is_empty() {
         return;
     }
-    let columns = (panels.end * NR).min(w.n) - panels.start * NR;
-    assert!(
-        c.len() >= (m - 1) * ldc + columns,
-        "gemm_codes_panels: C too short"
-    );
-    if let Some(bias) = bias {
-        assert!(bias.len() >= w.n, "gemm_codes_panels: bias too short");
-    }
+    check_output("gemm_codes_panels", m, w.n, &panels, bias, (c, ldc));
     // M blocks of `MC` rows, as `gemm_panels`: each W panel's K block is read once per M block.
     let tiles_per_block = MC / MR;
     for t0 in (0..a.tiles()).step_by(tiles_per_block) {

@@ -7,6 +7,7 @@
 
 use super::{round_even, GROUP, KC_INT8};
 use crate::backend::cpu::buffers::grow;
+use crate::backend::cpu::matmul::prefetch_line;
 use crate::backend::cpu::microkernel::{Isa, MR};
 
 /// The quantization of one group of a row of activations: `x ~ (q - zero) * scale`.
@@ -295,16 +296,12 @@ pub(super) struct Activations<'a> {
 /// Asks for row `i` of A (`k` values at stride `lda`), all of it, in L2, if `i < m`: the next
 /// row, while this one is quantized.
 fn prefetch_row(a: &[f32], lda: usize, i: usize, m: usize, k: usize) {
-    #[cfg(target_arch = "x86_64")]
     if i < m {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        for line in a[i * lda..][..k].chunks(16) {
-            // SAFETY: a prefetch is a hint and never faults; the address is in `a`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+        let row = &a[i * lda..][..k];
+        for line in 0..row.len().div_ceil(16) {
+            prefetch_line(row, line);
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (a, lda, i, m, k);
 }
 
 /// [`quantize_row`] one value at a time, for a CPU without AVX-512 (the same results for finite

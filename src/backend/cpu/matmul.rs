@@ -249,7 +249,7 @@ pub fn gemm_with(
     gemm_panels(isa, a, lda, m, w, 0..w.panels(), bias, c, ldc);
 }
 
-/// The operand checks every GEMM driver (f32 and bf16) makes before it writes: A holds `m` rows
+/// The operand checks every GEMM driver (f32, bf16, int8) makes before it writes: A holds `m` rows
 /// of `k`, C holds `m` rows of the panels' columns, the bias covers `n`. Returns the first column
 /// of `panels` (column 0 of `c`). Panics name `what`: callers check shapes first, so a failure
 /// here is a bug in ember, not bad input.
@@ -265,6 +265,19 @@ pub(super) fn check_operands(
     (c, ldc): (&[f32], usize),
 ) -> usize {
     assert!(a.len() >= (m - 1) * lda + k, "{what}: A too short");
+    check_output(what, m, n, panels, bias, (c, ldc))
+}
+
+/// [`check_operands`] without A (for an A that is not f32 rows, such as int8 codes): C holds
+/// `m` rows of the panels' columns, the bias covers `n`. Returns the first column of `panels`.
+pub(super) fn check_output(
+    what: &str,
+    m: usize,
+    n: usize,
+    panels: &std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    (c, ldc): (&[f32], usize),
+) -> usize {
     let first_column = panels.start * NR;
     let columns = (panels.end * NR).min(n) - first_column;
     assert!(c.len() >= (m - 1) * ldc + columns, "{what}: C too short");
