@@ -73,7 +73,7 @@ fn main() {
                 match dtype {
                     Dtype::F32 => isa.f32_kernels().name(),
                     Dtype::Bf16 => ember::backend::cpu::bf16::Kernel::detected().map_or("no bf16", |k| k.name()),
-                    Dtype::Int8 => "avx512-vnni",
+                    Dtype::Int8 => ember::backend::cpu::int8::kernel_name(),
                 }
             },
             texts.len(),

@@ -7,7 +7,7 @@
 //! GFLOP/s and as a percentage of the single-thread peak.
 //!
 //! The same for the bf16 and int8 GEMMs against the peak of their own instruction (`vdpbf16ps`,
-//! `tdpbf16ps`, `vpdpbusd`; the FMA for bf16 weights widened to f32). The int8 GEMM twice:
+//! `tdpbf16ps`, `vpdpbusd` or `tdpbusd`; the FMA for bf16 weights widened to f32). The int8 GEMM twice:
 //! `int8-codes` on activations quantized beforehand (its integer work alone), `int8-vnni` from f32
 //! activations, their quantization in the time.
 //!
@@ -89,69 +89,86 @@ mod kernels {
         _mm512_reduce_add_epi32(total) as f32
     }
 
-    /// The AMX tile multiply `tdpbf16ps` (16 x 16 x 32 multiply-adds each) on four independent
-    /// accumulator tiles, 12 per iteration as the loops above. Returns one value of the result.
-    /// The tile configuration is loaded and released here.
-    ///
-    /// # Safety
-    /// AMX present and permitted by the OS (`Isa::Amx.is_available()`).
-    pub unsafe fn amx_bf16(iterations: u64) -> f32 {
-        use std::arch::asm;
-        #[repr(C, align(64))]
-        struct Config([u8; 64]);
-        let mut config = Config([0; 64]);
-        config.0[0] = 1;
-        for t in 0..8 {
-            config.0[16 + 2 * t] = 64;
-            config.0[48 + t] = 16;
-        }
-        #[repr(C, align(64))]
-        struct Tile([u16; 512]);
-        let ones = Tile([0x3f80; 512]); // bf16 1.0
-        let mut out = Tile([0; 512]);
-        // SAFETY: AMX is usable (the caller's contract); `config` is the 64-byte, 64-aligned
-        // operand of ldtilecfg (palette 1, eight tiles of 16 rows x 64 bytes), and `ones` a whole
-        // 1 KiB tile, 16 rows of 64 bytes, for both loads.
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "tileloadd tmm4, [{p} + {s} * 1]",
-                "tileloadd tmm5, [{p} + {s} * 1]",
-                p = in(reg) ones.0.as_ptr(),
-                s = in(reg) 64usize,
-            );
-        }
-        for _ in 0..iterations {
-            // SAFETY: the configuration is loaded; tile multiplies touch no memory.
-            unsafe {
-                asm!(
-                    "tdpbf16ps tmm0, tmm4, tmm5",
-                    "tdpbf16ps tmm1, tmm4, tmm5",
-                    "tdpbf16ps tmm2, tmm4, tmm5",
-                    "tdpbf16ps tmm3, tmm4, tmm5",
-                    "tdpbf16ps tmm0, tmm4, tmm5",
-                    "tdpbf16ps tmm1, tmm4, tmm5",
-                    "tdpbf16ps tmm2, tmm4, tmm5",
-                    "tdpbf16ps tmm3, tmm4, tmm5",
-                    "tdpbf16ps tmm0, tmm4, tmm5",
-                    "tdpbf16ps tmm1, tmm4, tmm5",
-                    "tdpbf16ps tmm2, tmm4, tmm5",
-                    "tdpbf16ps tmm3, tmm4, tmm5",
-                    options(nostack, nomem)
-                );
+    /// Defines `$name(iterations)`: the AMX tile multiply `$op` on four independent accumulator
+    /// tiles, 12 per iteration as the loops above, returning one value of the result (a float
+    /// made of its bits). The tile configuration is loaded and released inside.
+    macro_rules! amx_peak {
+        ($(#[$doc:meta])* $name:ident, $op:literal) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// AMX present and permitted by the OS, with the instruction's extension.
+            pub unsafe fn $name(iterations: u64) -> f32 {
+                use std::arch::asm;
+                #[repr(C, align(64))]
+                struct Config([u8; 64]);
+                let mut config = Config([0; 64]);
+                config.0[0] = 1;
+                for t in 0..8 {
+                    config.0[16 + 2 * t] = 64;
+                    config.0[48 + t] = 16;
+                }
+                #[repr(C, align(64))]
+                struct Tile([u16; 512]);
+                let ones = Tile([0x3f80; 512]); // bf16 1.0 (bytes 0x80, 0x3f for int8)
+                let mut out = Tile([0; 512]);
+                // SAFETY: AMX is usable (the caller's contract); `config` is the 64-byte,
+                // 64-aligned operand of ldtilecfg (palette 1, eight tiles of 16 rows x 64 bytes),
+                // and `ones` a whole 1 KiB tile, 16 rows of 64 bytes, for both loads.
+                unsafe {
+                    asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr());
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        "tileloadd tmm4, [{p} + {s} * 1]",
+                        "tileloadd tmm5, [{p} + {s} * 1]",
+                        p = in(reg) ones.0.as_ptr(),
+                        s = in(reg) 64usize,
+                    );
+                }
+                for _ in 0..iterations {
+                    // SAFETY: the configuration is loaded; tile multiplies touch no memory.
+                    unsafe {
+                        asm!(
+                            concat!($op, " tmm0, tmm4, tmm5"),
+                            concat!($op, " tmm1, tmm4, tmm5"),
+                            concat!($op, " tmm2, tmm4, tmm5"),
+                            concat!($op, " tmm3, tmm4, tmm5"),
+                            concat!($op, " tmm0, tmm4, tmm5"),
+                            concat!($op, " tmm1, tmm4, tmm5"),
+                            concat!($op, " tmm2, tmm4, tmm5"),
+                            concat!($op, " tmm3, tmm4, tmm5"),
+                            concat!($op, " tmm0, tmm4, tmm5"),
+                            concat!($op, " tmm1, tmm4, tmm5"),
+                            concat!($op, " tmm2, tmm4, tmm5"),
+                            concat!($op, " tmm3, tmm4, tmm5"),
+                            options(nostack, nomem)
+                        );
+                    }
+                }
+                // SAFETY: `out` is a whole 1 KiB tile for the store; then the tiles are
+                // released.
+                unsafe {
+                    asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
+                    asm!("tilerelease");
+                }
+                f32::from_bits(u32::from(out.0[0]) | (u32::from(out.0[1]) << 16))
             }
-        }
-        // SAFETY: `out` is a whole 1 KiB tile for the store; then the tiles are released.
-        unsafe {
-            asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) out.0.as_mut_ptr(), s = in(reg) 64usize);
-            asm!("tilerelease");
-        }
-        f32::from_bits(u32::from(out.0[0]) | (u32::from(out.0[1]) << 16))
+        };
     }
+
+    amx_peak!(
+        /// `tdpbf16ps`: 16 x 16 x 32 bf16 multiply-adds per instruction.
+        amx_bf16,
+        "tdpbf16ps"
+    );
+    amx_peak!(
+        /// `tdpbusd`: 16 x 16 x 64 byte products (unsigned by signed) per instruction.
+        amx_int8,
+        "tdpbusd"
+    );
 
     /// The same with 8-lane AVX2 FMAs.
     #[target_feature(enable = "avx2,fma")]
@@ -238,9 +255,10 @@ fn gemm_bf16(
     std::hint::black_box(&out);
 }
 
-/// The one-thread int8 GEMM against `peak`, the rate of `vpdpbusd`: first on A quantized
-/// beforehand (`int8-codes`: the GEMM's integer work alone, as for an A quantized where it is
-/// produced), then with A's quantization in the time (`int8-vnni`, from f32 rows).
+/// The one-thread int8 GEMM against `peak`, the rate of its instruction (`vpdpbusd`, or
+/// `tdpbusd` where it runs on AMX): first on A quantized beforehand (`int8-codes`, `amx-codes`:
+/// the GEMM's integer work alone, as for an A quantized where it is produced), then with A's
+/// quantization in the time (`int8-vnni`, `amx-int8`, from f32 rows).
 fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
     use common::testutil::SplitMix64;
     use ember::backend::cpu::int8;
@@ -252,10 +270,16 @@ fn gemm_int8(peak: f64, shape: (usize, usize, usize), runs: usize) {
     let mut out = vec![0.0; m * n];
     let mut codes = int8::QuantizedRows::new();
     codes.quantize(&a, k, m, k);
-    best_rate("int8-codes", peak, shape, runs, || {
+    let on_amx = int8::kernel_name() == "amx-int8";
+    let (codes_name, name) = if on_amx {
+        ("amx-codes", "amx-int8")
+    } else {
+        ("int8-codes", "int8-vnni")
+    };
+    best_rate(codes_name, peak, shape, runs, || {
         int8::gemm_codes_panels(&codes, &w, 0..w.panels(), Some(&bias), &mut out, n)
     });
-    best_rate("int8-vnni", peak, shape, runs, || {
+    best_rate(name, peak, shape, runs, || {
         int8::gemm_panels(&a, k, m, &w, 0..w.panels(), Some(&bias), &mut out, n)
     });
     std::hint::black_box(&out);
@@ -377,8 +401,14 @@ fn main() {
             }
         }
         if ember::backend::cpu::int8::is_supported() && wanted("int8") {
-            // SAFETY: the CPU has AVX512-VNNI (checked just above).
-            let peak = measure("vnni", 64, 1, |n| unsafe { kernels::avx512vnni(n) });
+            let peak = if ember::backend::cpu::int8::kernel_name() == "amx-int8" {
+                // SAFETY: the int8 GEMM runs on AMX-INT8 only where the CPU has it and the OS
+                // permits the tiles.
+                measure("tdpbusd", 16 * 16 * 64, 1, |n| unsafe { kernels::amx_int8(n) })
+            } else {
+                // SAFETY: the CPU has AVX512-VNNI (checked just above).
+                measure("vnni", 64, 1, |n| unsafe { kernels::avx512vnni(n) })
+            };
             for &shape in &shapes {
                 gemm_int8(peak, shape, runs);
             }

@@ -52,6 +52,13 @@ pub fn is_available() -> bool {
     *AVAILABLE.get_or_init(detect)
 }
 
+/// Whether [`is_available`] and the CPU also has AMX-INT8 (`tdpbusd`, CPUID leaf 7 EDX bit 25),
+/// which the int8 GEMM uses.
+pub fn has_int8() -> bool {
+    static INT8: OnceLock<bool> = OnceLock::new();
+    *INT8.get_or_init(|| is_available() && (std::arch::x86_64::__cpuid_count(7, 0).edx >> 25) & 1 == 1)
+}
+
 #[cfg(target_os = "linux")]
 fn detect() -> bool {
     // CPUID leaf 7, sub-leaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE (std's feature detection
@@ -385,7 +392,7 @@ unsafe fn store_block(
 
 /// Asks for the 16 cache lines of one 1 KiB tile in L1.
 #[inline(always)]
-fn prefetch_tile(tile: *const u8) {
+pub(super) fn prefetch_tile(tile: *const u8) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for line in 0..16 {
         // SAFETY: SSE is part of the x86-64 baseline; a prefetch is a hint that reads nothing

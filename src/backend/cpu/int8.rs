@@ -24,7 +24,8 @@
 //!
 //! Layouts (quads of consecutive k, as `vpdpbusd` sums four byte products per 32-bit lane):
 //! - W: panels of `NR` = 32 columns, `panel[(q * NR + j) * 4 + e] = q_w[first + j][4q + e]`,
-//!   zero past `n` and past `k`; 64-byte aligned, so each k quad of a panel is two cache lines.
+//!   zero past `n` and past `k`, up to whole AMX k steps of 64; 64-byte aligned, so each k quad
+//!   of a panel is two cache lines.
 //!   Beside it, per panel and group, the 32 scales and the 32 column sums (as f32).
 //! - A ([`QuantizedRows`]): every K block of [`KC_INT8`] of a row quantized at once, row by
 //!   row: in block `b`, row `i`'s codes at `codes[b][i * KC_INT8..]`, so that quantizing a row
@@ -34,9 +35,10 @@
 //!   [`gemm_panels`] quantizes an f32 A one M block of rows at a time, just before multiplying
 //!   it; [`gemm_codes_panels`] takes rows quantized beforehand.
 //!
-//! A CPU without AVX512-VNNI (or a level below AVX-512 forced by `EMBER_CPU_ISA`) gets a clear
-//! error from [`check_supported`]. AMX-INT8 (`tdpbusd`) is not used yet: CPUs with AMX run this
-//! kernel too.
+//! Two kernels multiply, with the same bits: `vpdpbusd` (AVX512-VNNI) on 12 x 32 register tiles
+//! (here), and `tdpbusd` on AMX tiles (`int8_amx.rs`) where the level of [`Isa::detected`] is
+//! AMX and the CPU has AMX-INT8. A CPU without AVX512-VNNI (or a level below AVX-512 forced by
+//! `EMBER_CPU_ISA`) gets a clear error from [`check_supported`].
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -50,6 +52,10 @@ mod activations;
 use activations::quantize_row;
 use activations::Activations;
 pub use activations::{Quantization, QuantizedRows};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "int8_amx.rs"]
+mod amx_kernel;
 
 /// Consecutive k values that share a quantization scale, a multiple of 4 (whole quads). Small
 /// enough that an outlier coarsens few values, large enough that the per-group scaling (8
@@ -99,9 +105,38 @@ pub fn check_supported() -> std::result::Result<(), String> {
     )
 }
 
-/// Quads of k stored per panel.
+/// Quads of k stored per panel: whole AMX k steps of 64 (16 quads), so that the AMX kernel's
+/// last tile of W holds zeros past k.
 fn stored_quads(k: usize) -> usize {
-    k.div_ceil(4)
+    k.div_ceil(64) * 16
+}
+
+/// Whether the CPU has AMX-INT8 and the OS lets this process use the tiles.
+fn amx_int8_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::amx::has_int8()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the int8 GEMMs run on AMX tiles: the level of [`Isa::detected`] is AMX (not forced
+/// below it) and the CPU has AMX-INT8.
+fn runs_on_amx() -> bool {
+    Isa::detected() == Isa::Amx && amx_int8_available()
+}
+
+/// The kernel the int8 GEMMs run on this CPU: `amx-int8` (`tdpbusd`) or `avx512-vnni`
+/// (`vpdpbusd`).
+pub fn kernel_name() -> &'static str {
+    if runs_on_amx() {
+        "amx-int8"
+    } else {
+        "avx512-vnni"
+    }
 }
 
 /// `W [n, k]` quantized to int8 per output channel and group of k, packed in k-quad panels of
@@ -320,8 +355,26 @@ pub fn gemm_codes_panels(
 }
 
 /// The products of the rows of `a`'s tiles `tiles` (at most an M block) with W's panels
-/// `panels`, into `c` (its row 0 is the first tile's first row, its column 0 the first panel's).
+/// `panels`, into `c` (its row 0 is the first tile's first row, its column 0 the first panel's),
+/// on AMX tiles where [`runs_on_amx`], else with `vpdpbusd`.
 fn multiply(
+    a: &QuantizedRows,
+    tiles: Range<usize>,
+    w: &PackedInt8,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if runs_on_amx() {
+        return amx_kernel::multiply(a, tiles, w, panels, bias, c, ldc);
+    }
+    multiply_vnni(a, tiles, w, panels, bias, c, ldc)
+}
+
+/// [`multiply`] with `vpdpbusd`.
+fn multiply_vnni(
     a: &QuantizedRows,
     tiles: Range<usize>,
     w: &PackedInt8,
@@ -335,7 +388,7 @@ fn multiply(
     // At least one K block, so that k = 0 still writes the bias.
     for kb in 0..k.div_ceil(KC_INT8).max(1) {
         let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
-        let (quads, groups) = (stored_quads(kc), kc.div_ceil(GROUP));
+        let (quads, groups) = (kc.div_ceil(4), kc.div_ceil(GROUP));
         for panel_index in panels.clone() {
             let column = panel_index * NR;
             let width = NR.min(n - column);
@@ -352,7 +405,7 @@ fn multiply(
             // starts. perf of a bge-base int8 pass had 23 % of the kernel's samples waiting on
             // W loads; 8 % with the prefetch.
             let next = next_block(LoopOrder::KBlockOuter, &panels, panel_index, (k0, kc), k, KC_INT8)
-                .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, stored_quads(kc)));
+                .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, kc.div_ceil(4)));
             for t in tiles.clone() {
                 let row = t * MR;
                 let c_tile = &mut c[(row - first_row) * ldc + column - first_column..];

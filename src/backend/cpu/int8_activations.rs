@@ -148,6 +148,10 @@ pub struct QuantizedRows {
 /// Groups per K block.
 const BLOCK_GROUPS: usize = KC_INT8 / GROUP;
 
+/// Rows of codes stored past the last K block: the AMX kernel reads A in tiles of 32 rows from
+/// any row below `rows`, and only the rows below `rows` of its sums are used.
+pub(super) const SLACK_ROWS: usize = 32;
+
 impl QuantizedRows {
     /// Empty, no storage yet.
     pub fn new() -> Self {
@@ -225,7 +229,7 @@ impl QuantizedRows {
         // No clearing: every entry of rows below `m` is written; those past `m` are zeroed.
         // Codes past `kc` in a row's last quad are left from earlier blocks (or zero from
         // `grow`): they meet zero weights.
-        grow(&mut self.codes, blocks * tiles * MR * KC_INT8);
+        grow(&mut self.codes, (blocks * tiles * MR + SLACK_ROWS) * KC_INT8);
         grow(&mut self.scales, blocks * tiles * BLOCK_GROUPS * MR);
         grow(&mut self.zeros, blocks * tiles * BLOCK_GROUPS * MR);
     }
@@ -271,6 +275,18 @@ impl QuantizedRows {
     /// pack of `tiles` tiles.
     fn tile_groups(tiles: usize, kb: usize, t: usize, groups: usize) -> usize {
         (kb * tiles * BLOCK_GROUPS + t * groups) * MR
+    }
+
+    /// The codes of K block `kb` from row `row` on, to the end of the storage (which holds
+    /// [`SLACK_ROWS`] rows past the last block): the AMX kernel's A tiles.
+    pub(super) fn block_codes(&self, kb: usize, row: usize) -> &[u8] {
+        &self.codes[(kb * self.tiles() * MR + row) * KC_INT8..]
+    }
+
+    /// The scale and zero point of row `row`'s group `g`, of the `groups` of K block `kb`.
+    pub(super) fn quantization(&self, kb: usize, row: usize, groups: usize, g: usize) -> (f32, f32) {
+        let at = Self::tile_groups(self.tiles(), kb, row / MR, groups) + g * MR + row % MR;
+        (self.scales[at], self.zeros[at])
     }
 
     /// Tile `t` of K block `kb`, of `groups` groups.

@@ -36,6 +36,18 @@ fn int8_model(a: &[f32], lda: usize, m: usize, w: &PackedInt8, bias: &[f32]) -> 
     out
 }
 
+/// `m` random rows of `k` at stride `lda`, where there are four or more: one with an outlier,
+/// one all positive (as after GELU), one all zero.
+fn awkward_rows(rng: &mut SplitMix64, m: usize, k: usize, lda: usize) -> Vec<f32> {
+    let mut a = rng.values(m * lda, 1.0);
+    if m > 3 && k > 0 {
+        a[lda] = 40.0;
+        a[2 * lda..2 * lda + k].iter_mut().for_each(|v| *v = v.abs());
+        a[3 * lda..3 * lda + k].iter_mut().for_each(|v| *v = 0.0);
+    }
+    a
+}
+
 #[test]
 fn int8_gemm_is_exactly_its_integer_model() {
     if !is_supported() {
@@ -64,13 +76,7 @@ fn int8_gemm_is_exactly_its_integer_model() {
     ];
     for &(m, n, k) in &shapes {
         let (lda, ldc) = (k + 3, n + 5);
-        let mut a = rng.values(m * lda, 1.0);
-        // One row with an outlier, one all positive (as after GELU), one all zero.
-        if m > 3 && k > 0 {
-            a[lda] = 40.0;
-            a[2 * lda..2 * lda + k].iter_mut().for_each(|v| *v = v.abs());
-            a[3 * lda..3 * lda + k].iter_mut().for_each(|v| *v = 0.0);
-        }
+        let a = awkward_rows(&mut rng, m, k, lda);
         let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
         let bias = rng.values(n, 0.5);
         let packed = PackedInt8::from_rows(&w, n, k);
@@ -135,6 +141,83 @@ fn int8_gemm_is_exactly_its_integer_model() {
                     &part[i * (n - NR)..(i + 1) * (n - NR)],
                     &want[i * n + NR..(i + 1) * n]
                 );
+            }
+        }
+    }
+}
+
+/// The AMX kernel's driver on a model of the tile unit (every CPU with AVX-512), and on the tile
+/// unit itself where the CPU has AMX-INT8, against the integer model: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_kernel_is_exactly_its_integer_model() {
+    if !Isa::Avx512.is_available() {
+        return; // the kernel scales its sums with AVX-512
+    }
+    let on_tiles = amx_int8_available();
+    if !on_tiles {
+        eprintln!("no AMX-INT8 here: the AMX kernel's driver runs on the model of the tile unit only");
+    }
+    let mut rng = SplitMix64::new(25);
+    // Rows around the 32-row block and the 96-row M block; k around the 64-wide step, the
+    // 128-wide group and the 768-wide K block, a partly filled last quad; column tails; k = 0.
+    let shapes = [
+        (1, 1, 1),
+        (31, 33, 64),
+        (33, 32, 65),
+        (97, 70, 777),
+        (96, 64, 128),
+        (40, 5, 0),
+        (13, 40, 1600),
+        (130, 95, 191),
+    ];
+    for &(m, n, k) in &shapes {
+        let (lda, ldc) = (k + 3, n + 5);
+        let a = awkward_rows(&mut rng, m, k, lda);
+        let w = PackedInt8::from_rows(&rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt()), n, k);
+        let bias = rng.values(n, 0.5);
+        let mut codes = QuantizedRows::new();
+        codes.quantize(&a, lda, m, k);
+        for bias in [Some(&bias[..]), None] {
+            let want = int8_model(&a, lda, m, &w, bias.unwrap_or(&vec![0.0; n]));
+            let sentinel = 12345.0;
+            // By M blocks of tiles, as `gemm_codes_panels`, over all panels and over all but the
+            // first (landing at column 0 of their own output).
+            for first_panel in [0, 1].into_iter().filter(|&p| p < w.panels()) {
+                let width = n - first_panel * NR;
+                let run = |on_tiles: bool| {
+                    let mut c = vec![sentinel; m * ldc];
+                    for t0 in (0..codes.tiles()).step_by(MC / MR) {
+                        let tiles = t0..(t0 + MC / MR).min(codes.tiles());
+                        let panels = first_panel..w.panels();
+                        let out = &mut c[t0 * MR * ldc..];
+                        if on_tiles {
+                            amx_kernel::multiply(&codes, tiles, &w, panels, bias, out, ldc);
+                        } else {
+                            let model = &mut amx_kernel::TileModel::new();
+                            amx_kernel::multiply_on(model, &codes, tiles, &w, panels, bias, out, ldc);
+                        }
+                    }
+                    c
+                };
+                for (unit, c) in [(false, run(false))]
+                    .into_iter()
+                    .chain(on_tiles.then(|| (true, run(true))))
+                {
+                    let unit = if unit { "AMX tiles" } else { "tile model" };
+                    for i in 0..m {
+                        assert_eq!(
+                            &c[i * ldc..i * ldc + width],
+                            &want[i * n + first_panel * NR..(i + 1) * n],
+                            "{unit}: {m}x{n}x{k} from panel {first_panel}, bias {}, row {i}",
+                            bias.is_some()
+                        );
+                        assert!(
+                            c[i * ldc + width..(i + 1) * ldc].iter().all(|&v| v == sentinel),
+                            "{unit}: wrote outside C"
+                        );
+                    }
+                }
             }
         }
     }

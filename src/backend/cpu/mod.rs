@@ -12,7 +12,7 @@
 //! - `rowwise`: embedding + LayerNorm, LayerNorm, pooling, L2 normalization, split over rows;
 //! - `math`: vectorizable f32 `exp`, `erf`, `tanh` and the activations, compiled per ISA level;
 //! - [`bf16`]: the bf16 linear layers ([`Dtype::Bf16`]), on AMX tiles (`amx`) or AVX512-BF16;
-//! - [`int8`]: the int8 linear layers ([`Dtype::Int8`]), on AVX512-VNNI.
+//! - [`int8`]: the int8 linear layers ([`Dtype::Int8`]), on AMX-INT8 tiles or AVX512-VNNI.
 //!
 //! [`matmul::Isa::detected`] picks the level once per process: AMX, AVX512-BF16 (both
 //! AVX-512 for f32 code), AVX-512, AVX2 or portable.
