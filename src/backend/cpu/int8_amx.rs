@@ -178,8 +178,10 @@ pub(super) fn multiply(
 
 /// [`multiply`] on a given tile unit (tests pass a model of it).
 ///
-/// Loop order: W panel (streamed once per call, an M block at most), 32-row block, then the
-/// groups of k in order, as the VNNI kernel sums them.
+/// Loop order: W panel (streamed once per call, an M block at most), K block of `KC_INT8` (the
+/// panel's 24 KiB of it stay in L1 while the 32-row blocks pass over them, so that only A's
+/// tiles come from L2), 32-row block, then the block's groups of k in order: every element of
+/// C adds its groups in the VNNI kernel's order.
 #[allow(clippy::too_many_arguments)] // multiply's operands and the unit
 pub(super) fn multiply_on(
     unit: &mut impl TileUnit,
@@ -199,7 +201,7 @@ pub(super) fn multiply_on(
     let rows = tiles.start * MR..(tiles.end * MR).min(a.rows());
     let first_column = panels.start * NR;
     let mut sums = BlockSums([0; BLOCK_ROWS * NR]);
-    for panel in panels {
+    for (panel, kb) in panels.flat_map(|panel| (0..w.k.div_ceil(KC_INT8).max(1)).map(move |kb| (panel, kb))) {
         let column = panel * NR;
         let width = NR.min(n - column);
         let bias = bias.map(|bias| &bias[column..column + width]);
@@ -216,7 +218,7 @@ pub(super) fn multiply_on(
                 height,
                 width,
             };
-            block_sums(unit, a, row, w, panel, bias, block, &mut sums);
+            block_sums(unit, a, (row, kb), w, panel, bias, block, &mut sums);
         }
     }
 }
@@ -239,12 +241,13 @@ struct Group {
     first: bool,
 }
 
-/// All of k for the 32 x 32 block at A's row `row` and W's panel `panel`, scaled into `block`.
+/// K block `kb` of the 32 x 32 block at A's row `row` and W's panel `panel`, scaled into
+/// `block` (from the bias on the first K block).
 #[allow(clippy::too_many_arguments)] // one block's operands
 fn block_sums(
     unit: &mut impl TileUnit,
     a: &QuantizedRows,
-    row: usize,
+    (row, kb): (usize, usize),
     w: &PackedInt8,
     panel: usize,
     bias: Option<&[f32]>,
@@ -264,40 +267,38 @@ fn block_sums(
         return;
     }
     let mut pending: Option<Group> = None;
-    for kb in 0..k.div_ceil(KC_INT8) {
-        let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
-        let steps = kc.div_ceil(STEP_K);
-        let codes = a.block_codes(kb, row);
-        let weights = w.panel_quads(panel, k0 / 4, steps * STEP_K / 4);
-        assert!(
-            codes.len() >= (BLOCK_ROWS - 1) * KC_INT8 + steps * STEP_K,
-            "AMX-INT8: A's slack"
-        );
-        let groups = kc.div_ceil(GROUP);
-        for g in 0..groups {
-            unit.zero();
-            for s in g * GROUP / STEP_K..((g + 1) * GROUP / STEP_K).min(steps) {
-                // The next step's weights (the next panel's first after the last): a panel is
-                // read from memory by the first row block and from cache by the others.
-                let next = weights.as_ptr().wrapping_add((s + 1) * STEP_BYTES).cast::<u8>();
-                amx::prefetch_tile(next);
-                amx::prefetch_tile(next.wrapping_add(1024));
-                // SAFETY: step s < steps: its 64 codes of 32 rows lie inside `codes` (asserted
-                // above) and its `STEP_BYTES` of weights inside `weights`.
-                unsafe {
-                    unit.step(
-                        codes.as_ptr().add(s * STEP_K),
-                        weights.as_ptr().add(s * STEP_BYTES),
-                    )
-                };
-            }
-            if let Some(previous) = pending.take() {
-                scale_group(a, row, w, panel, previous, sums, bias, &mut block);
-            }
-            unit.store(sums);
-            let first = kb == 0 && g == 0;
-            pending = Some(Group { kb, g, groups, first });
+    let (k0, kc) = (kb * KC_INT8, KC_INT8.min(k - kb * KC_INT8));
+    let steps = kc.div_ceil(STEP_K);
+    let codes = a.block_codes(kb, row);
+    let weights = w.panel_quads(panel, k0 / 4, steps * STEP_K / 4);
+    assert!(
+        codes.len() >= (BLOCK_ROWS - 1) * KC_INT8 + steps * STEP_K,
+        "AMX-INT8: A's slack"
+    );
+    let groups = kc.div_ceil(GROUP);
+    for g in 0..groups {
+        unit.zero();
+        for s in g * GROUP / STEP_K..((g + 1) * GROUP / STEP_K).min(steps) {
+            // The next step's weights (past the K block's last, the next block's first): the
+            // first row block reads them from memory, the others from L1.
+            let next = weights.as_ptr().wrapping_add((s + 1) * STEP_BYTES).cast::<u8>();
+            amx::prefetch_tile(next);
+            amx::prefetch_tile(next.wrapping_add(1024));
+            // SAFETY: step s < steps: its 64 codes of 32 rows lie inside `codes` (asserted
+            // above) and its `STEP_BYTES` of weights inside `weights`.
+            unsafe {
+                unit.step(
+                    codes.as_ptr().add(s * STEP_K),
+                    weights.as_ptr().add(s * STEP_BYTES),
+                )
+            };
         }
+        if let Some(previous) = pending.take() {
+            scale_group(a, row, w, panel, previous, sums, bias, &mut block);
+        }
+        unit.store(sums);
+        let first = kb == 0 && g == 0;
+        pending = Some(Group { kb, g, groups, first });
     }
     if let Some(last) = pending {
         scale_group(a, row, w, panel, last, sums, bias, &mut block);
