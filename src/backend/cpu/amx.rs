@@ -290,17 +290,8 @@ pub(super) unsafe fn release_tiles() {
 #[inline]
 unsafe fn block_2x2(steps: usize, strips: *const ATile, b: *const u16, out: &mut CBlock) {
     use std::arch::asm;
-    // SAFETY: the tile configuration is loaded (the caller's contract); tilezero touches no
-    // memory.
-    unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, preserves_flags, nomem)
-        )
-    };
+    // SAFETY: the tile configuration is loaded (the caller's contract).
+    unsafe { zero_accumulators() };
     let (a_top, a_bottom) = (strips, strips.wrapping_add(steps));
     for t in 0..steps {
         let next_b = b.wrapping_add((t + 1) * TILE_ROWS * NR * 2) as *const u8;
@@ -329,18 +320,49 @@ unsafe fn block_2x2(steps: usize, strips: *const ATile, b: *const u16, out: &mut
             )
         };
     }
-    let c = out.0.as_mut_ptr();
-    // SAFETY: `out` is a 32 x 32 f32 block (rows of NR * 4 = 128 bytes): the four 16 x 16 tiles
-    // go to its quarters, each 16 rows of 64 bytes at that stride, all inside the block.
+    // SAFETY: the configuration is loaded, and `out` is a 32 x 32 block of 4-byte values.
+    unsafe { store_accumulators_2x2(out.0.as_mut_ptr().cast()) };
+}
+
+/// Zeroes the accumulator tiles `tmm0..3`.
+///
+/// # Safety
+/// The tile configuration of [`CONFIG`] is loaded.
+#[inline]
+pub(super) unsafe fn zero_accumulators() {
+    // SAFETY: the tile configuration is loaded (the caller's contract); tilezero touches no
+    // memory.
     unsafe {
-        asm!(
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, preserves_flags, nomem)
+        )
+    };
+}
+
+/// Stores the accumulator tiles `tmm0..3`, as the 2 x 2 tiles of a block of 32 rows of 32
+/// four-byte values (f32 or i32) at `block`: `tmm0` and `tmm1` the top half's left and right
+/// columns, `tmm2` and `tmm3` the bottom half's.
+///
+/// # Safety
+/// The tile configuration of [`CONFIG`] is loaded; `block` writable for 32 rows of 128 bytes.
+#[inline]
+pub(super) unsafe fn store_accumulators_2x2(block: *mut u8) {
+    const ROW_BYTES: usize = NR * 4;
+    // SAFETY: the configuration is loaded; each tile is 16 rows of 64 bytes at a stride of 128
+    // bytes, in its quarter of the 32 x 128-byte block (the caller's contract).
+    unsafe {
+        std::arch::asm!(
             "tilestored [{c0} + {stride} * 1], tmm0",
             "tilestored [{c0} + {stride} * 1 + 64], tmm1",
             "tilestored [{c1} + {stride} * 1], tmm2",
             "tilestored [{c1} + {stride} * 1 + 64], tmm3",
-            c0 = in(reg) c,
-            c1 = in(reg) c.add(TILE_ROWS * NR),
-            stride = in(reg) NR * 4,
+            c0 = in(reg) block,
+            c1 = in(reg) block.wrapping_add(TILE_ROWS * ROW_BYTES),
+            stride = in(reg) ROW_BYTES,
             options(nostack, preserves_flags)
         )
     };

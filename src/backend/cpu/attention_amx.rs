@@ -21,7 +21,7 @@
 //! past the end compute on zeros and are not stored. Each (sequence, head) is independent of the
 //! batch around it, so batching invariance holds.
 
-use super::amx::{bf16_pairs, load_tile_config, release_tiles};
+use super::amx::{bf16_pairs, load_tile_config, release_tiles, zero_accumulators};
 use super::attention::softmax_numerators;
 
 /// Rows of a tile, keys per key block, queries per query block.
@@ -362,25 +362,6 @@ unsafe fn context(
         // `column_blocks` tiles (the caller's contract): each store fills one whole tile.
         unsafe { store_accumulators(live, |i| (*base.add(group + i)).0.as_mut_ptr() as *mut u8, stride) };
     }
-}
-
-/// Zeroes the accumulator tiles `tmm0..3`.
-///
-/// # Safety
-/// The tile configuration is loaded.
-#[inline]
-unsafe fn zero_accumulators() {
-    // SAFETY: the tile configuration is loaded (the caller's contract); tilezero touches no
-    // memory.
-    unsafe {
-        std::arch::asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, preserves_flags, nomem)
-        )
-    };
 }
 
 /// Stores the first `live` (1 to 4) accumulator tiles, `tmm{i}` to `at(i)` with rows `stride`

@@ -96,17 +96,8 @@ impl Drop for Tiles {
 
 impl TileUnit for Tiles {
     fn zero(&mut self) {
-        // SAFETY: the tile configuration is loaded while `self` lives; tilezero touches no
-        // memory.
-        unsafe {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, preserves_flags, nomem)
-            )
-        };
+        // SAFETY: the tile configuration is loaded while `self` lives.
+        unsafe { amx::zero_accumulators() };
     }
 
     unsafe fn step(&mut self, a: *const u8, b: *const i8) {
@@ -134,21 +125,8 @@ impl TileUnit for Tiles {
     }
 
     fn store(&mut self, sums: &mut BlockSums) {
-        let c = sums.0.as_mut_ptr();
-        // SAFETY: the configuration is loaded; `sums` is 32 rows of 128 bytes: the four 16 x 16
-        // tiles go to its quarters, 16 rows of 64 bytes each at that stride.
-        unsafe {
-            std::arch::asm!(
-                "tilestored [{c0} + {stride} * 1], tmm0",
-                "tilestored [{c0} + {stride} * 1 + 64], tmm1",
-                "tilestored [{c1} + {stride} * 1], tmm2",
-                "tilestored [{c1} + {stride} * 1 + 64], tmm3",
-                c0 = in(reg) c,
-                c1 = in(reg) c.wrapping_add(TILE_ROWS * NR),
-                stride = in(reg) NR * 4,
-                options(nostack, preserves_flags)
-            )
-        };
+        // SAFETY: the configuration is loaded while `self` lives; `sums` is 32 rows of 32 i32.
+        unsafe { amx::store_accumulators_2x2(sums.0.as_mut_ptr().cast()) };
     }
 }
 
