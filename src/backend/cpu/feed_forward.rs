@@ -68,18 +68,20 @@ pub fn feed_forward_parallel<U: PanelWeights, D: PanelWeights>(
         .zip(blocks.par_iter())
         .for_each(|(out_block, rows)| {
             INTERMEDIATE.with_borrow_mut(|buffer| {
-                let len = rows.len() * middle;
+                // Rows `ld` apart: not a multiple of 4 KiB (`matmul::row_stride`).
+                let ld = matmul::row_stride(middle);
+                let len = rows.len() * ld;
                 if buffer.len() < len {
                     buffer.resize(len, 0.0);
                 }
                 let hidden = &mut buffer[..len];
                 let a = &x[rows.start * k..];
-                up.gemm_panels(a, k, rows.len(), 0..up.panels(), Some(up_bias), hidden, middle);
+                up.gemm_panels(a, k, rows.len(), 0..up.panels(), Some(up_bias), hidden, ld);
                 let panels = 0..down.panels();
                 let m = rows.len();
                 down.activate_then_gemm_panels(
                     hidden,
-                    middle,
+                    ld,
                     m,
                     &activate,
                     panels,

@@ -70,8 +70,16 @@ fn feed_forward_is_the_two_linear_layers_bit_for_bit() {
     let mut rng = SplitMix64::new(17);
     for (dtype, backend) in backends_of_every_dtype() {
         // (tokens, hidden, intermediate): one row and 130 (unfused with 3 threads, fused with
-        // one), 577 and 1,000 (fused with both), awkward widths, and MiniLM's.
-        for (m, hidden, middle) in [(1, 64, 256), (130, 96, 383), (577, 47, 130), (1000, 384, 1536)] {
+        // one), 577 and 1,000 (fused with both), awkward widths, MiniLM's, and an intermediate
+        // of 4 KiB rows, which the fused path's buffer pads (`matmul::row_stride`).
+        let cases = [
+            (1, 64, 256),
+            (130, 96, 383),
+            (577, 47, 130),
+            (1000, 384, 1536),
+            (300, 72, 1024),
+        ];
+        for (m, hidden, middle) in cases {
             let x = tensor(&rng.matrix(m, hidden, 1.0));
             let up = random_linear(&backend, &mut rng, middle, hidden);
             let down = random_linear(&backend, &mut rng, hidden, middle);

@@ -20,6 +20,10 @@
 //! zero padding and never stored. Every element of `C` sees the same sequence of operations
 //! whatever `m`, the row's place in its tile and the loop order (batching invariance).
 //!
+//! Rows of A or C a multiple of 4 KiB apart would share their L1 sets (`row_stride`): the
+//! driver then reads A from a copy of each M block at another stride, and builds each panel's
+//! tiles of C in a contiguous block, with the same operations, so the same bits.
+//!
 //! The parallel split over row blocks (and over panels for short batches), for the weights of
 //! every dtype, is [`gemm_parallel`] in `matmul_parallel.rs`.
 
@@ -42,6 +46,30 @@ pub const ROW_BLOCK: usize = MC;
 
 /// Floats per 64-byte line: the alignment of packed storage.
 const LINE: usize = 16;
+
+/// The row stride for a buffer of `cols`-wide f32 rows that the GEMMs read as A or write as C:
+/// `cols`, or one cache line more where rows of `cols` values would lie a multiple of 4 KiB
+/// apart. Addresses 4 KiB apart share an L1 set (64 sets of 64-byte lines on every x86 core ember
+/// runs on), and a register tile reads or writes 12 rows at once: at such a stride its 12 rows'
+/// lines all fall into one or two sets of 8 to 12 ways, evicting each other and W's lines. At
+/// bge-base's FFN width (3,072 values, 12 KiB) and every width of bge-large (1,024, 3,072 and
+/// 4,096 values), one-thread GEMMs ran 1-30 % faster with A's and C's rows one line further
+/// apart (`BENCHMARKS.md`, Zen 5, 2026-12-02 night).
+pub(super) fn row_stride(cols: usize) -> usize {
+    if sets_alias(cols) {
+        cols + LINE
+    } else {
+        cols
+    }
+}
+
+/// Whether f32 rows `stride` values apart lie a multiple of 4 KiB apart, in the same L1 sets
+/// (see [`row_stride`]). Where a caller's A or C has such a stride, [`drive`] copies A's rows
+/// to another stride and builds C's tiles in a contiguous block.
+fn sets_alias(stride: usize) -> bool {
+    const SET_PERIOD_BYTES: usize = 4096;
+    stride > 0 && (stride * std::mem::size_of::<f32>()).is_multiple_of(SET_PERIOD_BYTES)
+}
 
 /// `W [n, k]` repacked into k-major panels of `NR` columns (see the module header).
 #[derive(Debug, Clone, Default)]
@@ -179,8 +207,10 @@ impl PackedMatrix {
 }
 
 thread_local! {
-    /// Each thread's packed A block (at most `MC x KC` floats), reused across calls.
-    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's buffers for A in [`drive`], reused across calls: the packed rows of an M
+    /// block, and a copy of an M block whose rows lie a multiple of 4 KiB apart (at a stride
+    /// that does not, see [`rows_apart`]).
+    static A_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Appends rows `0..m` (m <= MC), columns `k0..k0 + kc` of A to `pack` as `MR`-row
@@ -319,7 +349,7 @@ fn gemm_panels(
             TileA::Packed(micro_panel) => {
                 microkernel::run(isa, tile.kc, micro_panel, b, tile.c, tile.ldc, tile.init)
             }
-            TileA::Rows(rows) => microkernel::run_rows(
+            TileA::Rows(rows, lda) => microkernel::run_rows(
                 isa,
                 tile.kc,
                 rows,
@@ -350,8 +380,8 @@ pub(super) struct Operands<'a> {
 pub(super) enum TileA<'a> {
     /// A packed micro-panel: `A[i][k0 + p]` at `[p * MR + i]` (zero rows past `m`).
     Packed(&'a [f32]),
-    /// A itself: `A[i][k0 + p]` at `[i * lda + p]`, all `MR` rows real.
-    Rows(&'a [f32]),
+    /// A's rows, `lda` apart: `A[i][k0 + p]` at `[i * lda + p]`, all `MR` rows real.
+    Rows(&'a [f32], usize),
 }
 
 /// One call of a register kernel: `C = init + A · W` over one K block of one W panel, on the
@@ -396,12 +426,24 @@ pub(super) fn drive<'w, T: 'w>(
     }
     let first_column = check_operands("gemm", (a, lda), m, n, k, &panels, bias, (c, ldc));
     let order = LoopOrder::for_depth(k);
+    // Rows a multiple of 4 KiB apart share their L1 sets (`row_stride`). Where A's are, and
+    // the kernel reads them in place, each M block of them is first copied to rows
+    // `row_stride(k)` apart; where C's are, C's tiles of one panel (panel first) are built in a
+    // contiguous block through the K blocks, each copied into C after its last.
+    let copy_rows = in_place && sets_alias(lda);
+    let mut panel_block: Vec<Tile> = if order == LoopOrder::PanelOuter && sets_alias(ldc) {
+        (0..MC / MR).map(|_| Tile([0.0; MR * NR])).collect()
+    } else {
+        Vec::new()
+    };
     // At least one K block, so that k = 0 still writes the bias.
     let k_blocks = k.div_ceil(KC).max(1);
     let k_block = |kb: usize| (kb * KC, KC.min(k - kb * KC));
-    A_PACK.with_borrow_mut(|pack| {
+    A_BUFFERS.with_borrow_mut(|(pack, a_rows)| {
         for m0 in (0..m).step_by(MC) {
             let rows_in_block = MC.min(m - m0);
+            // This M block's rows of A, `lda` apart, from row m0.
+            let (a, lda) = rows_apart((a, lda), m0..m0 + rows_in_block, k, copy_rows, a_rows);
             let first_packed = if in_place {
                 m0 + rows_in_block / MR * MR
             } else {
@@ -415,7 +457,7 @@ pub(super) fn drive<'w, T: 'w>(
                 if packed_rows > 0 {
                     for kb in kbs {
                         let (k0, kc) = k_block(kb);
-                        pack_a(&a[first_packed * lda..], lda, packed_rows, k0, kc, pack);
+                        pack_a(&a[(first_packed - m0) * lda..], lda, packed_rows, k0, kc, pack);
                     }
                 }
             };
@@ -444,21 +486,32 @@ pub(super) fn drive<'w, T: 'w>(
                     let rows = MR.min(m - row);
                     let tile_a = || match row.checked_sub(first_packed) {
                         Some(offset) => TileA::Packed(&packed[offset / MR * kc * MR..][..kc * MR]),
-                        None => TileA::Rows(&a[row * lda + k0..]),
+                        None => TileA::Rows(&a[(row - m0) * lda + k0..], lda),
                     };
-                    let c_tile = &mut c[row * ldc + column - first_column..];
-                    if rows == MR && width == NR && ldc >= NR {
-                        let init = init.as_ref();
+                    // The kernel on this tile, into `c` at row stride `ldc`.
+                    let run = |c: &mut [f32], ldc: usize| {
+                        let (init, a) = (init.as_ref(), tile_a());
                         kernel(TileCall {
                             panel,
                             k0,
                             kc,
-                            a: tile_a(),
-                            c: c_tile,
+                            a,
+                            c,
                             ldc,
                             init,
                             prefetch,
-                        });
+                        })
+                    };
+                    let c_tile = &mut c[row * ldc + column - first_column..];
+                    if let Some(tile) = panel_block.get_mut(t) {
+                        run(&mut tile.0, NR);
+                        if kb + 1 == k_blocks {
+                            store_tile(tile, rows, width, c_tile, ldc);
+                        }
+                        continue;
+                    }
+                    if rows == MR && width == NR && ldc >= NR {
+                        run(c_tile, ldc);
                         continue;
                     }
                     // An edge tile: through an aligned buffer, so that the kernel never
@@ -469,20 +522,8 @@ pub(super) fn drive<'w, T: 'w>(
                             tile_row[..width].copy_from_slice(&c_tile[i * ldc..i * ldc + width]);
                         }
                     }
-                    let (init, a) = (init.as_ref(), tile_a());
-                    kernel(TileCall {
-                        panel,
-                        k0,
-                        kc,
-                        a,
-                        c: &mut tile.0,
-                        ldc: NR,
-                        init,
-                        prefetch,
-                    });
-                    for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-                        c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
-                    }
+                    run(&mut tile.0, NR);
+                    store_tile(&tile, rows, width, c_tile, ldc);
                 }
             };
             // Where K block kb's packed rows start when every K block is packed: the blocks
@@ -508,6 +549,33 @@ pub(super) fn drive<'w, T: 'w>(
             }
         }
     });
+}
+
+/// Rows `rows` of A (`k` values each, rows `lda` apart) as a slice from the first of them and
+/// its row stride: A itself, or with `copy` a copy in `buffer` at [`row_stride`]`(k)`.
+fn rows_apart<'a>(
+    (a, lda): (&'a [f32], usize),
+    rows: std::ops::Range<usize>,
+    k: usize,
+    copy: bool,
+    buffer: &'a mut Vec<f32>,
+) -> (&'a [f32], usize) {
+    if !copy {
+        return (&a[rows.start * lda..], lda);
+    }
+    let ld = row_stride(k);
+    buffer.resize(rows.len() * ld, 0.0);
+    for (row, copy) in rows.zip(buffer.chunks_exact_mut(ld)) {
+        copy[..k].copy_from_slice(&a[row * lda..][..k]);
+    }
+    (&buffer[..], ld)
+}
+
+/// Copies the first `rows` rows and `width` columns of `tile` into `c` (row `i` at `c[i * ldc..]`).
+fn store_tile(tile: &Tile, rows: usize, width: usize, c: &mut [f32], ldc: usize) {
+    for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
+        c[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
+    }
 }
 
 /// The order in which a blocked GEMM visits the W blocks (a panel's K block) of one M block.

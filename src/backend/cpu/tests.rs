@@ -128,6 +128,66 @@ fn row_blocks_cover_the_rows_in_even_whole_tiles() {
 }
 
 #[test]
+fn row_strides_are_never_a_multiple_of_4_kib() {
+    use matmul::row_stride;
+    for cols in 0..5000 {
+        let stride = row_stride(cols);
+        assert!(
+            stride >= cols && stride - cols <= 16,
+            "{cols} columns: stride {stride}"
+        );
+        assert!(
+            cols == 0 || !(stride * 4).is_multiple_of(4096),
+            "{cols} columns: stride {stride}"
+        );
+    }
+    // Widths whose rows are not 4 KiB apart keep their stride: MiniLM's and bge-base's.
+    assert_eq!(
+        (row_stride(1536), row_stride(768), row_stride(3072)),
+        (1536, 768, 3088)
+    );
+}
+
+#[test]
+fn gemm_gives_the_same_bits_at_strides_4_kib_apart() {
+    // A and C rows a multiple of 4 KiB apart take other paths (A's M block copied, C's tiles
+    // built in a contiguous block): same bits as at plain strides, nothing written past n.
+    let mut rng = SplitMix64::new(21);
+    // Two M blocks, the last tile partial; a partial panel; three K blocks, the last partial.
+    let (m, n, k) = (100, 45, 800);
+    let w = matmul::PackedMatrix::from_rows(&rng.values(n * k, 0.1), n, k, k);
+    let bias = rng.values(n, 0.5);
+    let a = rng.values(m * k, 1.0);
+    let (lda, ldc) = (1024, 2048);
+    let mut a_wide = vec![0.0; m * lda];
+    for (wide, row) in a_wide.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+        wide[..k].copy_from_slice(row);
+    }
+    let sentinel = -7.5;
+    for isa in matmul::Isa::available_f32() {
+        let mut plain = vec![0.0; m * n];
+        matmul::gemm_with(isa, &a, k, m, &w, Some(&bias), &mut plain, n);
+        let mut wide = vec![sentinel; m * ldc];
+        matmul::gemm_with(isa, &a_wide, lda, m, &w, Some(&bias), &mut wide, ldc);
+        for i in 0..m {
+            let (got, want) = (&wide[i * ldc..][..ldc], &plain[i * n..][..n]);
+            let differs = got[..n]
+                .iter()
+                .zip(want)
+                .position(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(
+                differs, None,
+                "{isa:?}: row {i}, strides {lda} / {ldc} against {k} / {n}"
+            );
+            assert!(
+                got[n..].iter().all(|&x| x == sentinel),
+                "{isa:?}: row {i} written past n"
+            );
+        }
+    }
+}
+
+#[test]
 fn prefetch_parts_cover_the_next_block_once() {
     use matmul::{next_block, part_of, LoopOrder};
     // Panels 2..5 of a product with k = 1000 in K blocks of 384: every (panel, K block) in the
