@@ -75,7 +75,8 @@ fn int8_gemm_is_exactly_its_integer_model() {
         (13, 40, 4200),
     ];
     for &(m, n, k) in &shapes {
-        let (lda, ldc) = (k + 3, n + 5);
+        // C's rows 4 KiB apart (1,024 floats) for the shapes of 100 rows and more.
+        let (lda, ldc) = (k + 3, if m >= 100 { 1024 } else { n + 5 });
         let a = awkward_rows(&mut rng, m, k, lda);
         let w = rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt());
         let bias = rng.values(n, 0.5);
@@ -172,7 +173,8 @@ fn amx_kernel_is_exactly_its_integer_model() {
         (130, 95, 191),
     ];
     for &(m, n, k) in &shapes {
-        let (lda, ldc) = (k + 3, n + 5);
+        // C's rows 4 KiB apart (1,024 floats) for the shapes of 100 rows and more.
+        let (lda, ldc) = (k + 3, if m >= 100 { 1024 } else { n + 5 });
         let a = awkward_rows(&mut rng, m, k, lda);
         let w = PackedInt8::from_rows(&rng.values(n * k, 1.0 / (k.max(1) as f32).sqrt()), n, k);
         let bias = rng.values(n, 0.5);
