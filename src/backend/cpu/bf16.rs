@@ -29,7 +29,7 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::matmul::{check_operands, drive, prefetch_line, Operands, TileA, KC, MC};
+use super::matmul::{check_operands, drive, prefetch_line, store_tile, Operands, TileA, KC, MC};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 /// The kernel that multiplies by bf16 weights (see the module header).
@@ -463,9 +463,7 @@ fn gemm_panels_avx512bf16(
                         unsafe {
                             avx512bf16(pairs, micro_panel.as_ptr(), b.as_ptr(), tile.0.as_mut_ptr())
                         };
-                        for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-                            c_tile[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
-                        }
+                        store_tile(&tile, rows, width, c_tile, ldc);
                     }
                 }
             }

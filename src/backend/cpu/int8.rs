@@ -43,7 +43,9 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::matmul::{check_operands, check_output, next_block, part_of, prefetch_line, LoopOrder, MC};
+use super::matmul::{
+    check_operands, check_output, next_block, part_of, prefetch_line, store_tile, LoopOrder, MC,
+};
 use super::microkernel::{Isa, Tile, MR, NR};
 
 #[path = "int8_activations.rs"]
@@ -471,9 +473,7 @@ fn run_tile(
     }
     // SAFETY: the tile holds MR rows of NR floats.
     unsafe { run_groups(a, b, Source::C, tile.0.as_mut_ptr(), NR) };
-    for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
-        c[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
-    }
+    store_tile(&tile, rows, width, c, ldc);
 }
 
 /// What the first group of a K block adds its products to.

@@ -572,7 +572,7 @@ fn rows_apart<'a>(
 }
 
 /// Copies the first `rows` rows and `width` columns of `tile` into `c` (row `i` at `c[i * ldc..]`).
-fn store_tile(tile: &Tile, rows: usize, width: usize, c: &mut [f32], ldc: usize) {
+pub(super) fn store_tile(tile: &Tile, rows: usize, width: usize, c: &mut [f32], ldc: usize) {
     for (i, tile_row) in tile.0.chunks_exact(NR).take(rows).enumerate() {
         c[i * ldc..i * ldc + width].copy_from_slice(&tile_row[..width]);
     }
