@@ -410,10 +410,27 @@ fn multiply_vnni(
                 .map(|(panel, k0, kc)| w.panel_quads(panel, k0 / 4, kc.div_ceil(4)));
             for t in tiles.clone() {
                 let row = t * MR;
-                let c_tile = &mut c[(row - first_row) * ldc + column - first_column..];
+                let at = (row - first_row) * ldc + column - first_column;
+                // The C tile after this one (the next rows of this panel, else the first rows
+                // of the next panel), for the kernel to bring into L1 while it runs.
+                let next_at = if t + 1 < tiles.end {
+                    Some(at + MR * ldc)
+                } else {
+                    (panel_index + 1 < panels.end).then_some(column + NR - first_column)
+                };
+                let next_c = next_at.map_or(std::ptr::null(), |at| c.as_ptr().wrapping_add(at));
                 let rows = MR.min(a.rows() - row);
                 b.prefetch = next.map_or(&[], |next| part_of(next, t - tiles.start, tiles.len()));
-                run_tile(&a.tile(kb, t, groups), &b, c_tile, ldc, rows, width, init);
+                run_tile(
+                    &a.tile(kb, t, groups),
+                    &b,
+                    &mut c[at..],
+                    ldc,
+                    rows,
+                    width,
+                    init,
+                    next_c,
+                );
             }
         }
     }
@@ -431,7 +448,8 @@ struct Weights<'a> {
 /// Adds one K block's products to an `MR x NR` tile of `c` (row `i` at `c[i * ldc..]`), or on
 /// the first block (`init` is `Some`) sets it to them plus the bias (or zero for `Some(None)`).
 /// Full tiles run in place; edge tiles through an aligned buffer so that nothing outside
-/// `rows x width` is touched.
+/// `rows x width` is touched. `next_c` (null for none) is the next tile's C, to prefetch.
+#[allow(clippy::too_many_arguments)] // the tile's operands, its extent and the prefetch hint
 fn run_tile(
     a: &Activations,
     b: &Weights,
@@ -440,6 +458,7 @@ fn run_tile(
     rows: usize,
     width: usize,
     init: Option<Option<&[f32]>>,
+    next_c: *const f32,
 ) {
     let groups = b.groups.0.len() / NR;
     assert!(a.codes.len() >= MR * KC_INT8 && b.quads * 4 <= KC_INT8 && b.codes.len() >= b.quads * NR * 4);
@@ -459,7 +478,7 @@ fn run_tile(
         };
         // SAFETY: C holds MR rows of NR floats at stride `ldc` (checked above); the bias holds
         // `width` = NR floats.
-        unsafe { run_groups(a, b, first, c.as_mut_ptr(), ldc) };
+        unsafe { run_groups(a, b, first, c.as_mut_ptr(), ldc, next_c) };
         return;
     }
     // The buffer starts at zero, which is also the start without a bias.
@@ -472,7 +491,7 @@ fn run_tile(
         }
     }
     // SAFETY: the tile holds MR rows of NR floats.
-    unsafe { run_groups(a, b, Source::C, tile.0.as_mut_ptr(), NR) };
+    unsafe { run_groups(a, b, Source::C, tile.0.as_mut_ptr(), NR, std::ptr::null()) };
     store_tile(&tile, rows, width, c, ldc);
 }
 
@@ -491,7 +510,14 @@ enum Source {
 /// # Safety
 /// `c` read/write for `MR` rows of `NR` f32 at stride `ldc`, `first` readable likewise at its
 /// own stride; VNNI present (the public entry points assert it); `a` and `b` as `run_tile` asserts.
-unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, ldc: usize) {
+unsafe fn run_groups(
+    a: &Activations,
+    b: &Weights,
+    first: Source,
+    c: *mut f32,
+    ldc: usize,
+    next_c: *const f32,
+) {
     let groups = b.quads.div_ceil(GROUP_QUADS);
     for (g, q0) in (0..b.quads).step_by(GROUP_QUADS).enumerate() {
         let prefetch = part_of(b.prefetch, g, groups);
@@ -514,11 +540,11 @@ unsafe fn run_groups(a: &Activations, b: &Weights, first: Source, c: *mut f32, l
                 (source, ld_source),
                 c,
                 ldc,
-                prefetch,
+                (prefetch, if g == 0 { next_c } else { std::ptr::null() }),
             )
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (quads, source, ld_source, c, ldc, prefetch);
+        let _ = (quads, source, ld_source, c, ldc, prefetch, next_c);
     }
 }
 
@@ -547,13 +573,19 @@ unsafe fn vnni(
     source: (*const f32, usize),
     c: *mut f32,
     ldc: usize,
-    prefetch: &[i8],
+    (prefetch, next_c): (&[i8], *const f32),
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
     for q in 0..quads {
         // Spread over the quads (a burst per group cost 6 % of a pass in its own right).
         prefetch_line(prefetch, q);
+        if q < 2 * MR && !next_c.is_null() {
+            // The next tile's C, line by line: where C is larger than the caches (a whole
+            // batch's QKV, megabytes), its first stores would otherwise wait on memory.
+            let line = next_c.wrapping_add(q / 2 * ldc + q % 2 * 16);
+            _mm_prefetch::<_MM_HINT_T0>(line.cast());
+        }
         // SAFETY: q < quads: `b[q * NR * 4..][..128]` and the four bytes at `q * 4` of each row
         // lie inside the `quads * NR * 4` bytes and the row extents the caller vouched for.
         unsafe {
