@@ -552,12 +552,13 @@ unsafe fn run_groups(
 /// loads of W (16 columns x 4 codes each), twelve 32-bit broadcasts of A (one per row, rows
 /// `KC_INT8` bytes apart) and 24 `vpdpbusd`; then, per row,
 /// `c = source + (S - z colsum) * (s_a s_w)`, straight from the registers (`source` is C itself,
-/// or the bias on a tile's first group).
+/// or the bias on a tile's first group). Along the quads it asks for a line of `prefetch` (a
+/// later W panel) in L2 per quad, and where `next_c` is not null, the 24 lines of the `MR x NR`
+/// tile there (the tile the driver runs next, rows `ldc` apart) in L1, one per quad.
 ///
 /// # Safety
 /// AVX-512F and AVX512-VNNI present; `a` readable for `quads * 4` bytes at each of the `MR` row
-/// offsets `i * KC_INT8`, `b` for
-/// `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR` f32, `w_scales` and `w_sums` for
+/// offsets `i * KC_INT8`, `b` for `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR` f32, `w_scales` and `w_sums` for
 /// `NR` f32; `c` read/write for `MR` rows of `NR` f32 at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
