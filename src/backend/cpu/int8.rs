@@ -558,8 +558,9 @@ unsafe fn run_groups(
 ///
 /// # Safety
 /// AVX-512F and AVX512-VNNI present; `a` readable for `quads * 4` bytes at each of the `MR` row
-/// offsets `i * KC_INT8`, `b` for `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR` f32, `w_scales` and `w_sums` for
-/// `NR` f32; `c` read/write for `MR` rows of `NR` f32 at stride `ldc`.
+/// offsets `i * KC_INT8`, `b` for `quads * NR * 4` bytes, `a_scales` and `a_zeros` for `MR`
+/// f32, `w_scales` and `w_sums` for `NR` f32; `c` read/write for `MR` rows of `NR` f32 at stride
+/// `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
@@ -584,7 +585,7 @@ unsafe fn vnni(
         if q < 2 * MR && !next_c.is_null() {
             // The next tile's C, line by line: where C is larger than the caches (a whole
             // batch's QKV, megabytes), its first stores would otherwise wait on memory.
-            let line = next_c.wrapping_add(q / 2 * ldc + q % 2 * 16);
+            let line = next_c.wrapping_add(q / 2 * ldc + q % 2 * (NR / 2));
             _mm_prefetch::<_MM_HINT_T0>(line.cast());
         }
         // SAFETY: q < quads: `b[q * NR * 4..][..128]` and the four bytes at `q * 4` of each row
